@@ -1,0 +1,561 @@
+//! The Azure Blob REST client: a thin layer over reqwest.
+//!
+//! Every request goes through [`HttpBlobStore::execute`], which signs it (Shared Key) or appends
+//! the SAS token, bounds each attempt by a timeout and the whole operation by a deadline, and
+//! retries what is worth retrying (408, 429, 5xx, connection errors, timeouts) with exponential
+//! backoff, jitter and `Retry-After`. 409 and 412 are answers, not failures, and are never
+//! retried. The deadline is what turns a dead backend into a prompt EIO instead of a hung `ls`.
+//!
+//! When an operation gives up because storage did not answer at all (connection errors,
+//! timeouts), the store is marked down. While it is down, one request at a time goes out as a
+//! probe and every other fails at once: the kernel often repeats a failed lookup, and a shell
+//! walking a tree would otherwise pay the full deadline per file. A probe is one attempt bounded
+//! by [`PROBE_TIMEOUT`]. The first answer from
+//! storage (to the probe or to anything) marks it up again, so recovery needs no remount.
+//!
+//! Secrets never reach an error or a log line: errors carry statuses and error codes, and
+//! reqwest errors are stripped of their URL (which may hold a SAS token) before formatting.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::RngExt;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Method, StatusCode, Url};
+
+use super::auth::{SignInput, authorization};
+use super::xml::{normalize_etag, parse_blob_list, parse_container_list, parse_time};
+use super::{BlobError, BlobProps, BlobStore, Condition, ContainerInfo, ListPage};
+use crate::config::{Credential, StorageConfig};
+
+const API_VERSION: &str = "2023-11-03";
+
+/// Bound on the single attempt that checks whether storage that stopped answering is back.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long to keep trying. The defaults keep any single filesystem operation under 30 s.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Give up (and report the last error) once this much time has passed.
+    pub deadline: Duration,
+    /// Bound on one attempt, body included.
+    pub attempt_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            deadline: Duration::from_secs(20),
+            attempt_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(3),
+            base_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(4),
+        }
+    }
+}
+
+pub struct HttpBlobStore {
+    http: reqwest::Client,
+    account: String,
+    base: Url,
+    /// Path part of the endpoint without trailing slash: `/devstoreaccount1` on Azurite, `` on Azure.
+    base_path: String,
+    credential: Credential,
+    policy: RetryPolicy,
+    health: std::sync::Mutex<Health>,
+}
+
+struct Op<'a> {
+    name: &'static str,
+    method: Method,
+    container: Option<&'a str>,
+    blob: Option<&'a str>,
+    query: Vec<(String, String)>,
+    ms_headers: Vec<(String, String)>,
+    if_match: String,
+    if_none_match: String,
+    content_type: &'static str,
+    body: Bytes,
+}
+
+impl<'a> Op<'a> {
+    fn new(
+        name: &'static str,
+        method: Method,
+        container: Option<&'a str>,
+        blob: Option<&'a str>,
+    ) -> Self {
+        Op {
+            name,
+            method,
+            container,
+            blob,
+            query: Vec::new(),
+            ms_headers: Vec::new(),
+            if_match: String::new(),
+            if_none_match: String::new(),
+            content_type: "",
+            body: Bytes::new(),
+        }
+    }
+
+    fn query(mut self, k: &str, v: impl Into<String>) -> Self {
+        self.query.push((k.to_string(), v.into()));
+        self
+    }
+
+    fn header(mut self, k: &str, v: impl Into<String>) -> Self {
+        self.ms_headers.push((k.to_ascii_lowercase(), v.into()));
+        self
+    }
+
+    fn condition(mut self, cond: &Condition) -> Self {
+        match cond {
+            Condition::None => {}
+            Condition::IfMatch(etag) => self.if_match = format!("\"{etag}\""),
+            Condition::IfNoneMatchAny => self.if_none_match = "*".into(),
+        }
+        self
+    }
+}
+
+/// Whether storage answers, as far as the last operations could tell.
+#[derive(Default)]
+struct Health {
+    down: bool,
+    /// Start of the probe in flight while down.
+    probe: Option<Instant>,
+}
+
+struct Answer {
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// What one failed attempt means for the next.
+enum Failure {
+    Retry(BlobError, Option<Duration>),
+    Final(BlobError),
+}
+
+impl HttpBlobStore {
+    pub fn new(cfg: &StorageConfig, policy: RetryPolicy) -> Result<Self, BlobError> {
+        let base = Url::parse(&cfg.endpoint)
+            .map_err(|e| BlobError::BadResponse(format!("endpoint {}: {e}", cfg.endpoint)))?;
+        let base_path = base.path().trim_end_matches('/').to_string();
+        let http = reqwest::Client::builder()
+            .connect_timeout(policy.connect_timeout)
+            .pool_max_idle_per_host(64)
+            .tcp_nodelay(true)
+            .user_agent(concat!("batchfs/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| BlobError::Transport(e.without_url().to_string()))?;
+        Ok(HttpBlobStore {
+            http,
+            account: cfg.account.clone(),
+            base,
+            base_path,
+            credential: cfg.credential.clone(),
+            policy,
+            health: std::sync::Mutex::new(Health::default()),
+        })
+    }
+
+    fn path_of(&self, op: &Op<'_>) -> String {
+        let mut path = self.base_path.clone();
+        path.push('/');
+        if let Some(c) = op.container {
+            path.push_str(c);
+            if let Some(b) = op.blob {
+                path.push('/');
+                path.push_str(&encode_blob_name(b));
+            }
+        }
+        path
+    }
+
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn execute(&self, op: Op<'_>) -> Result<Answer, BlobError> {
+        let deadline = {
+            let mut h = self.health();
+            if h.down {
+                // A probe older than a whole deadline was abandoned: let another go.
+                if h.probe.is_some_and(|t| t.elapsed() < self.policy.deadline) {
+                    return Err(BlobError::Transport(
+                        "storage is not answering (failing fast)".into(),
+                    ));
+                }
+                h.probe = Some(Instant::now());
+                PROBE_TIMEOUT.min(self.policy.deadline)
+            } else {
+                self.policy.deadline
+            }
+        };
+        let result = self.execute_with_retries(&op, deadline).await;
+        let mut h = self.health();
+        h.probe = None;
+        h.down = matches!(result, Err(BlobError::Transport(_) | BlobError::Timeout(_)));
+        result
+    }
+
+    async fn execute_with_retries(
+        &self,
+        op: &Op<'_>,
+        deadline: Duration,
+    ) -> Result<Answer, BlobError> {
+        let start = Instant::now();
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let remaining = deadline.saturating_sub(start.elapsed());
+            let limit = self.policy.attempt_timeout.min(remaining);
+            let failure = match tokio::time::timeout(limit, self.attempt(op)).await {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(f)) => f,
+                Err(_) => Failure::Retry(BlobError::Timeout(start.elapsed()), None),
+            };
+            let (err, retry_after) = match failure {
+                Failure::Final(e) => {
+                    self.log_failure(op, &e, attempt, false);
+                    return Err(e);
+                }
+                Failure::Retry(e, after) => (e, after),
+            };
+            let backoff = retry_after.unwrap_or_else(|| self.backoff(attempt));
+            let give_up = start.elapsed() + backoff + Duration::from_millis(50) >= deadline;
+            self.log_failure(op, &err, attempt, !give_up);
+            if give_up {
+                return Err(match err {
+                    BlobError::Timeout(_) => BlobError::Timeout(start.elapsed()),
+                    e => e,
+                });
+            }
+            tokio::time::sleep(backoff).await;
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .policy
+            .base_backoff
+            .saturating_mul(1 << attempt.min(10));
+        let cap = exp.min(self.policy.max_backoff);
+        // Full jitter: spreads retries of many clients hitting the same throttled account.
+        let ms = rand::rng().random_range(cap.as_millis() as u64 / 2..=cap.as_millis() as u64);
+        Duration::from_millis(ms)
+    }
+
+    fn log_failure(&self, op: &Op<'_>, err: &BlobError, attempt: u32, will_retry: bool) {
+        let container = op.container.unwrap_or("");
+        let blob = op.blob.unwrap_or("");
+        match err {
+            BlobError::NotFound | BlobError::PreconditionFailed | BlobError::Conflict(_) => {
+                tracing::debug!(op = op.name, container, blob, error = %err, "storage answered")
+            }
+            _ => tracing::warn!(
+                op = op.name,
+                account = %self.account,
+                container,
+                blob,
+                attempt,
+                will_retry,
+                error = %err,
+                "storage request failed"
+            ),
+        }
+    }
+
+    async fn attempt(&self, op: &Op<'_>) -> Result<Answer, Failure> {
+        let path = self.path_of(op);
+        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+        let mut ms_headers = op.ms_headers.clone();
+        ms_headers.push(("x-ms-date".into(), date));
+        ms_headers.push(("x-ms-version".into(), API_VERSION.into()));
+
+        let mut query: Vec<String> = op
+            .query
+            .iter()
+            .map(|(k, v)| format!("{k}={}", urlencoding::encode(v)))
+            .collect();
+        let mut headers = HeaderMap::new();
+        match &self.credential {
+            Credential::SharedKey(key) => {
+                let auth = authorization(
+                    &self.account,
+                    key,
+                    &SignInput {
+                        method: op.method.as_str(),
+                        content_length: op.body.len() as u64,
+                        content_type: op.content_type,
+                        if_match: &op.if_match,
+                        if_none_match: &op.if_none_match,
+                        ms_headers: &ms_headers,
+                        path: &path,
+                        query: &op.query,
+                    },
+                )
+                .map_err(|e| Failure::Final(BlobError::BadResponse(e)))?;
+                headers.insert(reqwest::header::AUTHORIZATION, header_value(&auth)?);
+            }
+            Credential::Sas(sas) => query.push(sas.expose().to_string()),
+        }
+        for (k, v) in &ms_headers {
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|e| Failure::Final(BlobError::BadResponse(e.to_string())))?;
+            headers.insert(name, header_value(v)?);
+        }
+        if !op.if_match.is_empty() {
+            headers.insert(reqwest::header::IF_MATCH, header_value(&op.if_match)?);
+        }
+        if !op.if_none_match.is_empty() {
+            headers.insert(
+                reqwest::header::IF_NONE_MATCH,
+                header_value(&op.if_none_match)?,
+            );
+        }
+        if !op.content_type.is_empty() {
+            headers.insert(
+                reqwest::header::CONTENT_TYPE,
+                header_value(op.content_type)?,
+            );
+        }
+        let mut url = self.base.clone();
+        url.set_path(&path);
+        url.set_query((!query.is_empty()).then(|| query.join("&")).as_deref());
+
+        let mut req = self.http.request(op.method.clone(), url).headers(headers);
+        if op.method == Method::PUT {
+            // Explicit, because an empty body would otherwise go without Content-Length,
+            // which the service requires on every PUT.
+            req = req
+                .header(reqwest::header::CONTENT_LENGTH, op.body.len())
+                .body(op.body.clone());
+        }
+        let resp = req.send().await.map_err(transport)?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        if status.is_success() {
+            let body = resp.bytes().await.map_err(transport)?;
+            return Ok(Answer { headers, body });
+        }
+        let code = headers
+            .get("x-ms-error-code")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        // Drain the body so the connection can be reused; its content is not needed.
+        let _ = resp.bytes().await;
+        let retry_after = headers
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        Err(classify(status, code, retry_after))
+    }
+}
+
+fn classify(status: StatusCode, code: String, retry_after: Option<Duration>) -> Failure {
+    let s = status.as_u16();
+    match s {
+        404 => Failure::Final(BlobError::NotFound),
+        412 => Failure::Final(BlobError::PreconditionFailed),
+        409 => Failure::Final(BlobError::Conflict(code)),
+        401 | 403 => Failure::Final(BlobError::Denied { status: s, code }),
+        408 | 429 | 500 | 502 | 503 | 504 => {
+            Failure::Retry(BlobError::Status { status: s, code }, retry_after)
+        }
+        _ => Failure::Final(BlobError::Status { status: s, code }),
+    }
+}
+
+fn transport(e: reqwest::Error) -> Failure {
+    let e = e.without_url();
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        msg = format!("{msg}: {s}");
+        source = s.source();
+    }
+    Failure::Retry(BlobError::Transport(msg), None)
+}
+
+fn header_value(v: &str) -> Result<HeaderValue, Failure> {
+    HeaderValue::from_str(v)
+        .map_err(|_| Failure::Final(BlobError::BadResponse("header value".into())))
+}
+
+fn header_str<'h>(h: &'h HeaderMap, name: &str) -> &'h str {
+    h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+/// Percent-encodes a blob name for the URL path, keeping `/` as the separator.
+pub fn encode_blob_name(name: &str) -> String {
+    name.split('/')
+        .map(|seg| urlencoding::encode(seg).into_owned())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn props_from_headers(h: &HeaderMap) -> Result<BlobProps, BlobError> {
+    let size = header_str(h, "content-length")
+        .parse::<u64>()
+        .map_err(|_| BlobError::BadResponse("HEAD without Content-Length".into()))?;
+    let mut metadata = BTreeMap::new();
+    for (k, v) in h {
+        if let Some(name) = k.as_str().strip_prefix("x-ms-meta-") {
+            metadata.insert(name.to_string(), v.to_str().unwrap_or("").to_string());
+        }
+    }
+    Ok(BlobProps {
+        size,
+        etag: normalize_etag(header_str(h, "etag")),
+        last_modified: parse_time(header_str(h, "last-modified")),
+        metadata,
+    })
+}
+
+fn utf8(body: &Bytes) -> Result<&str, BlobError> {
+    std::str::from_utf8(body).map_err(|_| BlobError::BadResponse("listing is not UTF-8".into()))
+}
+
+impl BlobStore for HttpBlobStore {
+    async fn list_containers(&self) -> Result<Vec<ContainerInfo>, BlobError> {
+        let mut all = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let mut op = Op::new("list_containers", Method::GET, None, None).query("comp", "list");
+            if let Some(m) = &marker {
+                op = op.query("marker", m.clone());
+            }
+            let answer = self.execute(op).await?;
+            let (items, next) = parse_container_list(utf8(&answer.body)?)?;
+            all.extend(items);
+            match next {
+                Some(m) => marker = Some(m),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    async fn list(
+        &self,
+        container: &str,
+        prefix: &str,
+        delimiter: Option<&str>,
+        marker: Option<&str>,
+        max_results: Option<u32>,
+    ) -> Result<ListPage, BlobError> {
+        let mut op = Op::new("list", Method::GET, Some(container), None)
+            .query("restype", "container")
+            .query("comp", "list")
+            .query("include", "metadata");
+        if !prefix.is_empty() {
+            op = op.query("prefix", prefix);
+        }
+        if let Some(d) = delimiter {
+            op = op.query("delimiter", d);
+        }
+        if let Some(m) = marker {
+            op = op.query("marker", m);
+        }
+        if let Some(n) = max_results {
+            op = op.query("maxresults", n.to_string());
+        }
+        let answer = self.execute(op).await?;
+        parse_blob_list(utf8(&answer.body)?)
+    }
+
+    async fn head(&self, container: &str, blob: &str) -> Result<BlobProps, BlobError> {
+        let answer = self
+            .execute(Op::new("head", Method::HEAD, Some(container), Some(blob)))
+            .await?;
+        props_from_headers(&answer.headers)
+    }
+
+    async fn get_range(
+        &self,
+        container: &str,
+        blob: &str,
+        offset: u64,
+        len: u64,
+        if_match: Option<&str>,
+    ) -> Result<Bytes, BlobError> {
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let cond = match if_match {
+            Some(e) => Condition::IfMatch(e.to_string()),
+            None => Condition::None,
+        };
+        let op = Op::new("get_range", Method::GET, Some(container), Some(blob))
+            .header(
+                "x-ms-range",
+                format!("bytes={}-{}", offset, offset + len - 1),
+            )
+            .condition(&cond);
+        let answer = self.execute(op).await?;
+        if answer.body.len() as u64 > len {
+            return Err(BlobError::BadResponse(format!(
+                "asked for {len} bytes, got {}",
+                answer.body.len()
+            )));
+        }
+        Ok(answer.body)
+    }
+
+    async fn put(
+        &self,
+        container: &str,
+        blob: &str,
+        data: Bytes,
+        cond: Condition,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<String, BlobError> {
+        let mut op = Op::new("put", Method::PUT, Some(container), Some(blob))
+            .header("x-ms-blob-type", "BlockBlob")
+            .condition(&cond);
+        for (k, v) in metadata {
+            op = op.header(&format!("x-ms-meta-{k}"), v.clone());
+        }
+        op.content_type = "application/octet-stream";
+        op.body = data;
+        let answer = self.execute(op).await?;
+        Ok(normalize_etag(header_str(&answer.headers, "etag")))
+    }
+
+    async fn create_container(&self, container: &str) -> Result<(), BlobError> {
+        let op = Op::new("create_container", Method::PUT, Some(container), None)
+            .query("restype", "container");
+        self.execute(op).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blob_names_keep_slashes_and_escape_the_rest() {
+        assert_eq!(encode_blob_name("a b/c#d%e+f$g"), "a%20b/c%23d%25e%2Bf%24g");
+        assert_eq!(encode_blob_name("ünï/x"), "%C3%BCn%C3%AF/x");
+    }
+
+    #[test]
+    fn never_retries_conflicts_or_preconditions() {
+        for s in [409u16, 412, 404, 403] {
+            let f = classify(StatusCode::from_u16(s).unwrap(), String::new(), None);
+            assert!(matches!(f, Failure::Final(_)), "{s}");
+        }
+        for s in [408u16, 429, 500, 503] {
+            let f = classify(StatusCode::from_u16(s).unwrap(), String::new(), None);
+            assert!(matches!(f, Failure::Retry(..)), "{s}");
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! The storage boundary: what the filesystem needs from a blob service.
+//!
+//! [`BlobStore`] is the one trait in the project. The real implementation is [`HttpBlobStore`]
+//! (Azure Blob REST over reqwest); tests swap in [`memory::MemoryStore`] and, later, fault-
+//! injecting and throughput-modelled stores. Everything above this module speaks in blob names
+//! (not URLs) and in [`BlobError`]s (not HTTP statuses).
+
+pub mod auth;
+pub mod client;
+pub mod memory;
+mod xml;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+
+pub use client::{HttpBlobStore, RetryPolicy};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobProps {
+    pub size: u64,
+    /// Always unquoted: HEAD returns `"0x8D..."`, listings return `0x8D...`.
+    pub etag: String,
+    pub last_modified: SystemTime,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl BlobProps {
+    /// The directory-marker convention of blobfuse, Storage Explorer and ADLS: a zero-length
+    /// blob with metadata `hdi_isfolder=true`.
+    pub fn is_folder_marker(&self) -> bool {
+        self.metadata
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case("hdi_isfolder") && v.eq_ignore_ascii_case("true"))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobItem {
+    pub name: String,
+    pub props: BlobProps,
+}
+
+/// One page of a List Blobs answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListPage {
+    pub blobs: Vec<BlobItem>,
+    /// Full prefixes ending in the delimiter, e.g. `job-1/task1/`.
+    pub prefixes: Vec<String>,
+    pub next_marker: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInfo {
+    pub name: String,
+    pub last_modified: SystemTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    None,
+    /// The blob must still have this ETag.
+    IfMatch(String),
+    /// The blob must not exist.
+    IfNoneMatchAny,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BlobError {
+    #[error("not found")]
+    NotFound,
+    #[error("the blob was changed by someone else (ETag no longer matches)")]
+    PreconditionFailed,
+    #[error("conflict ({0})")]
+    Conflict(String),
+    #[error("access denied: HTTP {status} {code}")]
+    Denied { status: u16, code: String },
+    #[error("HTTP {status} {code}")]
+    Status { status: u16, code: String },
+    #[error("unreachable: {0}")]
+    Transport(String),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("unexpected response: {0}")]
+    BadResponse(String),
+}
+
+/// What the filesystem needs from one storage account.
+///
+/// Methods return `impl Future + Send` so the filesystem can run them on any runtime thread.
+pub trait BlobStore: Send + Sync + 'static {
+    fn list_containers(&self)
+    -> impl Future<Output = Result<Vec<ContainerInfo>, BlobError>> + Send;
+
+    /// One page of List Blobs, with metadata, under `prefix`; `delimiter` makes it hierarchical.
+    fn list(
+        &self,
+        container: &str,
+        prefix: &str,
+        delimiter: Option<&str>,
+        marker: Option<&str>,
+        max_results: Option<u32>,
+    ) -> impl Future<Output = Result<ListPage, BlobError>> + Send;
+
+    fn head(
+        &self,
+        container: &str,
+        blob: &str,
+    ) -> impl Future<Output = Result<BlobProps, BlobError>> + Send;
+
+    /// `len` bytes from `offset`; `if_match` pins the ETag (a changed blob gives
+    /// [`BlobError::PreconditionFailed`], never bytes of another version).
+    fn get_range(
+        &self,
+        container: &str,
+        blob: &str,
+        offset: u64,
+        len: u64,
+        if_match: Option<&str>,
+    ) -> impl Future<Output = Result<Bytes, BlobError>> + Send;
+
+    /// Put Blob (one request); returns the new ETag.
+    fn put(
+        &self,
+        container: &str,
+        blob: &str,
+        data: Bytes,
+        cond: Condition,
+        metadata: &BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<String, BlobError>> + Send;
+
+    fn create_container(
+        &self,
+        container: &str,
+    ) -> impl Future<Output = Result<(), BlobError>> + Send;
+}
+
+/// Lists every page of `prefix` (following `NextMarker`).
+pub async fn list_all<S: BlobStore>(
+    store: &S,
+    container: &str,
+    prefix: &str,
+    delimiter: Option<&str>,
+) -> Result<ListPage, BlobError> {
+    let mut all = ListPage::default();
+    let mut marker: Option<String> = None;
+    loop {
+        let page = store
+            .list(container, prefix, delimiter, marker.as_deref(), None)
+            .await?;
+        all.blobs.extend(page.blobs);
+        all.prefixes.extend(page.prefixes);
+        match page.next_marker {
+            Some(m) if !m.is_empty() => marker = Some(m),
+            _ => return Ok(all),
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! Starting, checking and stopping a mount.
+//!
+//! `batchfs mount` without `--foreground` re-runs itself as a detached child and waits on a
+//! pipe (the child's stdout) until the child says `ready` or `error: <why>`, so the command
+//! returns only once the mount is live, or exits non-zero with the child's one-line reason.
+//! Re-executing (rather than forking a process that already has threads) keeps the child a
+//! normal process. Before mounting, each storage account is asked once, so bad credentials or
+//! an unreachable endpoint stop the mount with a clear message instead of surfacing later as
+//! EIO in someone's job.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{Config as FuseConfig, MountOption, SessionACL};
+
+use crate::MountArgs;
+use crate::blob::{BlobError, BlobStore, HttpBlobStore, RetryPolicy};
+use crate::config::{self, AccountConfig};
+use crate::fs::{Account, Namespace, Options};
+use crate::fuse::FuseFs;
+
+const CHILD_ENV: &str = "BATCHFS_DAEMON_CHILD";
+const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Res = Result<(), String>;
+
+pub fn mount(args: MountArgs) -> Res {
+    if args.foreground {
+        return run_mount(&args, None);
+    }
+    if std::env::var_os(CHILD_ENV).is_some() {
+        let mut notify = std::io::stdout();
+        let result = run_mount(&args, Some(&mut notify));
+        if let Err(e) = &result {
+            let _ = writeln!(notify, "error: {e}");
+        }
+        return result;
+    }
+    spawn_daemon()
+}
+
+/// Starts the detached daemon and waits until it reports.
+fn spawn_daemon() -> Res {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
+    let mut child = Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(CHILD_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        // Its own process group: a Ctrl-C in the shell that ran `mount` must not kill it.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot start the daemon: {e}"))?;
+    let Some(out) = child.stdout.take() else {
+        return Err("cannot read the daemon's status".into());
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            let done = line == "ready" || line.starts_with("error: ");
+            if tx.send(line).is_err() || done {
+                return;
+            }
+        }
+    });
+    loop {
+        match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(line) if line == "ready" => return Ok(()),
+            Ok(line) => match line.strip_prefix("error: ") {
+                Some(e) => {
+                    let _ = child.wait();
+                    return Err(e.to_string());
+                }
+                None => eprintln!("batchfs: {}", line.trim_start_matches("warning: ")),
+            },
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                return Err("the daemon did not become ready within 120 s".into());
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                let status = child.wait().map_err(|e| e.to_string())?;
+                return Err(format!(
+                    "the daemon exited before the mount was ready ({status})"
+                ));
+            }
+        }
+    }
+}
+
+fn init_logging(args: &MountArgs) -> Res {
+    let level: tracing::Level = args.log_level.parse().map_err(|_| {
+        format!(
+            "--log-level {}: use error, warn, info, debug or trace",
+            args.log_level
+        )
+    })?;
+    let builder = tracing_subscriber::fmt().with_max_level(level);
+    let result = match &args.log_file {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("--log-file {}: {e}", path.display()))?;
+            builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .try_init()
+        }
+        None => builder.with_writer(std::io::stderr).try_init(),
+    };
+    result.map_err(|e| format!("cannot start logging: {e}"))?;
+    std::panic::set_hook(Box::new(|info| tracing::error!("panic: {info}")));
+    Ok(())
+}
+
+fn secs(what: &str, v: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(v).map_err(|_| format!("{what} {v}: not a number of seconds"))
+}
+
+fn run_mount(args: &MountArgs, mut notify: Option<&mut std::io::Stdout>) -> Res {
+    init_logging(args)?;
+    let cfg = config::load(&args.config).map_err(|e| e.to_string())?;
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+        match notify.as_deref_mut() {
+            Some(n) => {
+                let _ = writeln!(n, "warning: {w}");
+            }
+            None => eprintln!("batchfs: warning: {w}"),
+        }
+    }
+    let mountpoint = check_mountpoint(&args.mountpoint)?;
+    let opts = Options {
+        attr_ttl: secs("--attr-timeout", args.attr_timeout)?,
+        dir_ttl: secs("--dir-timeout", args.dir_timeout)?,
+    };
+    let policy = RetryPolicy {
+        deadline: secs("--timeout", args.timeout)?,
+        ..RetryPolicy::default()
+    };
+    let rt = runtime()?;
+    let accounts = rt.block_on(connect_all(&cfg.accounts, &policy))?;
+    let ns = Arc::new(Namespace::new(accounts, opts));
+
+    // SAFETY: getuid/getgid cannot fail and touch no memory.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let fs = FuseFs::new(
+        ns,
+        rt.handle().clone(),
+        args.uid.unwrap_or(uid),
+        args.gid.unwrap_or(gid),
+    );
+    let mut fuse_cfg = FuseConfig::default();
+    fuse_cfg.mount_options = vec![
+        MountOption::FSName("batchfs".into()),
+        MountOption::Subtype("batchfs".into()),
+        // The kernel enforces modes (keys is 0400 even with allow_other).
+        MountOption::DefaultPermissions,
+        // Writes are not supported yet: the kernel answers EROFS for every change.
+        MountOption::RO,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::NoAtime,
+    ];
+    if args.allow_other {
+        fuse_cfg.acl = SessionACL::All;
+    }
+    fuse_cfg.n_threads = Some(4);
+    fuse_cfg.clone_fd = true;
+    let mut session = fuser::Session::new(fs, &mountpoint, &fuse_cfg)
+        .map_err(|e| format!("cannot mount at {}: {e}", mountpoint.display()))?;
+    tracing::info!(mountpoint = %mountpoint.display(), accounts = cfg.accounts.len(), "mounted");
+
+    let unmounter = session.unmount_callable();
+    rt.spawn(unmount_on_signal(unmounter, mountpoint.clone()));
+    if let Some(n) = notify {
+        let _ = writeln!(n, "ready");
+        let _ = n.flush();
+        detach_stdio();
+    }
+    session
+        .run()
+        .map_err(|e| format!("the FUSE session ended with an error: {e}"))?;
+    tracing::info!(mountpoint = %mountpoint.display(), "unmounted");
+    rt.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .thread_name("batchfs-io")
+        .build()
+        .map_err(|e| format!("cannot start the I/O runtime: {e}"))
+}
+
+/// The daemon no longer needs the pipe to its parent, nor a working directory that could
+/// keep some other filesystem busy.
+fn detach_stdio() {
+    let _ = std::env::set_current_dir("/");
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2 onto stdout of a valid fd we own; no Rust object owns fd 1.
+        unsafe { libc::dup2(null.as_raw_fd(), 1) };
+    }
+}
+
+async fn unmount_on_signal(mut unmounter: fuser::SessionUnmounter, mountpoint: PathBuf) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot listen for SIGTERM/SIGINT");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("signal received: unmounting");
+    if let Err(e) = unmounter.unmount() {
+        // Busy (a shell sits in it): detach now; the session ends when the last user leaves.
+        tracing::warn!(error = %e, "unmount failed; detaching lazily");
+        if let Err(e) = fusermount(&mountpoint, true) {
+            tracing::error!("{e}");
+        }
+    }
+}
+
+/// Checks the mountpoint and clears a mount left behind by a crashed daemon.
+fn check_mountpoint(path: &Path) -> Result<PathBuf, String> {
+    let shown = path.display();
+    match std::fs::metadata(path) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            tracing::warn!(mountpoint = %shown, "clearing a stale mount (transport endpoint is not connected)");
+            fusermount(path, true)?;
+        }
+        Err(e) => return Err(format!("mountpoint {shown}: {e}")),
+        Ok(m) if !m.is_dir() => return Err(format!("mountpoint {shown} is not a directory")),
+        Ok(_) => {}
+    }
+    let abs = path
+        .canonicalize()
+        .map_err(|e| format!("mountpoint {shown}: {e}"))?;
+    if is_mountpoint(&abs) {
+        return Err(format!(
+            "mountpoint {} is busy: something is already mounted there",
+            abs.display()
+        ));
+    }
+    Ok(abs)
+}
+
+fn is_mountpoint(abs: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = abs.to_string_lossy();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|mp| unescape_mountinfo(mp) == want)
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+fn fusermount(path: &Path, lazy: bool) -> Res {
+    let mut cmd = Command::new("fusermount3");
+    cmd.arg("-u");
+    if lazy {
+        cmd.arg("-z");
+    }
+    let out = cmd
+        .arg(path)
+        .output()
+        .map_err(|e| format!("cannot run fusermount3 (install the fuse3 package): {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+pub fn unmount(path: &Path, lazy: bool) -> Res {
+    fusermount(path, lazy).map_err(|e| {
+        if e.contains("busy") {
+            format!("{e} (close the files in use, or use --lazy)")
+        } else {
+            e
+        }
+    })
+}
+
+/// Builds each account's storage client and checks it answers, all accounts at once.
+async fn connect_all(
+    accounts: &[AccountConfig],
+    policy: &RetryPolicy,
+) -> Result<Vec<Account<HttpBlobStore>>, String> {
+    let checks = accounts.iter().map(|a| async move {
+        let Some(s) = &a.storage else {
+            return Ok(Account::new(a, None));
+        };
+        let store = HttpBlobStore::new(s, policy.clone())
+            .map_err(|e| format!("account {}: storage {}: {e}", a.name, s.account))?;
+        check_storage(a, &store).await?;
+        Ok(Account::new(a, Some(Arc::new(store))))
+    });
+    futures::future::join_all(checks)
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// One cheap request that proves the endpoint answers and the credential is accepted.
+/// Bounded by [`CHECK_TIMEOUT`]: a mount that cannot reach storage should say so soon.
+async fn check_storage<S: BlobStore>(a: &AccountConfig, store: &S) -> Res {
+    let Some(s) = &a.storage else { return Ok(()) };
+    let request = async {
+        match &s.container {
+            Some(c) => store.list(c, "", None, None, Some(1)).await.map(|_| ()),
+            None => store.list_containers().await.map(|_| ()),
+        }
+    };
+    let result = tokio::time::timeout(CHECK_TIMEOUT, request)
+        .await
+        .unwrap_or(Err(BlobError::Timeout(CHECK_TIMEOUT)));
+    result.map_err(|e| {
+        let what = format!(
+            "account {}: storage account {} at {}",
+            a.name, s.account, s.endpoint
+        );
+        match e {
+            BlobError::Denied { status, code } => {
+                format!("{what}: credentials rejected (HTTP {status} {code})")
+            }
+            BlobError::NotFound => format!(
+                "{what}: container {} not found",
+                s.container.as_deref().unwrap_or("?")
+            ),
+            BlobError::Transport(_) | BlobError::Timeout(_) => format!("{what}: unreachable ({e})"),
+            e => format!("{what}: {e}"),
+        }
+    })
+}
+
+pub fn accounts(path: &Path) -> Res {
+    let cfg = config::load(path).map_err(|e| e.to_string())?;
+    for w in &cfg.warnings {
+        eprintln!("batchfs: warning: {w}");
+    }
+    let rt = runtime()?;
+    let policy = RetryPolicy::default();
+    let rows = rt.block_on(futures::future::join_all(cfg.accounts.iter().map(|a| {
+        let policy = policy.clone();
+        async move {
+            let status = match &a.storage {
+                None => "no storage".to_string(),
+                Some(s) => match HttpBlobStore::new(s, policy) {
+                    Err(e) => format!("error: {e}"),
+                    Ok(store) => match check_storage(a, &store).await {
+                        Ok(()) => "ok".to_string(),
+                        Err(e) => format!("error: {}", e.rsplit(": ").next().unwrap_or(&e)),
+                    },
+                },
+            };
+            (a, status)
+        }
+    })));
+    println!(
+        "{:<24} {:<32} {:<20} {:<6} STORAGE",
+        "ACCOUNT", "STORAGE ACCOUNT", "CONTAINER", "KEYS"
+    );
+    let mut failed = 0;
+    for (a, status) in &rows {
+        let storage = a
+            .storage
+            .as_ref()
+            .map_or("-".to_string(), |s| match &s.kind {
+                Some(k) => format!("{} ({k})", s.account),
+                None => s.account.clone(),
+            });
+        let container = a
+            .storage
+            .as_ref()
+            .and_then(|s| s.container.as_deref())
+            .unwrap_or("(all)");
+        let keys = if a.primary_key.is_some() || a.secondary_key.is_some() {
+            "yes"
+        } else {
+            "no"
+        };
+        if status.starts_with("error") {
+            failed += 1;
+        }
+        println!(
+            "{:<24} {:<32} {:<20} {:<6} {status}",
+            a.name, storage, container, keys
+        );
+    }
+    if failed > 0 {
+        return Err(format!("{failed} storage account(s) did not answer"));
+    }
+    Ok(())
+}

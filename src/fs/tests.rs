@@ -1,0 +1,157 @@
+//! The namespace over an in-memory store: layout, listing rules and what each operation costs.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+
+use super::*;
+use crate::blob::memory::MemoryStore;
+use crate::blob::{BlobStore, Condition};
+use crate::config::parse;
+
+fn setup(page: usize) -> (Arc<MemoryStore>, Namespace<MemoryStore>) {
+    let cfg = parse(
+        std::path::Path::new("t.toml"),
+        "[[account]]\nname = \"alpha\"\nprimary_key = \"k\"\n[account.storage]\naccount = \"sto\"\nsas = \"sig=x\"\n\
+         [[account]]\nname = \"beta\"\n",
+    )
+    .unwrap();
+    let store = Arc::new(MemoryStore::new(page));
+    let accounts = vec![
+        Account::new(&cfg.accounts[0], Some(store.clone())),
+        Account::new(&cfg.accounts[1], None),
+    ];
+    (store, Namespace::new(accounts, Options::default()))
+}
+
+async fn put(s: &MemoryStore, c: &str, name: &str, data: &'static [u8]) {
+    s.put(
+        c,
+        name,
+        Bytes::from_static(data),
+        Condition::None,
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+}
+
+async fn walk(ns: &Namespace<MemoryStore>, path: &str) -> Result<Attr> {
+    let mut ino = ROOT_INO;
+    let mut attr = ns.getattr(ino).await?;
+    for seg in path.split('/').filter(|s| !s.is_empty()) {
+        attr = ns.lookup(ino, seg).await?;
+        ino = attr.ino;
+    }
+    Ok(attr)
+}
+
+fn names(l: &Listing) -> Vec<&str> {
+    l.entries.iter().map(|e| e.name.as_str()).collect()
+}
+
+#[tokio::test]
+async fn layout_and_pagination() {
+    let (store, ns) = setup(3);
+    store.create_container("c").await.unwrap();
+    for i in 0..10 {
+        let name: &'static str = Box::leak(format!("d/f{i}").into_boxed_str());
+        put(&store, "c", name, b"x").await;
+    }
+    put(&store, "c", "top", b"hello").await;
+    assert_eq!(
+        names(&ns.listing(ROOT_INO).await.unwrap()),
+        ["alpha", "beta"]
+    );
+    let alpha = walk(&ns, "alpha").await.unwrap();
+    assert_eq!(
+        names(&ns.listing(alpha.ino).await.unwrap()),
+        ["account.json", "keys", "storage"]
+    );
+    let beta = walk(&ns, "beta").await.unwrap();
+    assert_eq!(
+        names(&ns.listing(beta.ino).await.unwrap()),
+        ["account.json"]
+    );
+    let d = walk(&ns, "alpha/storage/c/d").await.unwrap();
+    assert_eq!(d.kind, Kind::Dir);
+    assert_eq!(ns.listing(d.ino).await.unwrap().entries.len(), 10);
+    let c = walk(&ns, "alpha/storage/c").await.unwrap();
+    assert_eq!(names(&ns.listing(c.ino).await.unwrap()), ["d", "top"]);
+}
+
+#[tokio::test]
+async fn a_fresh_listing_answers_lookups_for_free() {
+    let (store, ns) = setup(5000);
+    store.create_container("c").await.unwrap();
+    put(&store, "c", "a", b"1").await;
+    put(&store, "c", "b", b"22").await;
+    let c = walk(&ns, "alpha/storage/c").await.unwrap();
+    ns.listing(c.ino).await.unwrap();
+    let before = store.requests.load(Ordering::Relaxed);
+    let b = ns.lookup(c.ino, "b").await.unwrap();
+    assert_eq!(b.size, 2);
+    assert!(matches!(
+        ns.lookup(c.ino, "zzz").await,
+        Err(FsError::NotFound)
+    ));
+    ns.getattr(b.ino).await.unwrap();
+    assert_eq!(
+        store.requests.load(Ordering::Relaxed),
+        before,
+        "no request while the listing is fresh"
+    );
+}
+
+#[tokio::test]
+async fn reads_are_pinned_to_the_etag_seen_at_open() {
+    let (store, ns) = setup(5000);
+    store.create_container("c").await.unwrap();
+    put(&store, "c", "f", b"version one").await;
+    let f = walk(&ns, "alpha/storage/c/f").await.unwrap();
+    let fh = ns.open(f.ino, false).await.unwrap();
+    assert_eq!(&ns.read(fh, 0, 7).await.unwrap()[..], b"version");
+    put(&store, "c", "f", b"VERSION TWO").await;
+    assert!(matches!(ns.read(fh, 7, 4).await, Err(FsError::Stale)));
+    ns.release(fh);
+    let fh = ns.open(f.ino, false).await.unwrap();
+    assert_eq!(&ns.read(fh, 0, 100).await.unwrap()[..], b"VERSION TWO");
+    assert!(ns.read(fh, 100, 10).await.unwrap().is_empty());
+    assert!(matches!(ns.open(f.ino, true).await, Err(FsError::ReadOnly)));
+}
+
+#[tokio::test]
+async fn account_files_and_errors() {
+    let (_store, ns) = setup(5000);
+    let keys = walk(&ns, "alpha/keys").await.unwrap();
+    assert_eq!(keys.perm, 0o400);
+    let fh = ns.open(keys.ino, false).await.unwrap();
+    let text = ns.read(fh, 0, 4096).await.unwrap();
+    assert!(
+        std::str::from_utf8(&text)
+            .unwrap()
+            .contains("\"primary\": \"k\"")
+    );
+    assert!(matches!(
+        walk(&ns, "beta/keys").await,
+        Err(FsError::NotFound)
+    ));
+    assert!(matches!(
+        walk(&ns, "beta/storage").await,
+        Err(FsError::NotFound)
+    ));
+    assert!(matches!(
+        walk(&ns, "alpha/keys/x").await,
+        Err(FsError::NotDir)
+    ));
+    assert!(matches!(
+        walk(&ns, "alpha/storage/nocontainer/x").await,
+        Err(FsError::NotFound)
+    ));
+    let acct = walk(&ns, "alpha").await.unwrap();
+    assert!(matches!(
+        ns.open(acct.ino, false).await,
+        Err(FsError::IsDir)
+    ));
+}

@@ -1,0 +1,308 @@
+//! The FUSE adapter: links fuser's callbacks to [`Namespace`] and maps errors to errno.
+//!
+//! Callbacks never block a fuser thread on storage: each one spawns a task on the tokio
+//! runtime that answers the kernel when storage has. [`errno`] is the only place an error
+//! becomes an errno.
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
+};
+
+use crate::blob::{BlobError, BlobStore};
+use crate::fs::{Attr, FsError, Kind, Namespace};
+
+/// Largest read and write the kernel is asked to send.
+pub const MAX_IO: u32 = 1024 * 1024;
+
+pub struct FuseFs<S> {
+    ns: Arc<Namespace<S>>,
+    rt: tokio::runtime::Handle,
+    uid: u32,
+    gid: u32,
+}
+
+impl<S: BlobStore> FuseFs<S> {
+    pub fn new(ns: Arc<Namespace<S>>, rt: tokio::runtime::Handle, uid: u32, gid: u32) -> Self {
+        FuseFs { ns, rt, uid, gid }
+    }
+
+    fn attr(&self, a: &Attr) -> FileAttr {
+        file_attr(a, self.uid, self.gid)
+    }
+
+    fn ttl(&self) -> Duration {
+        self.ns.options().attr_ttl
+    }
+}
+
+pub fn file_attr(a: &Attr, uid: u32, gid: u32) -> FileAttr {
+    let (kind, nlink) = match a.kind {
+        Kind::Dir => (FileType::Directory, 2),
+        Kind::File => (FileType::RegularFile, 1),
+    };
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: a.mtime,
+        mtime: a.mtime,
+        ctime: a.mtime,
+        crtime: a.mtime,
+        kind,
+        perm: a.perm,
+        nlink,
+        uid,
+        gid,
+        rdev: 0,
+        // cp, tar and friends size their buffers by st_blksize: invite large reads.
+        blksize: MAX_IO,
+        flags: 0,
+    }
+}
+
+/// The one place an internal error becomes an errno.
+pub fn errno(e: &FsError) -> Errno {
+    match e {
+        FsError::NotFound => Errno::ENOENT,
+        FsError::NotDir => Errno::ENOTDIR,
+        FsError::IsDir => Errno::EISDIR,
+        FsError::ReadOnly => Errno::EROFS,
+        FsError::Stale => Errno::from_i32(libc::ESTALE),
+        FsError::BadHandle => Errno::EBADF,
+        FsError::Storage(BlobError::Denied { .. }) => Errno::EACCES,
+        FsError::Storage(_) => Errno::EIO,
+    }
+}
+
+fn log_error(op: &str, ino: u64, e: &FsError) {
+    match e {
+        FsError::Storage(_) | FsError::Stale => tracing::warn!(op, ino, error = %e, "failed"),
+        _ => tracing::debug!(op, ino, error = %e, "failed"),
+    }
+}
+
+impl<S: BlobStore> Filesystem for FuseFs<S> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // readdirplus: `ls -l` gets every entry's attributes from the listing itself.
+        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS) {
+            tracing::info!(?missing, "kernel lacks readdirplus");
+        }
+        if let Err(nearest) = config.set_max_write(MAX_IO) {
+            let _ = config.set_max_write(nearest);
+        }
+        if let Err(nearest) = config.set_max_readahead(MAX_IO) {
+            let _ = config.set_max_readahead(nearest);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        // Blob names are UTF-8: a name that is not cannot exist.
+        let Some(name) = name.to_str().map(str::to_owned) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let (ns, ttl, uid, gid) = (self.ns.clone(), self.ttl(), self.uid, self.gid);
+        self.rt.spawn(async move {
+            match ns.lookup(parent.0, &name).await {
+                Ok(a) => reply.entry(&ttl, &file_attr(&a, uid, gid), Generation(0)),
+                Err(e) => {
+                    log_error("lookup", parent.0, &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let (ns, ttl, uid, gid) = (self.ns.clone(), self.ttl(), self.uid, self.gid);
+        self.rt.spawn(async move {
+            match ns.getattr(ino.0).await {
+                Ok(a) => reply.attr(&ttl, &file_attr(&a, uid, gid)),
+                Err(e) => {
+                    log_error("getattr", ino.0, &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        let ns = self.ns.clone();
+        self.rt.spawn(async move {
+            match ns.open(ino.0, write).await {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => {
+                    log_error("open", ino.0, &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let ns = self.ns.clone();
+        self.rt.spawn(async move {
+            match ns.read(fh.0, offset, size).await {
+                Ok(data) => reply.data(&data),
+                Err(e) => {
+                    log_error("read", ino.0, &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Nothing is buffered for writing yet: every close succeeds.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.ns.release(fh.0);
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let ns = self.ns.clone();
+        self.rt.spawn(async move {
+            match ns.opendir(ino.0).await {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => {
+                    log_error("opendir", ino.0, &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let entries = match self.ns.dir_entries(fh.0) {
+            Ok(e) => e,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let parent = self.ns.parent_of(ino.0);
+        let dots = [(ino.0, "."), (parent, "..")];
+        let all = dots
+            .iter()
+            .map(|&(i, n)| (i, FileType::Directory, n))
+            .chain(entries.entries.iter().map(|e| {
+                let kind = self.attr(&e.attr).kind;
+                (e.attr.ino, kind, e.name.as_str())
+            }));
+        for (i, (child, kind, name)) in all.enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(child), i as u64 + 1, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let entries = match self.ns.dir_entries(fh.0) {
+            Ok(e) => e,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let ttl = self.ttl();
+        // `.` and `..` are not looked up by the kernel from readdirplus; any directory
+        // attributes will do for them.
+        let self_attr = Attr {
+            ino: ino.0,
+            kind: Kind::Dir,
+            size: 0,
+            mtime: std::time::UNIX_EPOCH,
+            perm: 0o755,
+        };
+        let parent = Attr {
+            ino: self.ns.parent_of(ino.0),
+            ..self_attr.clone()
+        };
+        let dots = [(".", &self_attr), ("..", &parent)];
+        let all = dots
+            .into_iter()
+            .chain(entries.entries.iter().map(|e| (e.name.as_str(), &e.attr)));
+        for (i, (name, attr)) in all.enumerate().skip(offset as usize) {
+            if reply.add(
+                INodeNo(attr.ino),
+                i as u64 + 1,
+                name,
+                &ttl,
+                &self.attr(attr),
+                Generation(0),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.ns.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        // Blob storage has no fixed capacity; report a large, stable size so tools that
+        // check free space before writing (cp, rsync, installers) go ahead.
+        const BLOCKS: u64 = 1 << 40;
+        reply.statfs(BLOCKS, BLOCKS, BLOCKS, 1 << 32, 1 << 32, 4096, 255, 4096);
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        // With default_permissions the kernel has already checked the mode bits.
+        reply.ok();
+    }
+}

@@ -1,0 +1,52 @@
+//! batchfs: Azure Batch accounts and their linked blob storage as one FUSE mount.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use batchfs::{MountArgs, config, daemon};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "batchfs",
+    version,
+    about = "Mount Azure Batch accounts and their storage as files"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Mount every configured account under MOUNTPOINT.
+    Mount(MountArgs),
+    /// Unmount a batchfs mount.
+    Unmount {
+        /// Detach now even if files are open (the daemon exits once they are closed).
+        #[arg(long)]
+        lazy: bool,
+        mountpoint: PathBuf,
+    },
+    /// List the configured accounts and check that their storage answers.
+    Accounts {
+        #[arg(long, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Mount(args) => daemon::mount(args),
+        Command::Unmount { lazy, mountpoint } => daemon::unmount(&mountpoint, lazy),
+        Command::Accounts { config } => daemon::accounts(&config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("batchfs: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

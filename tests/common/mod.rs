@@ -1,0 +1,353 @@
+//! Test harness: a real Azurite on a free loopback port, a real mount through the `batchfs`
+//! binary, and shell commands run against it as a user would.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use batchfs::blob::{BlobStore, Condition, HttpBlobStore, RetryPolicy};
+use batchfs::config::{Credential, StorageConfig};
+use batchfs::secret::Secret;
+use bytes::Bytes;
+
+pub const DEV_ACCOUNT: &str = "devstoreaccount1";
+pub const DEV_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+pub const BIN: &str = env!("CARGO_BIN_EXE_batchfs");
+
+fn azurite_main() -> PathBuf {
+    if let Some(p) = std::env::var_os("BATCHFS_AZURITE") {
+        return PathBuf::from(p);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".tools/azurite/node_modules/azurite/dist/src/blob/main.js")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+pub struct Azurite {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Azurite {
+    pub fn start() -> Azurite {
+        let main = azurite_main();
+        assert!(
+            main.exists(),
+            "Azurite not found at {} (run scripts/setup.sh, or set BATCHFS_AZURITE)",
+            main.display()
+        );
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let port = free_port();
+            let child = Command::new("node")
+                .arg(&main)
+                .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+                .args(["--inMemoryPersistence", "--extentMemoryLimit", "1024"])
+                .args(["--skipApiVersionCheck", "--loose", "--disableTelemetry"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("node runs");
+            let mut az = Azurite {
+                child,
+                port,
+                _dir: dir,
+            };
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(30) {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return az;
+                }
+                if let Ok(Some(_)) = az.child.try_wait() {
+                    break; // the port was taken meanwhile: try another
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        panic!("Azurite did not start");
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/{DEV_ACCOUNT}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .expect("kill runs")
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+
+    /// A client of our own for seeding data (the mount is read-only so far).
+    pub fn store(&self) -> Seeder {
+        Seeder::new(&self.endpoint())
+    }
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.pid().to_string()])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Seeder {
+    pub store: Arc<HttpBlobStore>,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Seeder {
+    pub fn new(endpoint: &str) -> Seeder {
+        let cfg = StorageConfig {
+            account: DEV_ACCOUNT.into(),
+            endpoint: endpoint.into(),
+            kind: None,
+            resource_id: None,
+            credential: Credential::SharedKey(Secret::new(DEV_KEY)),
+            container: None,
+        };
+        let store = HttpBlobStore::new(&cfg, RetryPolicy::default()).expect("client");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        Seeder {
+            store: Arc::new(store),
+            rt,
+        }
+    }
+
+    pub fn container(&self, name: &str) {
+        self.rt
+            .block_on(self.store.create_container(name))
+            .expect("create container");
+    }
+
+    pub fn put(&self, container: &str, name: &str, data: impl Into<Bytes>) {
+        self.put_meta(container, name, data, &BTreeMap::new());
+    }
+
+    pub fn put_meta(
+        &self,
+        container: &str,
+        name: &str,
+        data: impl Into<Bytes>,
+        meta: &BTreeMap<String, String>,
+    ) {
+        self.rt
+            .block_on(
+                self.store
+                    .put(container, name, data.into(), Condition::None, meta),
+            )
+            .unwrap_or_else(|e| panic!("put {container}/{name}: {e}"));
+    }
+
+    /// Uploads many small blobs, 32 at a time.
+    pub fn put_many(&self, container: &str, names: Vec<String>, data: &'static [u8]) {
+        use futures::StreamExt;
+        let store = self.store.clone();
+        let container = container.to_string();
+        self.rt.block_on(async move {
+            futures::stream::iter(names)
+                .map(|n| {
+                    let store = store.clone();
+                    let container = container.clone();
+                    async move {
+                        store
+                            .put(
+                                &container,
+                                &n,
+                                Bytes::from_static(data),
+                                Condition::None,
+                                &BTreeMap::new(),
+                            )
+                            .await
+                            .unwrap_or_else(|e| panic!("put {n}: {e}"))
+                    }
+                })
+                .buffer_unordered(32)
+                .collect::<Vec<_>>()
+                .await;
+        });
+    }
+
+    pub fn get(&self, container: &str, name: &str) -> Vec<u8> {
+        let props = self
+            .rt
+            .block_on(self.store.head(container, name))
+            .expect("head");
+        self.rt
+            .block_on(self.store.get_range(container, name, 0, props.size, None))
+            .expect("get")
+            .to_vec()
+    }
+}
+
+/// A mount made by the real binary, in the background (as a user would run it).
+pub struct Mount {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Mount {
+    pub fn start(config_text: &str, extra: &[&str]) -> Mount {
+        let m = Mount::prepare(config_text);
+        let out = m.mount_cmd(extra);
+        assert!(
+            out.status.success(),
+            "mount failed: {}\nlog:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            m.log_text()
+        );
+        m
+    }
+
+    pub fn prepare(config_text: &str) -> Mount {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("mnt");
+        std::fs::create_dir(&path).expect("mkdir mnt");
+        let config = dir.path().join("accounts.toml");
+        let mut f = std::fs::File::create(&config).expect("config");
+        f.write_all(config_text.as_bytes()).expect("write config");
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let log = dir.path().join("batchfs.log");
+        Mount {
+            dir,
+            path,
+            config,
+            log,
+        }
+    }
+
+    pub fn mount_cmd(&self, extra: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("mount")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--log-file")
+            .arg(&self.log)
+            .args(extra)
+            .arg(&self.path)
+            .output()
+            .expect("batchfs runs")
+    }
+
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.path.join(rel)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs a shell command with the mountpoint as working directory.
+    pub fn sh(&self, script: &str) -> Output {
+        sh_in(&self.path, script)
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new(BIN)
+            .args(["unmount", "--lazy"])
+            .arg(&self.path)
+            .output();
+    }
+}
+
+pub fn sh_in(dir: &Path, script: &str) -> Output {
+    Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .expect("bash runs")
+}
+
+/// Runs and requires success; returns stdout.
+pub fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "command failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Requires failure; returns stderr.
+pub fn fails(out: Output) -> String {
+    assert!(
+        !out.status.success(),
+        "command unexpectedly succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn config_for(az: &Azurite, extra_storage: &str) -> String {
+    format!(
+        r#"
+[[account]]
+name = "alpha"
+endpoint = "alpha.westeurope.batch.azure.com"
+location = "westeurope"
+subscription_id = "00000000-0000-0000-0000-000000000001"
+resource_group = "rg-batch"
+primary_key = "cHJpbWFyeS1rZXk="
+secondary_key = "c2Vjb25kYXJ5LWtleQ=="
+[account.storage]
+account = "{DEV_ACCOUNT}"
+endpoint = "{ep}"
+key = "{DEV_KEY}"
+{extra_storage}
+
+[[account]]
+name = "beta"
+"#,
+        ep = az.endpoint()
+    )
+}
+
+/// Pseudo-random bytes, reproducible from `seed`.
+pub fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
+        | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}

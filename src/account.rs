@@ -77,7 +77,7 @@ mod tests {
         let a = &c.accounts[0];
         let v: Value = serde_json::from_slice(&account_json(a)).unwrap();
         let keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
-        assert_eq!(keys, vec!["location", "name", "type"]);
+        assert_eq!(keys, vec!["name", "type", "location"], "ARM order");
         let text = String::from_utf8(account_json(a)).unwrap();
         assert!(!text.contains("SECRET"));
         let k: Value = serde_json::from_slice(&keys_json(a).unwrap()).unwrap();

@@ -398,3 +398,17 @@ fn accounts_command_shows_each_account_and_its_storage() {
     let beta = out.lines().find(|l| l.starts_with("beta")).expect(&out);
     assert!(beta.contains("no storage"), "{out}");
 }
+
+#[test]
+fn a_crashed_daemons_mountpoint_is_recovered() {
+    let az = Azurite::start();
+    let m = Mount::start(&config_for(&az, ""), &[]);
+    let mp = m.path.display().to_string();
+    let pid = ok(m.sh(&format!("pgrep -f -- 'batchfs mount .*{mp}$'")));
+    ok(m.sh(&format!("kill -9 {}", pid.trim())));
+    std::thread::sleep(Duration::from_millis(300));
+    let err = fails(sh_in(std::path::Path::new("/"), &format!("ls {mp}")));
+    assert!(err.contains("Transport endpoint is not connected"), "{err}");
+    ok(m.mount_cmd(&[]));
+    assert_eq!(ok(m.sh("ls -1")), "alpha\nbeta\n");
+}

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs what batchfs needs on a bare Debian machine (run as root): FUSE 3, Node.js with a
+# project-local Azurite (the Azure Storage emulator used by the demo and the tests), and the
+# release build. Safe to run again: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+AZURITE_VERSION=3.37.0
+AZURITE_MAIN=.tools/azurite/node_modules/azurite/dist/src/blob/main.js
+
+missing=()
+command -v fusermount3 >/dev/null || missing+=(fuse3)
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+command -v setpriv >/dev/null || missing+=(util-linux)
+command -v diff >/dev/null || missing+=(diffutils)
+command -v cc >/dev/null || missing+=(gcc)
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if [ ! -e /dev/fuse ]; then
+    modprobe fuse 2>/dev/null || true
+fi
+[ -e /dev/fuse ] || { echo "setup: /dev/fuse is missing: this machine cannot mount FUSE filesystems" >&2; exit 1; }
+
+installed=$(node -e "try{console.log(require('./.tools/azurite/node_modules/azurite/package.json').version)}catch(e){}" 2>/dev/null || true)
+if [ ! -f "$AZURITE_MAIN" ] || [ "$installed" != "$AZURITE_VERSION" ]; then
+    echo "setup: installing azurite@$AZURITE_VERSION into .tools/azurite"
+    mkdir -p .tools/azurite
+    npm install --prefix .tools/azurite --no-audit --no-fund --loglevel=error "azurite@$AZURITE_VERSION" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+    if [ -x "$HOME/.cargo/bin/cargo" ]; then
+        export PATH="$HOME/.cargo/bin:$PATH"
+    else
+        echo "setup: cargo is missing; install a Rust toolchain (1.88 or newer)" >&2
+        exit 1
+    fi
+fi
+if [ "${1:-}" = "--build" ]; then
+    cargo build --release --quiet --bin batchfs --example seed
+fi

@@ -412,3 +412,33 @@ fn a_crashed_daemons_mountpoint_is_recovered() {
     ok(m.mount_cmd(&[]));
     assert_eq!(ok(m.sh("ls -1")), "alpha\nbeta\n");
 }
+
+#[test]
+fn sas_token_credentials_work_and_never_leak() {
+    let az = Azurite::start();
+    let s = az.store();
+    s.container("sasbox");
+    s.put("sasbox", "dir/file name.txt", "via sas\n");
+    let sas = account_sas("rl");
+    let cfg = config_for(&az, "").replace(
+        &format!("key = \"{DEV_KEY}\""),
+        &format!("sas = \"?{sas}\""),
+    );
+    let m = Mount::start(&cfg, &["--log-level", "debug"]);
+    assert_eq!(ok(m.sh("ls -1 alpha/storage")), "sasbox\n");
+    assert_eq!(
+        ok(m.sh("cat 'alpha/storage/sasbox/dir/file name.txt'")),
+        "via sas\n"
+    );
+    fails(m.sh("cat alpha/storage/sasbox/missing"));
+    let sig = sas.rsplit("sig=").next().unwrap().to_string();
+    let log = m.log_text();
+    assert!(!log.is_empty());
+    assert!(!log.contains(&sig) && !log.contains(&urlencoding::decode(&sig).unwrap().to_string()));
+
+    // A SAS signed with the wrong key is refused at mount time.
+    let bad = cfg.replace(&sig, "AAAA");
+    let m2 = Mount::prepare(&bad);
+    let err = fails(m2.mount_cmd(&[]));
+    assert!(err.contains("credentials rejected"), "{err}");
+}

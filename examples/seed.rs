@@ -36,7 +36,8 @@ async fn main() -> Result<(), String> {
         container: None,
     };
     let root = PathBuf::from(std::env::args().nth(1).ok_or("usage: seed <dir>")?);
-    let store = HttpBlobStore::new(&cfg, RetryPolicy::default()).map_err(|e| e.to_string())?;
+    let store = HttpBlobStore::new(&cfg, RetryPolicy::default(), Default::default())
+        .map_err(|e| e.to_string())?;
     for entry in std::fs::read_dir(&root).map_err(|e| format!("{}: {e}", root.display()))? {
         let dir = entry.map_err(|e| e.to_string())?.path();
         let Some(container) = dir.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {

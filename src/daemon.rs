@@ -22,6 +22,7 @@ use crate::blob::{BlobError, BlobStore, HttpBlobStore, RetryPolicy};
 use crate::config::{self, AccountConfig};
 use crate::fs::{Account, Namespace, Options};
 use crate::fuse::FuseFs;
+use crate::stats::{Stats, XATTR};
 
 const CHILD_ENV: &str = "BATCHFS_DAEMON_CHILD";
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -140,14 +141,17 @@ fn run_mount(args: &MountArgs, mut notify: Option<&mut std::io::Stdout>) -> Res 
     let opts = Options {
         attr_ttl: secs("--attr-timeout", args.attr_timeout)?,
         dir_ttl: secs("--dir-timeout", args.dir_timeout)?,
+        cache_size: args.cache_size,
+        max_requests: args.max_requests.max(1),
     };
     let policy = RetryPolicy {
         deadline: secs("--timeout", args.timeout)?,
         ..RetryPolicy::default()
     };
     let rt = runtime()?;
-    let accounts = rt.block_on(connect_all(&cfg.accounts, &policy))?;
-    let ns = Arc::new(Namespace::new(accounts, opts));
+    let stats = Arc::new(Stats::default());
+    let accounts = rt.block_on(connect_all(&cfg.accounts, &policy, &stats))?;
+    let ns = Arc::new(Namespace::new(accounts, opts, stats));
 
     // SAFETY: getuid/getgid cannot fail and touch no memory.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
@@ -308,12 +312,13 @@ pub fn unmount(path: &Path, lazy: bool) -> Res {
 async fn connect_all(
     accounts: &[AccountConfig],
     policy: &RetryPolicy,
+    stats: &Arc<Stats>,
 ) -> Result<Vec<Account<HttpBlobStore>>, String> {
     let checks = accounts.iter().map(|a| async move {
         let Some(s) = &a.storage else {
             return Ok(Account::new(a, None));
         };
-        let store = HttpBlobStore::new(s, policy.clone())
+        let store = HttpBlobStore::new(s, policy.clone(), stats.clone())
             .map_err(|e| format!("account {}: storage {}: {e}", a.name, s.account))?;
         check_storage(a, &store).await?;
         Ok(Account::new(a, Some(Arc::new(store))))
@@ -368,7 +373,7 @@ pub fn accounts(path: &Path) -> Res {
         async move {
             let status = match &a.storage {
                 None => "no storage".to_string(),
-                Some(s) => match HttpBlobStore::new(s, policy) {
+                Some(s) => match HttpBlobStore::new(s, policy, Default::default()) {
                     Err(e) => format!("error: {e}"),
                     Ok(store) => match check_storage(a, &store).await {
                         Ok(()) => "ok".to_string(),
@@ -412,6 +417,38 @@ pub fn accounts(path: &Path) -> Res {
     }
     if failed > 0 {
         return Err(format!("{failed} storage account(s) did not answer"));
+    }
+    Ok(())
+}
+
+/// Prints the running counters of the mount at `path`.
+pub fn stats(path: &Path) -> Res {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    let c_name = std::ffi::CString::new(XATTR).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 64 * 1024];
+    // SAFETY: both strings are NUL-terminated and the buffer is valid for its length.
+    let n = unsafe {
+        libc::getxattr(
+            c_path.as_ptr(),
+            c_name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::ENODATA) | Some(libc::ENOTSUP) => {
+                format!("{} is not a batchfs mount", path.display())
+            }
+            _ => format!("{}: {e}", path.display()),
+        });
+    }
+    let map: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&buf[..n as usize]).map_err(|e| format!("bad stats: {e}"))?;
+    for (k, v) in map {
+        println!("{k:<20} {v}");
     }
     Ok(())
 }

@@ -11,11 +11,13 @@ use std::time::Duration;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 
 use crate::blob::{BlobError, BlobStore};
+use crate::fs::inode::ROOT_INO;
 use crate::fs::{Attr, FsError, Kind, Namespace};
+use crate::stats::XATTR;
 
 /// Largest read and write the kernel is asked to send.
 pub const MAX_IO: u32 = 1024 * 1024;
@@ -111,6 +113,13 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
         self.rt.spawn(async move {
             match ns.lookup(parent.0, &name).await {
                 Ok(a) => reply.entry(&ttl, &file_attr(&a, uid, gid), Generation(0)),
+                Err(FsError::NotFound) => {
+                    // A negative entry (inode 0): the kernel remembers the miss for the
+                    // listing TTL instead of asking again for every `stat` of the name.
+                    let mut none = file_attr(&Attr::missing(), uid, gid);
+                    none.ino = INodeNo(0);
+                    reply.entry(&ns.options().dir_ttl, &none, Generation(0))
+                }
                 Err(e) => {
                     log_error("lookup", parent.0, &e);
                     reply.error(errno(&e))
@@ -137,7 +146,14 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
         let ns = self.ns.clone();
         self.rt.spawn(async move {
             match ns.open(ino.0, write).await {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Ok(o) => {
+                    let flags = if o.keep_cache {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
+                    reply.opened(FileHandle(o.fh), flags)
+                }
                 Err(e) => {
                     log_error("open", ino.0, &e);
                     reply.error(errno(&e))
@@ -299,6 +315,29 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
         // check free space before writing (cp, rsync, installers) go ahead.
         const BLOCKS: u64 = 1 << 40;
         reply.statfs(BLOCKS, BLOCKS, BLOCKS, 1 << 32, 1 << 32, 4096, 255, 4096);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if ino.0 != ROOT_INO || name != XATTR {
+            return reply.error(Errno::from_i32(libc::ENODATA));
+        }
+        let json = self.ns.stats().to_json();
+        if size == 0 {
+            reply.size(json.len() as u32);
+        } else if (size as usize) < json.len() {
+            reply.error(Errno::from_i32(libc::ERANGE));
+        } else {
+            reply.data(json.as_bytes());
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        // The stats attribute is deliberately not listed: `cp -a` and `rsync -X` must not copy it.
+        if size == 0 {
+            reply.size(0)
+        } else {
+            reply.data(&[])
+        }
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {

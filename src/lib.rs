@@ -4,11 +4,13 @@
 
 pub mod account;
 pub mod blob;
+pub mod cache;
 pub mod config;
 pub mod daemon;
 pub mod fs;
 pub mod fuse;
 pub mod secret;
+pub mod stats;
 
 use std::path::PathBuf;
 
@@ -43,8 +45,40 @@ pub struct MountArgs {
     /// Seconds a directory listing is trusted.
     #[arg(long, default_value_t = 1.0)]
     pub dir_timeout: f64,
+    /// Page cache budget shared by all open files (e.g. 256M, 1G; at least 16M).
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    pub cache_size: u64,
+    /// Requests to storage in flight at once, shared by all files.
+    #[arg(long, default_value_t = 16)]
+    pub max_requests: usize,
     /// Seconds after which a storage operation gives up (and the caller gets EIO).
     #[arg(long, default_value_t = 20.0)]
     pub timeout: f64,
     pub mountpoint: PathBuf,
+}
+
+/// `256M`, `1G`, `512K` or a plain number of bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("{s}: unknown unit (use K, M, G or T)")),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    let n: u64 = num.trim().parse().map_err(|_| format!("{s}: not a size"))?;
+    let bytes = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("{s}: too large"))?;
+    if bytes < cache::MIN_BUDGET {
+        return Err(format!("{s}: the cache needs at least 16M"));
+    }
+    Ok(bytes)
 }

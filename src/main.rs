@@ -28,6 +28,8 @@ enum Command {
         lazy: bool,
         mountpoint: PathBuf,
     },
+    /// Print the running counters of a mount (requests, bytes, cache hits, ...).
+    Stats { mountpoint: PathBuf },
     /// List the configured accounts and check that their storage answers.
     Accounts {
         #[arg(long, default_value = config::DEFAULT_PATH)]
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
         Command::Mount(args) => daemon::mount(args),
         Command::Unmount { lazy, mountpoint } => daemon::unmount(&mountpoint, lazy),
         Command::Accounts { config } => daemon::accounts(&config),
+        Command::Stats { mountpoint } => daemon::stats(&mountpoint),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

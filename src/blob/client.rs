@@ -17,6 +17,7 @@
 //! reqwest errors are stripped of their URL (which may hold a SAS token) before formatting.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -28,6 +29,7 @@ use super::auth::{SignInput, authorization};
 use super::xml::{normalize_etag, parse_blob_list, parse_container_list, parse_time};
 use super::{BlobError, BlobProps, BlobStore, Condition, ContainerInfo, ListPage};
 use crate::config::{Credential, StorageConfig};
+use crate::stats::Stats;
 
 const API_VERSION: &str = "2023-11-03";
 
@@ -67,6 +69,7 @@ pub struct HttpBlobStore {
     credential: Credential,
     policy: RetryPolicy,
     health: std::sync::Mutex<Health>,
+    stats: Arc<Stats>,
 }
 
 struct Op<'a> {
@@ -143,7 +146,11 @@ enum Failure {
 }
 
 impl HttpBlobStore {
-    pub fn new(cfg: &StorageConfig, policy: RetryPolicy) -> Result<Self, BlobError> {
+    pub fn new(
+        cfg: &StorageConfig,
+        policy: RetryPolicy,
+        stats: Arc<Stats>,
+    ) -> Result<Self, BlobError> {
         let base = Url::parse(&cfg.endpoint)
             .map_err(|e| BlobError::BadResponse(format!("endpoint {}: {e}", cfg.endpoint)))?;
         let base_path = base.path().trim_end_matches('/').to_string();
@@ -162,6 +169,7 @@ impl HttpBlobStore {
             credential: cfg.credential.clone(),
             policy,
             health: std::sync::Mutex::new(Health::default()),
+            stats,
         })
     }
 
@@ -224,6 +232,14 @@ impl HttpBlobStore {
             let (err, retry_after) = match failure {
                 Failure::Final(e) => {
                     self.log_failure(op, &e, attempt, false);
+                    if !matches!(
+                        e,
+                        BlobError::NotFound
+                            | BlobError::PreconditionFailed
+                            | BlobError::Conflict(_)
+                    ) {
+                        Stats::add(&self.stats.errors, 1);
+                    }
                     return Err(e);
                 }
                 Failure::Retry(e, after) => (e, after),
@@ -232,11 +248,13 @@ impl HttpBlobStore {
             let give_up = start.elapsed() + backoff + Duration::from_millis(50) >= deadline;
             self.log_failure(op, &err, attempt, !give_up);
             if give_up {
+                Stats::add(&self.stats.errors, 1);
                 return Err(match err {
                     BlobError::Timeout(_) => BlobError::Timeout(start.elapsed()),
                     e => e,
                 });
             }
+            Stats::add(&self.stats.retries, 1);
             tokio::time::sleep(backoff).await;
         }
     }
@@ -273,6 +291,13 @@ impl HttpBlobStore {
     }
 
     async fn attempt(&self, op: &Op<'_>) -> Result<Answer, Failure> {
+        let counter = match op.name {
+            "list" | "list_containers" => &self.stats.list_requests,
+            "head" => &self.stats.head_requests,
+            "get_range" => &self.stats.get_requests,
+            _ => &self.stats.other_requests,
+        };
+        Stats::add(counter, 1);
         let path = self.path_of(op);
         let date = httpdate::fmt_http_date(std::time::SystemTime::now());
         let mut ms_headers = op.ms_headers.clone();
@@ -501,6 +526,7 @@ impl BlobStore for HttpBlobStore {
             )
             .condition(&cond);
         let answer = self.execute(op).await?;
+        Stats::add(&self.stats.bytes_fetched, answer.body.len() as u64);
         if answer.body.len() as u64 > len {
             return Err(BlobError::BadResponse(format!(
                 "asked for {len} bytes, got {}",

@@ -21,6 +21,9 @@ pub struct MemoryStore {
     etag_counter: AtomicU64,
     /// Number of requests served, by anyone: lets tests assert what an operation cost.
     pub requests: AtomicU64,
+    /// Get Blob requests and the bytes they returned.
+    pub gets: AtomicU64,
+    pub bytes: AtomicU64,
 }
 
 impl MemoryStore {
@@ -134,6 +137,9 @@ impl BlobStore for MemoryStore {
         }
         let start = (offset as usize).min(data.len());
         let end = (offset.saturating_add(len) as usize).min(data.len());
+        self.gets.fetch_add(1, Ordering::Relaxed);
+        self.bytes
+            .fetch_add((end - start) as u64, Ordering::Relaxed);
         Ok(data.slice(start..end))
     }
 

@@ -46,6 +46,8 @@ pub struct Node {
     pub meta: Option<Meta>,
     /// Last-Modified for directories that have one (containers, marker blobs).
     pub dir_mtime: Option<SystemTime>,
+    /// The ETag the last `open` saw: the kernel may keep cached pages while it is unchanged.
+    pub opened_etag: Option<String>,
 }
 
 #[derive(Debug)]
@@ -70,6 +72,7 @@ impl Default for Inodes {
                 parent: ROOT_INO,
                 meta: None,
                 dir_mtime: None,
+                opened_etag: None,
             },
         );
         t
@@ -92,6 +95,7 @@ impl Inodes {
                 parent,
                 meta: None,
                 dir_mtime: None,
+                opened_etag: None,
             },
         );
         ino

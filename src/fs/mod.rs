@@ -22,7 +22,9 @@ use bytes::Bytes;
 
 use crate::account;
 use crate::blob::{self, BlobError, BlobProps, BlobStore};
+use crate::cache::{BlobRef, Cache, Readahead};
 use crate::config::AccountConfig;
+use crate::stats::Stats;
 use inode::{Inodes, Meta, NodeKey, ROOT_INO};
 use listing::EntryKind;
 
@@ -71,6 +73,19 @@ pub struct Attr {
     pub perm: u16,
 }
 
+impl Attr {
+    /// Attributes for a negative lookup answer; only the TTL matters to the kernel.
+    pub fn missing() -> Attr {
+        Attr {
+            ino: 0,
+            kind: Kind::File,
+            size: 0,
+            mtime: SystemTime::UNIX_EPOCH,
+            perm: 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub name: String,
@@ -108,6 +123,10 @@ pub struct Options {
     pub attr_ttl: Duration,
     /// How long a directory listing is trusted for lookups and readdir.
     pub dir_ttl: Duration,
+    /// Byte budget of the page cache, shared by all open files.
+    pub cache_size: u64,
+    /// Requests to storage in flight at once, for all files.
+    pub max_requests: usize,
 }
 
 impl Default for Options {
@@ -115,6 +134,8 @@ impl Default for Options {
         Options {
             attr_ttl: Duration::from_secs(1),
             dir_ttl: Duration::from_secs(1),
+            cache_size: 256 << 20,
+            max_requests: 16,
         }
     }
 }
@@ -146,15 +167,20 @@ impl<S> Account<S> {
     }
 }
 
-enum Handle {
+enum Handle<S> {
     Static(Arc<[u8]>),
     Blob {
-        acct: usize,
-        container: String,
-        name: String,
-        etag: String,
-        size: u64,
+        blob: BlobRef<S>,
+        readahead: Mutex<Readahead>,
     },
+}
+
+/// What `open` gives the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    pub fh: u64,
+    /// The blob is the version the kernel may still hold pages of: keep them.
+    pub keep_cache: bool,
 }
 
 pub struct Namespace<S> {
@@ -162,7 +188,9 @@ pub struct Namespace<S> {
     opts: Options,
     inodes: Mutex<Inodes>,
     listings: Mutex<HashMap<u64, (Instant, Arc<Listing>)>>,
-    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    handles: Mutex<HashMap<u64, Arc<Handle<S>>>>,
+    cache: Arc<Cache>,
+    stats: Arc<Stats>,
     dir_handles: Mutex<HashMap<u64, Arc<Listing>>>,
     next_fh: AtomicU64,
     mount_time: SystemTime,
@@ -174,8 +202,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl<S: BlobStore> Namespace<S> {
-    pub fn new(accounts: Vec<Account<S>>, opts: Options) -> Self {
+    pub fn new(accounts: Vec<Account<S>>, opts: Options, stats: Arc<Stats>) -> Self {
         Namespace {
+            cache: Arc::new(Cache::new(
+                opts.cache_size,
+                opts.max_requests,
+                stats.clone(),
+            )),
+            stats,
             accounts,
             opts,
             inodes: Mutex::new(Inodes::default()),
@@ -189,6 +223,10 @@ impl<S: BlobStore> Namespace<S> {
 
     pub fn options(&self) -> &Options {
         &self.opts
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
     }
 
     fn key_of(&self, ino: u64) -> Result<NodeKey> {
@@ -517,8 +555,9 @@ impl<S: BlobStore> Namespace<S> {
         lock(&self.dir_handles).remove(&fh);
     }
 
-    pub async fn open(&self, ino: u64, write: bool) -> Result<u64> {
+    pub async fn open(&self, ino: u64, write: bool) -> Result<Opened> {
         let key = self.key_of(ino)?;
+        let mut keep_cache = true;
         let handle = match key {
             NodeKey::AccountJson(a) if !write => Handle::Static(self.accounts[a].json.clone()),
             NodeKey::Keys(a) if !write => match &self.accounts[a].keys {
@@ -534,21 +573,31 @@ impl<S: BlobStore> Namespace<S> {
                 name,
             } => {
                 // Close-to-open: always ask storage, and pin what it says for every read.
-                let props = self.storage(acct)?.store.head(&container, &name).await?;
+                let store = self.storage(acct)?.store.clone();
+                let props = store.head(&container, &name).await?;
                 self.remember(ino, &props);
+                keep_cache = self.opened_version(ino, &props.etag);
                 Handle::Blob {
-                    acct,
-                    container,
-                    name,
-                    etag: props.etag,
-                    size: props.size,
+                    blob: BlobRef::new(store, acct, container, name, props.etag, props.size),
+                    readahead: Mutex::new(Readahead::default()),
                 }
             }
             _ => return Err(FsError::IsDir),
         };
         let fh = self.new_fh();
         lock(&self.handles).insert(fh, Arc::new(handle));
-        Ok(fh)
+        Ok(Opened { fh, keep_cache })
+    }
+
+    /// Records the ETag an open saw; true if the previous open saw the same one.
+    fn opened_version(&self, ino: u64, etag: &str) -> bool {
+        let mut t = lock(&self.inodes);
+        let Some(node) = t.get_mut(ino) else {
+            return false;
+        };
+        let same = node.opened_etag.as_deref() == Some(etag);
+        node.opened_etag = Some(etag.to_string());
+        same
     }
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes> {
@@ -562,27 +611,10 @@ impl<S: BlobStore> Namespace<S> {
                 let end = start.saturating_add(size as usize).min(data.len());
                 Ok(Bytes::copy_from_slice(&data[start..end]))
             }
-            Handle::Blob {
-                acct,
-                container,
-                name,
-                etag,
-                size: blob_size,
-            } => {
-                if offset >= *blob_size {
-                    return Ok(Bytes::new());
-                }
-                let len = (size as u64).min(blob_size - offset);
-                let store = &self.storage(*acct)?.store;
-                let data = store
-                    .get_range(container, name, offset, len, Some(etag))
-                    .await?;
-                if (data.len() as u64) < len {
-                    // Shorter than the size pinned at open: the blob changed under us.
-                    return Err(FsError::Stale);
-                }
-                Ok(data)
-            }
+            Handle::Blob { blob, readahead } => Ok(self
+                .cache
+                .read(blob, readahead, offset, size as u64)
+                .await?),
         }
     }
 

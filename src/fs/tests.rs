@@ -22,7 +22,10 @@ fn setup(page: usize) -> (Arc<MemoryStore>, Namespace<MemoryStore>) {
         Account::new(&cfg.accounts[0], Some(store.clone())),
         Account::new(&cfg.accounts[1], None),
     ];
-    (store, Namespace::new(accounts, Options::default()))
+    (
+        store,
+        Namespace::new(accounts, Options::default(), Default::default()),
+    )
 }
 
 async fn put(s: &MemoryStore, c: &str, name: &str, data: &'static [u8]) {
@@ -108,16 +111,32 @@ async fn a_fresh_listing_answers_lookups_for_free() {
 async fn reads_are_pinned_to_the_etag_seen_at_open() {
     let (store, ns) = setup(5000);
     store.create_container("c").await.unwrap();
-    put(&store, "c", "f", b"version one").await;
+    let v1: &'static [u8] = Box::leak(vec![1u8; 3 << 20].into_boxed_slice());
+    let v2: &'static [u8] = Box::leak(vec![2u8; 3 << 20].into_boxed_slice());
+    put(&store, "c", "f", v1).await;
     let f = walk(&ns, "alpha/storage/c/f").await.unwrap();
-    let fh = ns.open(f.ino, false).await.unwrap();
-    assert_eq!(&ns.read(fh, 0, 7).await.unwrap()[..], b"version");
-    put(&store, "c", "f", b"VERSION TWO").await;
-    assert!(matches!(ns.read(fh, 7, 4).await, Err(FsError::Stale)));
-    ns.release(fh);
-    let fh = ns.open(f.ino, false).await.unwrap();
-    assert_eq!(&ns.read(fh, 0, 100).await.unwrap()[..], b"VERSION TWO");
-    assert!(ns.read(fh, 100, 10).await.unwrap().is_empty());
+    let o = ns.open(f.ino, false).await.unwrap();
+    assert!(!o.keep_cache, "first open: nothing to keep");
+    assert_eq!(&ns.read(o.fh, 0, 7).await.unwrap()[..], &[1u8; 7]);
+    put(&store, "c", "f", v2).await;
+    // Cached pages of version 1 may still be served; anything fetched now must be refused.
+    assert!(matches!(
+        ns.read(o.fh, 5 << 19, 4096).await,
+        Err(FsError::Stale)
+    ));
+    ns.release(o.fh);
+    let o = ns.open(f.ino, false).await.unwrap();
+    assert!(
+        !o.keep_cache,
+        "a new version: the kernel must drop its pages"
+    );
+    assert_eq!(&ns.read(o.fh, 0, 100).await.unwrap()[..], &[2u8; 100]);
+    assert!(ns.read(o.fh, 3 << 20, 10).await.unwrap().is_empty());
+    ns.release(o.fh);
+    assert!(
+        ns.open(f.ino, false).await.unwrap().keep_cache,
+        "same version: keep"
+    );
     assert!(matches!(ns.open(f.ino, true).await, Err(FsError::ReadOnly)));
 }
 
@@ -126,7 +145,7 @@ async fn account_files_and_errors() {
     let (_store, ns) = setup(5000);
     let keys = walk(&ns, "alpha/keys").await.unwrap();
     assert_eq!(keys.perm, 0o400);
-    let fh = ns.open(keys.ino, false).await.unwrap();
+    let fh = ns.open(keys.ino, false).await.unwrap().fh;
     let text = ns.read(fh, 0, 4096).await.unwrap();
     assert!(
         std::str::from_utf8(&text)

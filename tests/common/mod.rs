@@ -129,7 +129,8 @@ impl Seeder {
             credential: Credential::SharedKey(Secret::new(DEV_KEY)),
             container: None,
         };
-        let store = HttpBlobStore::new(&cfg, RetryPolicy::default()).expect("client");
+        let store =
+            HttpBlobStore::new(&cfg, RetryPolicy::default(), Default::default()).expect("client");
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

@@ -1,0 +1,452 @@
+//! The page cache and read engine.
+//!
+//! # Pages
+//!
+//! Blob data is cached in fixed-size pages of [`PAGE`] bytes, keyed by the blob's identity
+//! *including its ETag* and the page index, so a page of an old version can never be served
+//! for a new one. All open files share one LRU and one byte budget (`--cache-size`). Bytes of
+//! fetches still in flight are reserved against the budget before the request goes out: when
+//! the budget is full and nothing is left to evict, the fetch waits (backpressure) instead of
+//! growing memory.
+//!
+//! # Fetching
+//!
+//! A reader that needs a page that is neither cached nor in flight fetches it, together with
+//! the missing pages next to it, in one ranged GET of at most [`CHUNK`] bytes. A reader that
+//! needs a page another fetch is already bringing waits for that fetch instead of sending a
+//! second request. Fetches run as tasks of their own, so a reader that goes away (an
+//! interrupted `read`) does not waste a request half done. The number of requests in flight
+//! to storage is bounded (`--max-requests`) by one FIFO semaphore, which serves files in the
+//! order they asked and so shares storage fairly between them.
+//!
+//! # Prefetch
+//!
+//! Each open file tracks where its next sequential read would start. The first read of a
+//! handle fetches at least [`FIRST_FETCH`] bytes (Linux readahead follows a 1 MiB read with a
+//! further 128 KiB one; one round trip serves both, and all of any small file). Once two reads
+//! in a row continue where the previous one ended (a single random read that lands nearby by
+//! chance does not count), the prefetch window opens and then doubles with each sequential
+//! read, from [`CHUNK`] up to [`MAX_WINDOW`] (or an
+//! eighth of the budget if that is smaller, so several readers fit), and the window ahead of
+//! the reader is kept in flight as parallel GETs. A read elsewhere (a seek) drops the window
+//! to nothing: random reads fetch only the pages they touch, so a 4 KiB read costs one page,
+//! not megabytes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::{Bytes, BytesMut};
+use lru::LruCache;
+use tokio::sync::{Notify, Semaphore, watch};
+
+use crate::blob::{BlobError, BlobStore};
+use crate::stats::Stats;
+
+/// Cache granularity. Small enough that a random 4 KiB read fetches little.
+pub const PAGE: u64 = 32 * 1024;
+/// Largest single GET.
+pub const CHUNK: u64 = 2 * 1024 * 1024;
+/// Smallest fetch for the first read of an open file.
+pub const FIRST_FETCH: u64 = 1024 * 1024 + 128 * 1024;
+/// Upper bound on the prefetch window of one reader.
+pub const MAX_WINDOW: u64 = 64 * 1024 * 1024;
+/// A read this close to where the last one ended still counts as sequential: with several
+/// FUSE threads the kernel's readahead requests can arrive slightly out of order.
+const SEQ_SLACK: u64 = 2 * 1024 * 1024;
+/// The smallest budget that leaves room for a few chunks in flight.
+pub const MIN_BUDGET: u64 = 16 * 1024 * 1024;
+
+type Outcome = Option<Result<Bytes, BlobError>>;
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Key {
+    blob: Arc<str>,
+    page: u64,
+}
+
+struct Inner {
+    lru: LruCache<Key, Bytes>,
+    /// Bytes held by cached pages plus bytes reserved by fetches in flight.
+    used: u64,
+    /// Pages some fetch is bringing: the first page index of that fetch and its outcome.
+    inflight: HashMap<Key, (u64, watch::Receiver<Outcome>)>,
+}
+
+pub struct Cache {
+    budget: u64,
+    inner: Mutex<Inner>,
+    space: Notify,
+    requests: Arc<Semaphore>,
+    stats: Arc<Stats>,
+}
+
+/// One version of one blob, as an open file sees it.
+pub struct BlobRef<S> {
+    pub store: Arc<S>,
+    pub container: String,
+    pub name: String,
+    pub etag: String,
+    pub size: u64,
+    id: Arc<str>,
+}
+
+impl<S> BlobRef<S> {
+    pub fn new(
+        store: Arc<S>,
+        acct: usize,
+        container: String,
+        name: String,
+        etag: String,
+        size: u64,
+    ) -> Self {
+        let id = format!("{acct}/{container}/{name}\0{etag}").into();
+        BlobRef {
+            store,
+            container,
+            name,
+            etag,
+            size,
+            id,
+        }
+    }
+}
+
+/// Per-handle sequential-read state.
+#[derive(Debug, Default)]
+pub struct Readahead {
+    /// Where the next sequential read would start; `None` before the first read.
+    next: Option<u64>,
+    /// Sequential reads in a row; one lucky random read near the last must not open a window.
+    streak: u32,
+    window: u64,
+    /// Everything before this offset has been fetched or is in flight.
+    ahead_to: u64,
+}
+
+/// A run of missing pages `[first, end)` to fetch in one GET.
+type Run = (u64, u64);
+
+impl Cache {
+    pub fn new(budget: u64, max_requests: usize, stats: Arc<Stats>) -> Self {
+        Cache {
+            budget: budget.max(MIN_BUDGET),
+            inner: Mutex::new(Inner {
+                lru: LruCache::unbounded(),
+                used: 0,
+                inflight: HashMap::new(),
+            }),
+            space: Notify::new(),
+            requests: Arc::new(Semaphore::new(max_requests.max(1))),
+            stats,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn max_window(&self) -> u64 {
+        MAX_WINDOW.min(self.budget / 8).max(CHUNK)
+    }
+
+    /// Reads `[offset, offset+len)` of `blob` (clamped to its size) through the cache.
+    pub async fn read<S: BlobStore>(
+        self: &Arc<Self>,
+        blob: &BlobRef<S>,
+        ra: &Mutex<Readahead>,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes, BlobError> {
+        let end = offset.saturating_add(len).min(blob.size);
+        if offset >= end {
+            return Ok(Bytes::new());
+        }
+        let (fetch_end, prefetch) = self.plan(ra, blob.size, offset, end);
+        let first = offset / PAGE;
+        let last = end.div_ceil(PAGE);
+        let fetch_last = fetch_end.div_ceil(PAGE);
+
+        // Claim what is missing (demand first, then prefetch), under one lock.
+        let mut waits = Vec::with_capacity((last - first) as usize);
+        let mut pages = Vec::with_capacity((last - first) as usize);
+        let (demand_runs, prefetch_runs) = {
+            let mut inner = self.lock();
+            let mut missing = Vec::new();
+            for p in first..last {
+                let key = Key {
+                    blob: blob.id.clone(),
+                    page: p,
+                };
+                if let Some(b) = inner.lru.get(&key) {
+                    pages.push(Some(b.clone()));
+                    Stats::add(&self.stats.cache_hits, 1);
+                } else if let Some((start, rx)) = inner.inflight.get(&key) {
+                    waits.push((p, *start, rx.clone()));
+                    pages.push(None);
+                } else {
+                    missing.push(p);
+                    pages.push(None);
+                }
+            }
+            Stats::add(&self.stats.cache_misses, missing.len() as u64);
+            // The first read of a handle also brings the pages up to `fetch_end`.
+            let mut demand = runs(&missing);
+            if let Some(run) = demand.last_mut()
+                && run.1 == last
+            {
+                while run.1 < fetch_last
+                    && run.1 - run.0 < CHUNK / PAGE
+                    && !inner.has(&blob.id, run.1)
+                {
+                    run.1 += 1;
+                }
+            }
+            let demand_rx: Vec<_> = demand
+                .iter()
+                .map(|run| (*run, self.claim(&mut inner, blob, *run)))
+                .collect();
+            // Computed after the demand claims, so no page is claimed twice.
+            let ahead: Vec<u64> = prefetch
+                .map(|(a, b)| {
+                    (a / PAGE..b.div_ceil(PAGE))
+                        .filter(|&p| !inner.has(&blob.id, p))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let prefetch_claims: Vec<_> = runs(&ahead)
+                .into_iter()
+                .map(|run| (run, self.claim(&mut inner, blob, run)))
+                .collect();
+            (demand_rx, prefetch_claims)
+        };
+        for (run, tx) in demand_runs {
+            let rx = tx.subscribe();
+            self.spawn_fetch(blob, run, tx);
+            for p in run.0..run.1.min(last) {
+                if p >= first {
+                    waits.push((p, run.0, rx.clone()));
+                }
+            }
+        }
+        for (run, tx) in prefetch_runs {
+            Stats::add(&self.stats.prefetched_pages, run.1 - run.0);
+            self.spawn_fetch(blob, run, tx);
+        }
+        for (p, start, mut rx) in waits {
+            let outcome = rx
+                .wait_for(Option::is_some)
+                .await
+                .map_err(|_| BlobError::BadResponse("fetch abandoned".into()))?
+                .clone();
+            let data =
+                outcome.unwrap_or_else(|| Err(BlobError::BadResponse("fetch abandoned".into())))?;
+            pages[(p - first) as usize] = Some(page_of(&data, start, p));
+        }
+        assemble(pages, offset, end, first)
+    }
+
+    /// Updates the handle's readahead state; returns how far a demand fetch should reach and
+    /// the range to prefetch.
+    fn plan(
+        &self,
+        ra: &Mutex<Readahead>,
+        size: u64,
+        offset: u64,
+        end: u64,
+    ) -> (u64, Option<(u64, u64)>) {
+        let mut r = ra.lock().unwrap_or_else(|p| p.into_inner());
+        let fetch_end;
+        match r.next {
+            None => {
+                fetch_end = (offset + FIRST_FETCH).max(end).min(size);
+                r.window = 0;
+                r.ahead_to = fetch_end;
+            }
+            Some(n) if offset >= n.saturating_sub(SEQ_SLACK) && offset <= n + SEQ_SLACK => {
+                fetch_end = end;
+                r.streak = r.streak.saturating_add(1);
+                if r.streak >= 2 {
+                    r.window = if r.window == 0 {
+                        CHUNK
+                    } else {
+                        (r.window * 2).min(self.max_window())
+                    };
+                }
+            }
+            Some(_) => {
+                fetch_end = end;
+                r.streak = 0;
+                r.window = 0;
+                r.ahead_to = end;
+            }
+        }
+        r.next = Some(r.next.map_or(end, |n| n.max(end)));
+        if r.window == 0 {
+            return (fetch_end, None);
+        }
+        let target = (end + r.window).min(size);
+        let from = r.ahead_to.max(fetch_end);
+        r.ahead_to = r.ahead_to.max(target);
+        (fetch_end, (from < target).then_some((from, target)))
+    }
+
+    /// Registers `run` as in flight; returns the sender its fetch will complete.
+    fn claim<S>(&self, inner: &mut Inner, blob: &BlobRef<S>, run: Run) -> watch::Sender<Outcome> {
+        let (tx, rx) = watch::channel(None);
+        for p in run.0..run.1 {
+            let key = Key {
+                blob: blob.id.clone(),
+                page: p,
+            };
+            inner.inflight.insert(key, (run.0, rx.clone()));
+        }
+        tx
+    }
+
+    fn spawn_fetch<S: BlobStore>(
+        self: &Arc<Self>,
+        blob: &BlobRef<S>,
+        run: Run,
+        tx: watch::Sender<Outcome>,
+    ) {
+        let cache = self.clone();
+        let store = blob.store.clone();
+        let (container, name, etag, id) = (
+            blob.container.clone(),
+            blob.name.clone(),
+            blob.etag.clone(),
+            blob.id.clone(),
+        );
+        let start = run.0 * PAGE;
+        let len = (run.1 * PAGE).min(blob.size) - start;
+        tokio::spawn(async move {
+            cache.reserve(len).await;
+            let result = match cache.requests.clone().acquire_owned().await {
+                Ok(_permit) => {
+                    store
+                        .get_range(&container, &name, start, len, Some(&etag))
+                        .await
+                }
+                Err(_) => Err(BlobError::BadResponse("request limiter closed".into())),
+            };
+            let result = match result {
+                Ok(data) if data.len() as u64 == len => Ok(data),
+                Ok(_) => Err(BlobError::PreconditionFailed),
+                Err(e) => Err(e),
+            };
+            cache.complete(&id, run, len, &result);
+            let _ = tx.send(Some(result));
+        });
+    }
+
+    /// Waits until `len` more bytes fit in the budget, evicting least recently used pages.
+    async fn reserve(&self, len: u64) {
+        loop {
+            let notified = self.space.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut inner = self.lock();
+                while inner.used + len > self.budget {
+                    let Some((_, page)) = inner.lru.pop_lru() else {
+                        break;
+                    };
+                    inner.used -= page.len() as u64;
+                    Stats::add(&self.stats.evictions, 1);
+                }
+                if inner.used + len <= self.budget {
+                    inner.used += len;
+                    self.stats
+                        .cache_bytes
+                        .store(inner.used, std::sync::atomic::Ordering::Relaxed);
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Turns a finished fetch's reservation into cached pages (or releases it on failure).
+    fn complete(&self, id: &Arc<str>, run: Run, reserved: u64, result: &Result<Bytes, BlobError>) {
+        let mut inner = self.lock();
+        for p in run.0..run.1 {
+            let key = Key {
+                blob: id.clone(),
+                page: p,
+            };
+            inner.inflight.remove(&key);
+            if let Ok(data) = result
+                && let Some(old) = inner.lru.put(key, page_of(data, run.0, p))
+            {
+                inner.used -= old.len() as u64;
+            }
+        }
+        if result.is_err() {
+            inner.used -= reserved;
+        }
+        self.stats
+            .cache_bytes
+            .store(inner.used, std::sync::atomic::Ordering::Relaxed);
+        drop(inner);
+        self.space.notify_waiters();
+    }
+}
+
+impl Inner {
+    fn has(&self, blob: &Arc<str>, page: u64) -> bool {
+        let key = Key {
+            blob: blob.clone(),
+            page,
+        };
+        self.lru.contains(&key) || self.inflight.contains_key(&key)
+    }
+}
+
+/// Groups sorted page indexes into runs of consecutive pages, each at most one CHUNK.
+fn runs(pages: &[u64]) -> Vec<Run> {
+    let mut out: Vec<Run> = Vec::new();
+    for &p in pages {
+        match out.last_mut() {
+            Some(run) if run.1 == p && run.1 - run.0 < CHUNK / PAGE => run.1 += 1,
+            _ => out.push((p, p + 1)),
+        }
+    }
+    out
+}
+
+/// Page `p` out of the data of a fetch that started at page `start`.
+fn page_of(data: &Bytes, start: u64, p: u64) -> Bytes {
+    let from = ((p - start) * PAGE) as usize;
+    let to = (from + PAGE as usize).min(data.len());
+    data.slice(from.min(to)..to)
+}
+
+fn assemble(
+    pages: Vec<Option<Bytes>>,
+    offset: u64,
+    end: u64,
+    first: u64,
+) -> Result<Bytes, BlobError> {
+    let skip = (offset - first * PAGE) as usize;
+    let want = (end - offset) as usize;
+    if let [Some(only)] = pages.as_slice() {
+        if only.len() < skip + want {
+            return Err(BlobError::PreconditionFailed);
+        }
+        return Ok(only.slice(skip..skip + want));
+    }
+    let mut out = BytesMut::with_capacity(want);
+    for (i, page) in pages.into_iter().enumerate() {
+        let page = page.ok_or_else(|| BlobError::BadResponse("page missing".into()))?;
+        let from = if i == 0 { skip } else { 0 };
+        let take = (page.len().saturating_sub(from)).min(want - out.len());
+        out.extend_from_slice(&page[from..from + take]);
+    }
+    if out.len() < want {
+        return Err(BlobError::PreconditionFailed);
+    }
+    Ok(out.freeze())
+}
+
+#[cfg(test)]
+mod tests;

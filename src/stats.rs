@@ -1,0 +1,54 @@
+//! Running counters of a mount, shown by `batchfs stats MOUNTPOINT`.
+//!
+//! The daemon serves them as JSON in the extended attribute [`XATTR`] of the mount's root, so
+//! no extra file appears in the tree and no socket needs managing.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub const XATTR: &str = "user.batchfs.stats";
+
+macro_rules! counters {
+    ($($name:ident: $doc:literal),* $(,)?) => {
+        #[derive(Debug, Default)]
+        pub struct Stats {
+            $(#[doc = $doc] pub $name: AtomicU64,)*
+        }
+
+        impl Stats {
+            /// Every counter by name, in declaration order.
+            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name.load(Ordering::Relaxed)),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    list_requests: "List Blobs and List Containers requests sent",
+    head_requests: "Get Blob Properties requests sent",
+    get_requests: "ranged Get Blob requests sent",
+    other_requests: "any other request sent",
+    bytes_fetched: "bytes received from Get Blob",
+    retries: "attempts repeated after a retryable failure",
+    errors: "operations that failed after retries (not counting 404/409/412 answers)",
+    cache_hits: "pages served from the page cache",
+    cache_misses: "pages a reader had to fetch (not prefetched)",
+    prefetched_pages: "pages fetched ahead of the reader",
+    evictions: "pages evicted to stay within the cache budget",
+    cache_bytes: "bytes held or reserved by the page cache now",
+}
+
+impl Stats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn to_json(&self) -> String {
+        let map: serde_json::Map<String, serde_json::Value> = self
+            .snapshot()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.into()))
+            .collect();
+        serde_json::Value::Object(map).to_string()
+    }
+}

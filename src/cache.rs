@@ -22,7 +22,7 @@
 //! # Prefetch
 //!
 //! Each open file tracks where its next sequential read would start. The first read of a
-//! handle fetches at least [`FIRST_FETCH`] bytes (Linux readahead follows a 1 MiB read with a
+//! handle, if it starts at offset 0, fetches at least [`FIRST_FETCH`] bytes (Linux readahead follows a 1 MiB read with a
 //! further 128 KiB one; one round trip serves both, and all of any small file). Once two reads
 //! in a row continue where the previous one ended (a single random read that lands nearby by
 //! chance does not count), the prefetch window opens and then doubles with each sequential
@@ -257,8 +257,14 @@ impl Cache {
         let mut r = ra.lock().unwrap_or_else(|p| p.into_inner());
         let fetch_end;
         match r.next {
+            None if offset == 0 => {
+                fetch_end = FIRST_FETCH.max(end).min(size);
+                r.window = 0;
+                r.ahead_to = fetch_end;
+            }
             None => {
-                fetch_end = (offset + FIRST_FETCH).max(end).min(size);
+                // A first read elsewhere is a seek right after open: random access.
+                fetch_end = end;
                 r.window = 0;
                 r.ahead_to = fetch_end;
             }

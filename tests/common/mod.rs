@@ -369,3 +369,39 @@ pub fn account_sas(permissions: &str) -> String {
         urlencoding::encode(&sig)
     )
 }
+
+impl Mount {
+    /// The daemon's counters, through `batchfs stats`.
+    pub fn stats(&self) -> BTreeMap<String, u64> {
+        let out = ok(Command::new(BIN)
+            .arg("stats")
+            .arg(&self.path)
+            .output()
+            .expect("stats"));
+        out.lines()
+            .filter_map(|l| {
+                let mut it = l.split_whitespace();
+                Some((it.next()?.to_string(), it.next()?.parse().ok()?))
+            })
+            .collect()
+    }
+
+    pub fn daemon_pid(&self) -> u32 {
+        let out = ok(sh_in(
+            Path::new("/"),
+            &format!("pgrep -f -- 'batchfs mount .*{}$'", self.path.display()),
+        ));
+        out.trim().parse().expect("one daemon")
+    }
+}
+
+/// Peak resident memory of a process, from /proc (VmHWM), in bytes.
+pub fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .expect("VmHWM")
+}

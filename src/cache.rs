@@ -292,8 +292,12 @@ impl Cache {
         }
         let target = (end + r.window).min(size);
         let from = r.ahead_to.max(fetch_end);
-        r.ahead_to = r.ahead_to.max(target);
-        (fetch_end, (from < target).then_some((from, target)))
+        // Top the window up in whole chunks: one large GET, not one per kernel read.
+        if from >= target || (target - from < CHUNK && target < size) {
+            return (fetch_end, None);
+        }
+        r.ahead_to = target;
+        (fetch_end, Some((from, target)))
     }
 
     /// Registers `run` as in flight; returns the sender its fetch will complete.

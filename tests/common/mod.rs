@@ -353,21 +353,15 @@ pub fn data(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// An account SAS (version 2018-11-09) for the blob service, signed with the dev key.
+/// A read/list account SAS signed with the dev key.
 pub fn account_sas(permissions: &str) -> String {
-    use base64::Engine;
-    use hmac::{Hmac, KeyInit, Mac};
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let (sv, ss, srt, se) = ("2018-11-09", "b", "sco", "2099-01-01T00:00:00Z");
-    let to_sign = format!("{DEV_ACCOUNT}\n{permissions}\n{ss}\n{srt}\n\n{se}\n\n\n{sv}\n");
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&b64.decode(DEV_KEY).unwrap()).unwrap();
-    mac.update(to_sign.as_bytes());
-    let sig = b64.encode(mac.finalize().into_bytes());
-    format!(
-        "sv={sv}&ss={ss}&srt={srt}&sp={permissions}&se={}&sig={}",
-        urlencoding::encode(se),
-        urlencoding::encode(&sig)
+    batchfs::blob::auth::account_sas(
+        DEV_ACCOUNT,
+        &Secret::new(DEV_KEY),
+        permissions,
+        "2099-01-01T00:00:00Z",
     )
+    .expect("sas")
 }
 
 impl Mount {

@@ -1,0 +1,263 @@
+#!/usr/bin/env bash
+# Read benchmarks: batchfs against rclone mount (defaults and tuned) and against the ceiling,
+# the project's own blob client doing the same transfer without FUSE. Every system reads the
+# same data from the same Azurite in the same run, on two backends:
+#   R  Azurite on loopback
+#   S  the same Azurite behind a shaping proxy: +20 ms before each response, 25 MiB/s per
+#      connection (a compute node talking to cloud storage)
+# It prints a table of medians and writes it to docs/benchmarks.md.
+#
+# Settings (environment): BENCH_SIZE (bytes per large blob, default 1 GiB), REPEAT (runs per
+# measurement, default 3), RANDOM_SECS (random-read duration, default 30), BENCH_OUT (default
+# docs/benchmarks.md), BACKENDS (default "R S").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+SIZE=${BENCH_SIZE:-$((1 << 30))}
+REPEAT=${REPEAT:-3}
+RANDOM_SECS=${RANDOM_SECS:-30}
+OUT=${BENCH_OUT:-docs/benchmarks.md}
+BACKENDS=${BACKENDS:-R S}
+
+scripts/setup.sh --build
+export PATH="$HOME/.cargo/bin:$PATH"
+missing=()
+for t in rclone fio bindfs python3; do command -v "$t" >/dev/null || missing+=("$t"); done
+if [ "${#missing[@]}" -gt 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+cargo build --release --quiet --example benchtool
+BIN=$ROOT/target/release/batchfs
+TOOL=$ROOT/target/release/examples/benchtool
+
+WORK=$(mktemp -d /tmp/batchfs-bench.XXXXXX)
+MP=$WORK/mnt
+mkdir -p "$MP"
+PIDS=()
+cleanup() {
+    fusermount3 -u -z "$MP" 2>/dev/null || true
+    fusermount3 -u -z "$WORK/bind" 2>/dev/null || true
+    umount "$WORK/tmpfs" 2>/dev/null || true
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+AZ_PORT=$(free_port)
+node .tools/azurite/node_modules/azurite/dist/src/blob/main.js --blobHost 127.0.0.1 \
+    --blobPort "$AZ_PORT" --inMemoryPersistence --extentMemoryLimit 12000 \
+    --skipApiVersionCheck --loose --disableTelemetry >"$WORK/azurite.log" 2>&1 &
+PIDS+=($!)
+SHAPE_PORT=$(free_port)
+"$TOOL" shaper "$SHAPE_PORT" "$AZ_PORT" 20 $((25 << 20)) &
+PIDS+=($!)
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$AZ_PORT") 2>/dev/null && break; sleep 0.1; done
+
+export BENCH_ACCOUNT=devstoreaccount1
+export BENCH_KEY="Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+endpoint() { if [ "$1" = R ]; then echo "http://127.0.0.1:$AZ_PORT/devstoreaccount1"; else echo "http://127.0.0.1:$SHAPE_PORT/devstoreaccount1"; fi; }
+
+echo "bench: seeding 4 x $((SIZE >> 20)) MiB and 20,000 small blobs"
+export BENCH_ENDPOINT; BENCH_ENDPOINT=$(endpoint R)
+for i in 0 1 2 3; do "$TOOL" put bench "big$i" "$SIZE"; done
+"$TOOL" put-many bench dir10k 1 10000
+"$TOOL" put-many bench tree 100 100
+
+for b in R S; do
+    cat >"$WORK/batchfs-$b.toml" <<EOF
+[[account]]
+name = "bench"
+[account.storage]
+account = "devstoreaccount1"
+endpoint = "$(endpoint "$b")"
+key = "$BENCH_KEY"
+container = "bench"
+EOF
+    chmod 600 "$WORK/batchfs-$b.toml"
+    # rclone 1.60 takes no endpoint URL with a key (only a domain suffix, or the emulator on
+    # port 10000), so it gets a container SAS URL on the same endpoint.
+    cat >"$WORK/rclone-$b.conf" <<EOF
+[az]
+type = azureblob
+sas_url = $(endpoint "$b")/bench?$("$TOOL" sas)
+EOF
+done
+
+RCLONE_BEST=(--vfs-cache-mode full --vfs-read-ahead 512M --buffer-size 64M
+    --vfs-read-chunk-size 32M --vfs-read-chunk-size-limit 512M)
+
+# mount SYSTEM BACKEND: a fresh, cold mount at $MP whose files are at $DATA.
+mount_fs() {
+    sync
+    echo 3 >/proc/sys/vm/drop_caches
+    case $1 in
+    batchfs)
+        "$BIN" mount --config "$WORK/batchfs-$2.toml" --cache-size 256M "$MP"
+        DATA=$MP/bench/storage
+        ;;
+    rclone-default | rclone-best)
+        local extra=()
+        [ "$1" = rclone-best ] && extra=("${RCLONE_BEST[@]}" --cache-dir "$WORK/rc-cache")
+        rm -rf "$WORK/rc-cache"
+        rclone mount "az:bench" "$MP" --config "$WORK/rclone-$2.conf" --read-only --daemon \
+            "${extra[@]}"
+        for _ in $(seq 100); do mountpoint -q "$MP" && break; sleep 0.1; done
+        DATA=$MP
+        ;;
+    esac
+}
+unmount_fs() {
+    fusermount3 -u "$MP" 2>/dev/null || fusermount3 -u -z "$MP"
+    for _ in $(seq 50); do mountpoint -q "$MP" || break; sleep 0.1; done
+}
+
+now() { date +%s.%N; }
+secs_since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.3f}')" "$1" "$(now)"; }
+median() { python3 -c 'import sys, statistics; print(f"{statistics.median(float(x) for x in sys.argv[1:]):.3f}")' "$@"; }
+mibs() { python3 -c "import sys; print(f'{float(sys.argv[1]) / 1048576 / float(sys.argv[2]):.1f}')" "$1" "$2"; }
+
+RESULTS=$WORK/results
+: >"$RESULTS"
+record() { echo "$*" >>"$RESULTS"; echo "  $*"; } # case backend system value unit
+
+seq_read() { # system backend readers -> seconds
+    mount_fs "$1" "$2"
+    local start; start=$(now)
+    local pids=()
+    for i in $(seq 0 $(($3 - 1))); do cat "$DATA/big$i" >/dev/null & pids+=($!); done
+    wait "${pids[@]}"
+    secs_since "$start"
+    if [ "$1" = batchfs ] && [ "$3" = 4 ]; then
+        local pid; pid=$(pgrep -f -- "batchfs mount .*$MP\$")
+        awk '/VmHWM/ {print $2}' "/proc/$pid/status" >"$WORK/rss"
+    fi
+    unmount_fs
+}
+
+for b in $BACKENDS; do
+    echo "bench: backend $b"
+    export BENCH_ENDPOINT; BENCH_ENDPOINT=$(endpoint "$b")
+    for readers in 1 4; do
+        names=(); for i in $(seq 0 $((readers - 1))); do names+=("big$i"); done
+        t=(); for _ in $(seq "$REPEAT"); do t+=("$("$TOOL" ceiling $((2 << 20)) 16 bench "${names[@]}")"); done
+        record "seq$readers $b ceiling $(mibs $((SIZE * readers)) "$(median "${t[@]}")") MiB/s"
+        for sys in batchfs rclone-default rclone-best; do
+            t=(); for _ in $(seq "$REPEAT"); do t+=("$(seq_read "$sys" "$b" "$readers")"); done
+            record "seq$readers $b $sys $(mibs $((SIZE * readers)) "$(median "${t[@]}")") MiB/s"
+            if [ "$sys" = batchfs ] && [ "$readers" = 4 ]; then
+                record "rss $b batchfs $(( $(cat "$WORK/rss") / 1024 )) MiB"
+            fi
+        done
+    done
+
+    for sys in batchfs rclone-default rclone-best; do
+        mount_fs "$sys" "$b"
+        before=0
+        [ "$sys" = batchfs ] && before=$("$BIN" stats "$MP" | awk '$1=="bytes_fetched" {print $2}')
+        fio --name=rand --filename="$DATA/big0" --readonly --rw=randread --bs=4k --numjobs=4 \
+            --time_based --runtime="$RANDOM_SECS" --ioengine=psync --group_reporting \
+            --output-format=json >"$WORK/fio.json" 2>/dev/null
+        read -r iops ios < <(python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["jobs"][0]["read"]; print("%.0f %d" % (r["iops"], r["total_ios"]))' "$WORK/fio.json")
+        record "rand $b $sys $iops IOPS"
+        if [ "$sys" = batchfs ]; then
+            after=$("$BIN" stats "$MP" | awk '$1=="bytes_fetched" {print $2}')
+            record "randbytes $b batchfs $(( (after - before) / (ios > 0 ? ios : 1) / 1024 )) KiB/read"
+        fi
+        unmount_fs
+    done
+
+    t=(); for _ in $(seq "$REPEAT"); do t+=("$("$TOOL" list bench dir10k/)"); done
+    record "ls $b raw-list $(median "${t[@]}") s"
+    for sys in batchfs rclone-default; do
+        t=(); f=()
+        for _ in $(seq "$REPEAT"); do
+            mount_fs "$sys" "$b"
+            start=$(now); ls -l "$DATA/dir10k" >/dev/null; t+=("$(secs_since "$start")")
+            unmount_fs
+            mount_fs "$sys" "$b"
+            start=$(now); find "$DATA/tree" -type f | wc -l >/dev/null; f+=("$(secs_since "$start")")
+            unmount_fs
+        done
+        record "ls $b $sys $(median "${t[@]}") s"
+        record "find $b $sys $(median "${f[@]}") s"
+    done
+done
+
+echo "bench: warm re-read"
+warm() { # prints seconds for a second read of $1
+    cat "$1" >/dev/null
+    local start; start=$(now); cat "$1" >/dev/null; secs_since "$start"
+}
+for sys in batchfs rclone-best; do
+    t=(); for _ in $(seq "$REPEAT"); do mount_fs "$sys" R; t+=("$(warm "$DATA/big0")"); unmount_fs; done
+    record "warm R $sys $(mibs "$SIZE" "$(median "${t[@]}")") MiB/s"
+done
+mkdir -p "$WORK/tmpfs" "$WORK/bind"
+mount -t tmpfs -o size=$((SIZE + (64 << 20))) tmpfs "$WORK/tmpfs"
+BENCH_ENDPOINT=$(endpoint R) "$TOOL" ceiling $((2 << 20)) 16 bench big0 >/dev/null
+mount_fs batchfs R; cp "$DATA/big0" "$WORK/tmpfs/big0"; unmount_fs
+bindfs "$WORK/tmpfs" "$WORK/bind"
+t=(); for _ in $(seq "$REPEAT"); do t+=("$(warm "$WORK/bind/big0")"); done
+record "warm R bindfs-tmpfs $(mibs "$SIZE" "$(median "${t[@]}")") MiB/s"
+fusermount3 -u "$WORK/bind"
+umount "$WORK/tmpfs"
+
+python3 - "$RESULTS" "$OUT" "$SIZE" "$REPEAT" "$RANDOM_SECS" <<'PY'
+import sys, collections, datetime, platform, os, subprocess
+results, out, size, repeat, rsecs = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+r = collections.defaultdict(dict)
+for line in open(results):
+    case, backend, system, value, unit = line.split()
+    r[(case, backend)][system] = (float(value), unit)
+
+def v(case, b, s):
+    return r.get((case, b), {}).get(s, (None, ""))[0]
+
+def ratio(a, b):
+    return f"{a / b:.2f}x" if a and b else "n/a"
+
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+mem = next((l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")), "0")
+rclone = subprocess.run(["rclone", "version"], capture_output=True, text=True).stdout.splitlines()[0]
+lines = [
+    "# Benchmarks",
+    "",
+    f"Run by `scripts/bench.sh` on {datetime.date.today()}: {os.cpu_count()} cores ({cpu}), "
+    f"{int(mem) // 1048576} GiB, Linux {platform.release()}, {rclone}. Large blobs are "
+    f"{size >> 20} MiB; each figure is the median of {repeat} runs (random reads: "
+    f"{rsecs} s per system). R is Azurite on loopback; S is the same Azurite behind the "
+    "shaping proxy (+20 ms before each response, 25 MiB/s per connection). rclone-best is "
+    "`--vfs-cache-mode full --vfs-read-ahead 512M --buffer-size 64M --vfs-read-chunk-size 32M "
+    "--vfs-read-chunk-size-limit 512M`. The ceiling is the project's blob client reading the same "
+    "blobs with 16 parallel 2 MiB ranged GETs, without FUSE.",
+    "",
+    "| case | backend | batchfs | ceiling / reference | rclone default | rclone best | batchfs vs ceiling | batchfs vs rclone best | target |",
+    "|---|---|---|---|---|---|---|---|---|",
+]
+for b in ["R", "S"]:
+    for case, name in [("seq1", "1. cold sequential, 1 reader (MiB/s)"), ("seq4", "1. cold sequential, 4 readers (MiB/s)")]:
+        bf, c, rd, rb = v(case, b, "batchfs"), v(case, b, "ceiling"), v(case, b, "rclone-default"), v(case, b, "rclone-best")
+        if bf is None: continue
+        tgt = "≥ 0.8x ceiling" + (", ≥ 2x rclone best" if b == "S" else "")
+        lines.append(f"| {name} | {b} | {bf} | {c} | {rd} | {rb} | {ratio(bf, c)} | {ratio(bf, rb)} | {tgt} |")
+    bf, rd, rb = v("rand", b, "batchfs"), v("rand", b, "rclone-default"), v("rand", b, "rclone-best")
+    if bf is not None:
+        lines.append(f"| 3. random 4 KiB, 4 threads (IOPS) | {b} | {bf:.0f} | | {rd:.0f} | {rb:.0f} | | {ratio(bf, rb)} | ≥ rclone best |")
+        lines.append(f"| 3. bytes fetched per 4 KiB read (KiB) | {b} | {v('randbytes', b, 'batchfs'):.0f} | | | | | | ≤ 64 |")
+    bf, raw, rd = v("ls", b, "batchfs"), v("ls", b, "raw-list"), v("ls", b, "rclone-default")
+    if bf is not None:
+        lines.append(f"| 4. `ls -l` 10,000 entries, cold (s, lower is better) | {b} | {bf} | {raw} (raw list) | {rd} | | {ratio(bf, raw)} | | ≤ 1.5x raw, < rclone |")
+        lines.append(f"| 4. `find` 10,000 blobs in 100 dirs, cold (s) | {b} | {v('find', b, 'batchfs')} | | {v('find', b, 'rclone-default')} | | | | |")
+    rss = v("rss", b, "batchfs")
+    if rss is not None:
+        lines.append(f"| 5. peak RSS, case 1 with 4 readers, `--cache-size 256M` (MiB) | {b} | {rss:.0f} | | | | | | ≤ 320 |")
+bf, bind, rb = v("warm", "R", "batchfs"), v("warm", "R", "bindfs-tmpfs"), v("warm", "R", "rclone-best")
+lines.append(f"| 2. warm re-read (MiB/s) | R | {bf} | {bind} (bindfs over tmpfs) | | {rb} | {ratio(bf, bind)} | {ratio(bf, rb)} | ≥ 0.8x bindfs |")
+text = "\n".join(lines) + "\n"
+print(text)
+os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+with open(out, "w") as f:
+    f.write(text)
+PY

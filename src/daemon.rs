@@ -22,7 +22,7 @@ use crate::blob::{BlobError, BlobStore, HttpBlobStore, RetryPolicy};
 use crate::config::{self, AccountConfig};
 use crate::fs::{Account, Namespace, Options};
 use crate::fuse::FuseFs;
-use crate::stats::{Stats, XATTR};
+use crate::stats::{STATS_FILE, Stats};
 
 const CHILD_ENV: &str = "BATCHFS_DAEMON_CHILD";
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -423,30 +423,13 @@ pub fn accounts(path: &Path) -> Res {
 
 /// Prints the running counters of the mount at `path`.
 pub fn stats(path: &Path) -> Res {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
-    let c_name = std::ffi::CString::new(XATTR).map_err(|e| e.to_string())?;
-    let mut buf = vec![0u8; 64 * 1024];
-    // SAFETY: both strings are NUL-terminated and the buffer is valid for its length.
-    let n = unsafe {
-        libc::getxattr(
-            c_path.as_ptr(),
-            c_name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(match e.raw_os_error() {
-            Some(libc::ENODATA) | Some(libc::ENOTSUP) => {
-                format!("{} is not a batchfs mount", path.display())
-            }
-            _ => format!("{}: {e}", path.display()),
-        });
-    }
+    let file = path.join(STATS_FILE);
+    let text = std::fs::read(&file).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => format!("{} is not a batchfs mount", path.display()),
+        _ => format!("{}: {e}", file.display()),
+    })?;
     let map: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&buf[..n as usize]).map_err(|e| format!("bad stats: {e}"))?;
+        serde_json::from_slice(&text).map_err(|e| format!("bad stats: {e}"))?;
     for (k, v) in map {
         println!("{k:<20} {v}");
     }

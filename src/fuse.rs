@@ -11,13 +11,11 @@ use std::time::Duration;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
 };
 
 use crate::blob::{BlobError, BlobStore};
-use crate::fs::inode::ROOT_INO;
 use crate::fs::{Attr, FsError, Kind, Namespace};
-use crate::stats::XATTR;
 
 /// Largest read and write the kernel is asked to send.
 pub const MAX_IO: u32 = 1024 * 1024;
@@ -147,11 +145,13 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
         self.rt.spawn(async move {
             match ns.open(ino.0, write).await {
                 Ok(o) => {
-                    let flags = if o.keep_cache {
-                        FopenFlags::FOPEN_KEEP_CACHE
-                    } else {
-                        FopenFlags::empty()
-                    };
+                    let mut flags = FopenFlags::empty();
+                    if o.keep_cache {
+                        flags |= FopenFlags::FOPEN_KEEP_CACHE;
+                    }
+                    if o.direct_io {
+                        flags |= FopenFlags::FOPEN_DIRECT_IO;
+                    }
                     reply.opened(FileHandle(o.fh), flags)
                 }
                 Err(e) => {
@@ -315,29 +315,6 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
         // check free space before writing (cp, rsync, installers) go ahead.
         const BLOCKS: u64 = 1 << 40;
         reply.statfs(BLOCKS, BLOCKS, BLOCKS, 1 << 32, 1 << 32, 4096, 255, 4096);
-    }
-
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        if ino.0 != ROOT_INO || name != XATTR {
-            return reply.error(Errno::from_i32(libc::ENODATA));
-        }
-        let json = self.ns.stats().to_json();
-        if size == 0 {
-            reply.size(json.len() as u32);
-        } else if (size as usize) < json.len() {
-            reply.error(Errno::from_i32(libc::ERANGE));
-        } else {
-            reply.data(json.as_bytes());
-        }
-    }
-
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
-        // The stats attribute is deliberately not listed: `cp -a` and `rsync -X` must not copy it.
-        if size == 0 {
-            reply.size(0)
-        } else {
-            reply.data(&[])
-        }
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {

@@ -1,11 +1,13 @@
 //! Running counters of a mount, shown by `batchfs stats MOUNTPOINT`.
 //!
-//! The daemon serves them as JSON in the extended attribute [`XATTR`] of the mount's root, so
-//! no extra file appears in the tree and no socket needs managing.
+//! The daemon serves them as JSON in the file [`STATS_FILE`] at the mount's root. It is not
+//! listed (so `ls`, `find` and `cp -r` never see it) and cannot clash with an account name.
+//! (An extended attribute would avoid the name, but answering getxattr at all makes the kernel
+//! ask for every file `ls -l` shows; without it the kernel stops asking after the first try.)
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub const XATTR: &str = "user.batchfs.stats";
+pub const STATS_FILE: &str = ".batchfs-stats";
 
 macro_rules! counters {
     ($($name:ident: $doc:literal),* $(,)?) => {

@@ -367,8 +367,21 @@ impl HttpBlobStore {
         let status = resp.status();
         let headers = resp.headers().clone();
         if status.is_success() {
-            let body = resp.bytes().await.map_err(transport)?;
-            return Ok(Answer { headers, body });
+            // Into one buffer of the announced size: collecting the chunks and then joining
+            // them would hold every large GET twice for a moment.
+            let mut resp = resp;
+            let announced = match op.method {
+                Method::HEAD => 0, // Content-Length is the blob's size; there is no body.
+                _ => resp.content_length().unwrap_or(0).min(64 << 20),
+            };
+            let mut body = bytes::BytesMut::with_capacity(announced as usize);
+            while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+                body.extend_from_slice(&chunk);
+            }
+            return Ok(Answer {
+                headers,
+                body: body.freeze(),
+            });
         }
         let code = headers
             .get("x-ms-error-code")

@@ -13,6 +13,8 @@ pub const ROOT_INO: u64 = 1;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum NodeKey {
     Root,
+    /// The unlisted stats file at the root.
+    Stats,
     Account(usize),
     AccountJson(usize),
     Keys(usize),

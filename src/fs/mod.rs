@@ -24,7 +24,7 @@ use crate::account;
 use crate::blob::{self, BlobError, BlobProps, BlobStore};
 use crate::cache::{BlobRef, Cache, Readahead};
 use crate::config::AccountConfig;
-use crate::stats::Stats;
+use crate::stats::{STATS_FILE, Stats};
 use inode::{Inodes, Meta, NodeKey, ROOT_INO};
 use listing::EntryKind;
 
@@ -57,6 +57,11 @@ impl From<BlobError> for FsError {
 }
 
 pub type Result<T> = std::result::Result<T, FsError>;
+
+/// A listing this recent (or ten listing TTLs, if longer) is refreshed on a lookup miss ...
+const RELIST_WINDOW: Duration = Duration::from_secs(10);
+/// ... if it held at most this many entries (four list pages).
+const RELIST_MAX_ENTRIES: usize = 20_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -181,6 +186,8 @@ pub struct Opened {
     pub fh: u64,
     /// The blob is the version the kernel may still hold pages of: keep them.
     pub keep_cache: bool,
+    /// Content whose size is not known in advance: bypass the kernel's page cache.
+    pub direct_io: bool,
 }
 
 pub struct Namespace<S> {
@@ -192,6 +199,7 @@ pub struct Namespace<S> {
     cache: Arc<Cache>,
     stats: Arc<Stats>,
     dir_handles: Mutex<HashMap<u64, Arc<Listing>>>,
+    list_gates: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
     next_fh: AtomicU64,
     mount_time: SystemTime,
 }
@@ -216,6 +224,7 @@ impl<S: BlobStore> Namespace<S> {
             listings: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             dir_handles: Mutex::new(HashMap::new()),
+            list_gates: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             mount_time: SystemTime::now(),
         }
@@ -289,6 +298,7 @@ impl<S: BlobStore> Namespace<S> {
             NodeKey::Root | NodeKey::Account(_) => self.dir_attr(ino, 0o555, None),
             NodeKey::Containers(_) => self.dir_attr(ino, 0o755, None),
             NodeKey::Dir { .. } => self.dir_attr(ino, 0o755, dir_mtime),
+            NodeKey::Stats => self.file_attr(ino, 0, SystemTime::now(), 0o444),
             NodeKey::AccountJson(a) => self.file_attr(
                 ino,
                 self.accounts[*a].json.len() as u64,
@@ -324,6 +334,7 @@ impl<S: BlobStore> Namespace<S> {
     pub async fn lookup(&self, parent: u64, name: &str) -> Result<Attr> {
         let key = self.key_of(parent)?;
         let child = match &key {
+            NodeKey::Root if name == STATS_FILE => NodeKey::Stats,
             NodeKey::Root => match self.accounts.iter().position(|a| a.name == name) {
                 Some(i) => NodeKey::Account(i),
                 None => return Err(FsError::NotFound),
@@ -349,12 +360,15 @@ impl<S: BlobStore> Namespace<S> {
                 if let Some(entries) = self.fresh_listing(parent) {
                     return entries.find(name);
                 }
+                if self.worth_relisting(parent) {
+                    return self.listing(parent).await?.find(name);
+                }
                 if !listing::valid_name(name) {
                     return Err(FsError::NotFound);
                 }
                 return self.probe(parent, *acct, container, prefix, name).await;
             }
-            NodeKey::AccountJson(_) | NodeKey::Keys(_) | NodeKey::File { .. } => {
+            NodeKey::AccountJson(_) | NodeKey::Keys(_) | NodeKey::File { .. } | NodeKey::Stats => {
                 return Err(FsError::NotDir);
             }
         };
@@ -438,8 +452,32 @@ impl<S: BlobStore> Namespace<S> {
             .map(|(_, e)| e.clone())
     }
 
+    /// Whether a lookup in `ino` should refresh its listing rather than probe the one name:
+    /// the directory was listed moments ago (someone is walking it: `ls -l`, `find`, `rsync`)
+    /// and is small enough that listing it again costs no more than a few probes.
+    fn worth_relisting(&self, ino: u64) -> bool {
+        let window = (self.opts.dir_ttl * 10).max(RELIST_WINDOW);
+        lock(&self.listings)
+            .get(&ino)
+            .is_some_and(|(at, l)| at.elapsed() < window && l.entries.len() <= RELIST_MAX_ENTRIES)
+    }
+
+    /// One listing at a time per directory: concurrent lookups and `ls` share it.
+    fn list_gate(&self, ino: u64) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.list_gates).entry(ino).or_default().clone()
+    }
+
     /// The entries of directory `ino`, from a fresh cached listing or from storage.
     pub async fn listing(&self, ino: u64) -> Result<Arc<Listing>> {
+        if let Some(e) = self.fresh_listing(ino) {
+            return Ok(e);
+        }
+        let gate = self.list_gate(ino);
+        let _listing = gate.lock().await;
+        self.listing_locked(ino).await
+    }
+
+    async fn listing_locked(&self, ino: u64) -> Result<Arc<Listing>> {
         let key = self.key_of(ino)?;
         let entries = match &key {
             NodeKey::Root => (0..self.accounts.len())
@@ -507,7 +545,7 @@ impl<S: BlobStore> Namespace<S> {
                     .collect();
                 return Ok(self.cache_listing(ino, v));
             }
-            NodeKey::AccountJson(_) | NodeKey::Keys(_) | NodeKey::File { .. } => {
+            NodeKey::AccountJson(_) | NodeKey::Keys(_) | NodeKey::File { .. } | NodeKey::Stats => {
                 return Err(FsError::NotDir);
             }
         };
@@ -558,13 +596,20 @@ impl<S: BlobStore> Namespace<S> {
     pub async fn open(&self, ino: u64, write: bool) -> Result<Opened> {
         let key = self.key_of(ino)?;
         let mut keep_cache = true;
+        let mut direct_io = false;
         let handle = match key {
+            NodeKey::Stats if !write => {
+                direct_io = true;
+                Handle::Static(self.stats.to_json().into_bytes().into())
+            }
             NodeKey::AccountJson(a) if !write => Handle::Static(self.accounts[a].json.clone()),
             NodeKey::Keys(a) if !write => match &self.accounts[a].keys {
                 Some(k) => Handle::Static(k.clone()),
                 None => return Err(FsError::NotFound),
             },
-            NodeKey::File { .. } | NodeKey::AccountJson(_) | NodeKey::Keys(_) if write => {
+            NodeKey::File { .. } | NodeKey::AccountJson(_) | NodeKey::Keys(_) | NodeKey::Stats
+                if write =>
+            {
                 return Err(FsError::ReadOnly);
             }
             NodeKey::File {
@@ -586,7 +631,11 @@ impl<S: BlobStore> Namespace<S> {
         };
         let fh = self.new_fh();
         lock(&self.handles).insert(fh, Arc::new(handle));
-        Ok(Opened { fh, keep_cache })
+        Ok(Opened {
+            fh,
+            keep_cache,
+            direct_io,
+        })
     }
 
     /// Records the ETag an open saw; true if the previous open saw the same one.

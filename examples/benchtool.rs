@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use batchfs::blob::{self, BlobStore, Condition, HttpBlobStore, RetryPolicy};
-use batchfs::config::{Credential, StorageConfig};
+use batchfs::config::StorageConfig;
 use batchfs::secret::Secret;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -27,14 +27,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn store() -> Result<Arc<HttpBlobStore>, String> {
     let var = |k: &str| std::env::var(k).map_err(|_| format!("{k} is not set"));
-    let cfg = StorageConfig {
-        account: var("BENCH_ACCOUNT")?,
-        endpoint: var("BENCH_ENDPOINT")?,
-        kind: None,
-        resource_id: None,
-        credential: Credential::SharedKey(Secret::new(var("BENCH_KEY")?)),
-        container: None,
-    };
+    let cfg = StorageConfig::with_key(
+        &var("BENCH_ACCOUNT")?,
+        &var("BENCH_ENDPOINT")?,
+        Secret::new(var("BENCH_KEY")?),
+    );
     let policy = RetryPolicy {
         deadline: Duration::from_secs(120),
         attempt_timeout: Duration::from_secs(110),
@@ -173,10 +170,9 @@ async fn main() -> Result<(), String> {
             let (c, n): (String, String) = (arg(&args, 2, "container")?, arg(&args, 3, "name")?);
             let size: usize = arg(&args, 4, "bytes")?;
             let s = store()?;
-            match s.create_container(&c).await {
-                Ok(()) | Err(blob::BlobError::Conflict(_)) => {}
-                Err(e) => return Err(e.to_string()),
-            }
+            blob::ensure_container(s.as_ref(), &c)
+                .await
+                .map_err(|e| e.to_string())?;
             let data = Bytes::from(pseudo_random(size, n.len() as u64 * 7919));
             s.put(&c, &n, data, Condition::None, &BTreeMap::new())
                 .await
@@ -187,10 +183,9 @@ async fn main() -> Result<(), String> {
                 (arg(&args, 2, "container")?, arg(&args, 3, "prefix")?);
             let (dirs, per): (usize, usize) = (arg(&args, 4, "dirs")?, arg(&args, 5, "per-dir")?);
             let s = store()?;
-            match s.create_container(&c).await {
-                Ok(()) | Err(blob::BlobError::Conflict(_)) => {}
-                Err(e) => return Err(e.to_string()),
-            }
+            blob::ensure_container(s.as_ref(), &c)
+                .await
+                .map_err(|e| e.to_string())?;
             let names: Vec<String> = (0..dirs)
                 .flat_map(|d| (0..per).map(move |f| (d, f)))
                 .map(|(d, f)| {

@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use batchfs::blob::{BlobError, BlobStore, Condition, HttpBlobStore, RetryPolicy};
-use batchfs::config::{Credential, StorageConfig};
+use batchfs::blob::{self, BlobStore, Condition, HttpBlobStore, RetryPolicy};
+use batchfs::config::StorageConfig;
 use batchfs::secret::Secret;
 
 fn files_under(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
@@ -27,14 +27,11 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 #[tokio::main]
 async fn main() -> Result<(), String> {
     let var = |k: &str| std::env::var(k).map_err(|_| format!("{k} is not set"));
-    let cfg = StorageConfig {
-        account: var("SEED_ACCOUNT")?,
-        endpoint: var("SEED_ENDPOINT")?,
-        kind: None,
-        resource_id: None,
-        credential: Credential::SharedKey(Secret::new(var("SEED_KEY")?)),
-        container: None,
-    };
+    let cfg = StorageConfig::with_key(
+        &var("SEED_ACCOUNT")?,
+        &var("SEED_ENDPOINT")?,
+        Secret::new(var("SEED_KEY")?),
+    );
     let root = PathBuf::from(std::env::args().nth(1).ok_or("usage: seed <dir>")?);
     let store = HttpBlobStore::new(&cfg, RetryPolicy::default(), Default::default())
         .map_err(|e| e.to_string())?;
@@ -43,10 +40,9 @@ async fn main() -> Result<(), String> {
         let Some(container) = dir.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
             continue;
         };
-        match store.create_container(&container).await {
-            Ok(()) | Err(BlobError::Conflict(_)) => {}
-            Err(e) => return Err(format!("container {container}: {e}")),
-        }
+        blob::ensure_container(&store, &container)
+            .await
+            .map_err(|e| format!("container {container}: {e}"))?;
         let mut files = Vec::new();
         files_under(&dir, &mut files).map_err(|e| e.to_string())?;
         for f in files {

@@ -154,16 +154,21 @@ for b in $BACKENDS; do
 
     for sys in batchfs rclone-default rclone-best; do
         mount_fs "$sys" "$b"
-        before=0
-        [ "$sys" = batchfs ] && before=$("$BIN" stats "$MP" | awk '$1=="bytes_fetched" {print $2}')
+        [ "$sys" = batchfs ] && "$BIN" stats "$MP" >"$WORK/stats.before"
         fio --name=rand --filename="$DATA/big0" --readonly --rw=randread --bs=4k --numjobs=4 \
             --time_based --runtime="$RANDOM_SECS" --ioengine=psync --group_reporting \
             --output-format=json >"$WORK/fio.json" 2>/dev/null
         read -r iops ios < <(python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["jobs"][0]["read"]; print("%.0f %d" % (r["iops"], r["total_ios"]))' "$WORK/fio.json")
         record "rand $b $sys $iops IOPS"
         if [ "$sys" = batchfs ]; then
-            after=$("$BIN" stats "$MP" | awk '$1=="bytes_fetched" {print $2}')
-            record "randbytes $b batchfs $(( (after - before) / (ios > 0 ? ios : 1) / 1024 )) KiB/read"
+            "$BIN" stats "$MP" >"$WORK/stats.after"
+            counter() { awk -v k="$1" '$1==k {print $2}' "$WORK/stats.$2"; }
+            fetched=$(($(counter bytes_fetched after) - $(counter bytes_fetched before)))
+            gets=$(($(counter get_requests after) - $(counter get_requests before)))
+            micros=$(($(counter request_micros after) - $(counter request_micros before)))
+            record "randbytes $b batchfs $((fetched / (ios > 0 ? ios : 1) / 1024)) KiB/read"
+            record "randgets $b batchfs $gets GETs"
+            record "randlat $b batchfs $((micros / (gets > 0 ? gets : 1) / 1000)) ms/GET"
         fi
         unmount_fs
     done
@@ -246,6 +251,8 @@ for b in ["R", "S"]:
     if bf is not None:
         lines.append(f"| 3. random 4 KiB, 4 threads (IOPS) | {b} | {bf:.0f} | | {rd:.0f} | {rb:.0f} | | {ratio(bf, rb)} | ≥ rclone best |")
         lines.append(f"| 3. bytes fetched per 4 KiB read (KiB) | {b} | {v('randbytes', b, 'batchfs'):.0f} | | | | | | ≤ 64 |")
+        if v("randgets", b, "batchfs") is not None:
+            lines.append(f"| 3. GETs during the random run; mean time per GET (ms) | {b} | {v('randgets', b, 'batchfs'):.0f}; {v('randlat', b, 'batchfs'):.0f} | | | | | | |")
     bf, raw, rd = v("ls", b, "batchfs"), v("ls", b, "raw-list"), v("ls", b, "rclone-default")
     if bf is not None:
         lines.append(f"| 4. `ls -l` 10,000 entries, cold (s, lower is better) | {b} | {bf} | {raw} (raw list) | {rd} | | {ratio(bf, raw)} | | ≤ 1.5x raw, < rclone |")

@@ -161,7 +161,7 @@ impl Cache {
         if offset >= end {
             return Ok(Bytes::new());
         }
-        let (fetch_end, prefetch) = self.plan(ra, blob.size, offset, end);
+        let (fetch_end, prefetch, streaming) = self.plan(ra, blob.size, offset, end);
         let first = offset / PAGE;
         let last = end.div_ceil(PAGE);
         let fetch_last = fetch_end.div_ceil(PAGE);
@@ -177,8 +177,14 @@ impl Cache {
                     blob: blob.id.clone(),
                     page: p,
                 };
-                if let Some(b) = inner.lru.get(&key) {
-                    pages.push(Some(b.clone()));
+                // A streaming reader leaves the pages it consumes where they are: promoting
+                // them would make the LRU evict the prefetched pages it has not read yet.
+                let hit = match streaming {
+                    true => inner.lru.peek(&key).cloned(),
+                    false => inner.lru.get(&key).cloned(),
+                };
+                if let Some(b) = hit {
+                    pages.push(Some(b));
                     Stats::add(&self.stats.cache_hits, 1);
                 } else if let Some((start, rx)) = inner.inflight.get(&key) {
                     waits.push((p, *start, rx.clone()));
@@ -245,15 +251,15 @@ impl Cache {
         assemble(pages, offset, end, first)
     }
 
-    /// Updates the handle's readahead state; returns how far a demand fetch should reach and
-    /// the range to prefetch.
+    /// Updates the handle's readahead state; returns how far a demand fetch should reach, the
+    /// range to prefetch, and whether the reader is streaming (its window is open).
     fn plan(
         &self,
         ra: &Mutex<Readahead>,
         size: u64,
         offset: u64,
         end: u64,
-    ) -> (u64, Option<(u64, u64)>) {
+    ) -> (u64, Option<(u64, u64)>, bool) {
         let mut r = ra.lock().unwrap_or_else(|p| p.into_inner());
         let fetch_end;
         match r.next {
@@ -288,16 +294,16 @@ impl Cache {
         }
         r.next = Some(r.next.map_or(end, |n| n.max(end)));
         if r.window == 0 {
-            return (fetch_end, None);
+            return (fetch_end, None, false);
         }
         let target = (end + r.window).min(size);
         let from = r.ahead_to.max(fetch_end);
         // Top the window up in whole chunks: one large GET, not one per kernel read.
         if from >= target || (target - from < CHUNK && target < size) {
-            return (fetch_end, None);
+            return (fetch_end, None, true);
         }
         r.ahead_to = target;
-        (fetch_end, Some((from, target)))
+        (fetch_end, Some((from, target)), true)
     }
 
     /// Registers `run` as in flight; returns the sender its fetch will complete.

@@ -53,6 +53,20 @@ pub struct StorageConfig {
     pub container: Option<String>,
 }
 
+impl StorageConfig {
+    /// A storage account reached with its shared key, as tools and tests build one.
+    pub fn with_key(account: &str, endpoint: &str, key: Secret) -> Self {
+        StorageConfig {
+            account: account.to_string(),
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            kind: None,
+            resource_id: None,
+            credential: Credential::SharedKey(key),
+            container: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum Credential {
     SharedKey(Secret),
@@ -371,6 +385,10 @@ impl Ctx<'_> {
                 format!("give only one of `{field}`, `{field}_file` and `{field}_env`"),
             ));
         }
+        let given_at = [&inline, &file, &env]
+            .iter()
+            .filter_map(|f| f.as_ref().map(|s| s.span().start))
+            .max();
         let value = if let Some(v) = inline {
             v.into_inner()
         } else if let Some(f) = file {
@@ -394,7 +412,7 @@ impl Ctx<'_> {
         if value.is_empty() {
             return Err(ConfigError {
                 path: self.path.to_owned(),
-                line: None,
+                line: given_at.map(|at| self.line_of(at)),
                 field: Some(field.to_string()),
                 message: "is empty".into(),
             });
@@ -525,5 +543,7 @@ container = "input"
         let e = p("[[account]]\nname = \"abc\"\nprimary_key = \"a\"\nprimary_key_env = \"B\"\n")
             .unwrap_err();
         assert_eq!(e.line, Some(4));
+        let e = p("[[account]]\nname = \"abc\"\nsecondary_key = \" \"\n").unwrap_err();
+        assert_eq!((e.line, e.message.as_str()), (Some(3), "is empty"));
     }
 }

@@ -30,6 +30,7 @@ counters! {
     head_requests: "Get Blob Properties requests sent",
     get_requests: "ranged Get Blob requests sent",
     other_requests: "any other request sent",
+    request_micros: "time spent waiting for storage, summed over all requests (µs)",
     bytes_fetched: "bytes received from Get Blob",
     retries: "attempts repeated after a retryable failure",
     errors: "operations that failed after retries (not counting 404/409/412 answers)",

@@ -224,7 +224,13 @@ impl HttpBlobStore {
             attempt += 1;
             let remaining = deadline.saturating_sub(start.elapsed());
             let limit = self.policy.attempt_timeout.min(remaining);
-            let failure = match tokio::time::timeout(limit, self.attempt(op)).await {
+            let sent = Instant::now();
+            let outcome = tokio::time::timeout(limit, self.attempt(op)).await;
+            Stats::add(
+                &self.stats.request_micros,
+                sent.elapsed().as_micros() as u64,
+            );
+            let failure = match outcome {
                 Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(f)) => f,
                 Err(_) => Failure::Retry(BlobError::Timeout(start.elapsed()), None),

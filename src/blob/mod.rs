@@ -158,3 +158,11 @@ pub async fn list_all<S: BlobStore>(
         }
     }
 }
+
+/// Creates `container` unless it exists already.
+pub async fn ensure_container<S: BlobStore>(store: &S, container: &str) -> Result<(), BlobError> {
+    match store.create_container(container).await {
+        Ok(()) | Err(BlobError::Conflict(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}

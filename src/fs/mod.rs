@@ -561,7 +561,14 @@ impl<S: BlobStore> Namespace<S> {
 
     fn cache_listing(&self, ino: u64, entries: Vec<Entry>) -> Arc<Listing> {
         let entries = Arc::new(Listing::new(entries));
-        lock(&self.listings).insert(ino, (Instant::now(), entries.clone()));
+        let mut listings = lock(&self.listings);
+        listings.insert(ino, (Instant::now(), entries.clone()));
+        // A walk over a large tree must not keep every listing it saw: each time the map
+        // grows past another 256 directories, drop the listings too old to be used again.
+        if listings.len().is_multiple_of(256) {
+            let keep = (self.opts.dir_ttl * 10).max(RELIST_WINDOW);
+            listings.retain(|_, (at, _)| at.elapsed() < keep);
+        }
         entries
     }
 

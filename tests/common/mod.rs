@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use batchfs::blob::{BlobStore, Condition, HttpBlobStore, RetryPolicy};
-use batchfs::config::{Credential, StorageConfig};
+use batchfs::config::StorageConfig;
 use batchfs::secret::Secret;
 use bytes::Bytes;
 
@@ -121,14 +121,7 @@ pub struct Seeder {
 
 impl Seeder {
     pub fn new(endpoint: &str) -> Seeder {
-        let cfg = StorageConfig {
-            account: DEV_ACCOUNT.into(),
-            endpoint: endpoint.into(),
-            kind: None,
-            resource_id: None,
-            credential: Credential::SharedKey(Secret::new(DEV_KEY)),
-            container: None,
-        };
+        let cfg = StorageConfig::with_key(DEV_ACCOUNT, endpoint, Secret::new(DEV_KEY));
         let store =
             HttpBlobStore::new(&cfg, RetryPolicy::default(), Default::default()).expect("client");
         let rt = tokio::runtime::Builder::new_multi_thread()

@@ -95,28 +95,54 @@ fn spawn_daemon() -> Res {
 }
 
 fn init_logging(args: &MountArgs) -> Res {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let level: tracing::Level = args.log_level.parse().map_err(|_| {
         format!(
             "--log-level {}: use error, warn, info, debug or trace",
             args.log_level
         )
     })?;
-    let builder = tracing_subscriber::fmt().with_max_level(level);
-    let result = match &args.log_file {
+    let level = LevelFilter::from_level(level);
+    // The HTTP and TLS libraries log requests and headers at debug and trace, and headers
+    // carry keys and tokens: they never go below info, whatever --log-level says.
+    let libraries = match level {
+        LevelFilter::DEBUG | LevelFilter::TRACE => LevelFilter::INFO,
+        other => other,
+    };
+    let mut targets = Targets::new().with_default(level);
+    for lib in [
+        "hyper",
+        "hyper_util",
+        "reqwest",
+        "h2",
+        "rustls",
+        "tokio_rustls",
+    ] {
+        targets = targets.with_target(lib, libraries);
+    }
+    let (writer, ansi) = match &args.log_file {
         Some(path) => {
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
                 .map_err(|e| format!("--log-file {}: {e}", path.display()))?;
-            builder
-                .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(file))
-                .try_init()
+            (BoxMakeWriter::new(std::sync::Mutex::new(file)), false)
         }
-        None => builder.with_writer(std::io::stderr).try_init(),
+        None => (BoxMakeWriter::new(std::io::stderr), true),
     };
-    result.map_err(|e| format!("cannot start logging: {e}"))?;
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_ansi(ansi)
+        .with_writer(writer);
+    tracing_subscriber::registry()
+        .with(fmt)
+        .with(targets)
+        .try_init()
+        .map_err(|e| format!("cannot start logging: {e}"))?;
     std::panic::set_hook(Box::new(|info| tracing::error!("panic: {info}")));
     Ok(())
 }

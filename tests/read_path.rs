@@ -424,7 +424,7 @@ fn sas_token_credentials_work_and_never_leak() {
         &format!("key = \"{DEV_KEY}\""),
         &format!("sas = \"?{sas}\""),
     );
-    let m = Mount::start(&cfg, &["--log-level", "debug"]);
+    let m = Mount::start(&cfg, &["--log-level", "trace"]);
     assert_eq!(ok(m.sh("ls -1 alpha/storage")), "sasbox\n");
     assert_eq!(
         ok(m.sh("cat 'alpha/storage/sasbox/dir/file name.txt'")),

@@ -13,6 +13,7 @@ command -v fusermount3 >/dev/null || missing+=(fuse3)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 command -v setpriv >/dev/null || missing+=(util-linux)
+command -v pgrep >/dev/null || missing+=(procps)
 command -v diff >/dev/null || missing+=(diffutils)
 command -v cc >/dev/null || missing+=(gcc)
 if [ "${#missing[@]}" -gt 0 ]; then

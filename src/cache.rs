@@ -367,7 +367,7 @@ impl Cache {
                     let Some((_, page)) = inner.lru.pop_lru() else {
                         break;
                     };
-                    inner.used -= page.len() as u64;
+                    inner.used = inner.used.saturating_sub(page.len() as u64);
                     Stats::add(&self.stats.evictions, 1);
                 }
                 if inner.used + len <= self.budget {
@@ -394,11 +394,11 @@ impl Cache {
             if let Ok(data) = result
                 && let Some(old) = inner.lru.put(key, page_of(data, run.0, p))
             {
-                inner.used -= old.len() as u64;
+                inner.used = inner.used.saturating_sub(old.len() as u64);
             }
         }
         if result.is_err() {
-            inner.used -= reserved;
+            inner.used = inner.used.saturating_sub(reserved);
         }
         self.stats
             .cache_bytes

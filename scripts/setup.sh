@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-AZURITE_VERSION=3.37.0
+# 3.35 is the newest release that declares support for the Node.js of Debian 12 (18).
+AZURITE_VERSION=3.35.0
 AZURITE_MAIN=.tools/azurite/node_modules/azurite/dist/src/blob/main.js
 
 missing=()

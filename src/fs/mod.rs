@@ -472,6 +472,14 @@ impl<S: BlobStore> Namespace<S> {
         if let Some(e) = self.fresh_listing(ino) {
             return Ok(e);
         }
+        // Only storage listings cost a request; the root and account directories are built
+        // from memory and need no gate.
+        if !matches!(
+            self.key_of(ino)?,
+            NodeKey::Containers(_) | NodeKey::Dir { .. }
+        ) {
+            return self.listing_locked(ino).await;
+        }
         let gate = self.list_gate(ino);
         let _listing = gate.lock().await;
         self.listing_locked(ino).await

@@ -26,12 +26,18 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 
 use super::auth::{SignInput, authorization};
-use super::xml::{normalize_etag, parse_blob_list, parse_container_list, parse_time};
+use super::xml::{
+    block_list_body, normalize_etag, parse_blob_list, parse_block_list, parse_container_list,
+    parse_time,
+};
 use super::{BlobError, BlobProps, BlobStore, Condition, ContainerInfo, ListPage};
 use crate::config::{Credential, StorageConfig};
 use crate::stats::Stats;
 
 const API_VERSION: &str = "2023-11-03";
+
+/// How long a server-side copy may stay pending before the rename that waits for it fails.
+const COPY_WAIT: Duration = Duration::from_secs(300);
 
 /// Bound on the single attempt that checks whether storage that stopped answering is back.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -301,6 +307,7 @@ impl HttpBlobStore {
             "list" | "list_containers" => &self.stats.list_requests,
             "head" => &self.stats.head_requests,
             "get_range" => &self.stats.get_requests,
+            "put" | "put_block" | "put_block_list" => &self.stats.put_requests,
             _ => &self.stats.other_requests,
         };
         Stats::add(counter, 1);
@@ -570,13 +577,141 @@ impl BlobStore for HttpBlobStore {
             op = op.header(&format!("x-ms-meta-{k}"), v.clone());
         }
         op.content_type = "application/octet-stream";
+        let len = data.len() as u64;
         op.body = data;
+        let answer = self.execute(op).await?;
+        Stats::add(&self.stats.bytes_uploaded, len);
+        Ok(normalize_etag(header_str(&answer.headers, "etag")))
+    }
+
+    async fn put_block(
+        &self,
+        container: &str,
+        blob: &str,
+        id: &str,
+        data: Bytes,
+    ) -> Result<(), BlobError> {
+        let len = data.len() as u64;
+        let mut op = Op::new("put_block", Method::PUT, Some(container), Some(blob))
+            .query("comp", "block")
+            .query("blockid", id);
+        op.content_type = "application/octet-stream";
+        op.body = data;
+        self.execute(op).await?;
+        Stats::add(&self.stats.bytes_uploaded, len);
+        Ok(())
+    }
+
+    async fn put_block_list(
+        &self,
+        container: &str,
+        blob: &str,
+        ids: &[String],
+        cond: Condition,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<String, BlobError> {
+        let mut op = Op::new("put_block_list", Method::PUT, Some(container), Some(blob))
+            .query("comp", "blocklist")
+            .header("x-ms-blob-content-type", "application/octet-stream")
+            .condition(&cond);
+        for (k, v) in metadata {
+            op = op.header(&format!("x-ms-meta-{k}"), v.clone());
+        }
+        op.content_type = "application/xml";
+        op.body = Bytes::from(block_list_body(ids));
+        let answer = self.execute(op).await?;
+        Ok(normalize_etag(header_str(&answer.headers, "etag")))
+    }
+
+    async fn get_block_list(
+        &self,
+        container: &str,
+        blob: &str,
+    ) -> Result<(String, Vec<(String, u64)>), BlobError> {
+        let op = Op::new("get_block_list", Method::GET, Some(container), Some(blob))
+            .query("comp", "blocklist")
+            .query("blocklisttype", "committed");
+        let answer = self.execute(op).await?;
+        let etag = normalize_etag(header_str(&answer.headers, "etag"));
+        Ok((etag, parse_block_list(utf8(&answer.body)?)?))
+    }
+
+    async fn copy(
+        &self,
+        container: &str,
+        src: &str,
+        src_etag: &str,
+        dst: &str,
+        dst_cond: Condition,
+    ) -> Result<String, BlobError> {
+        let mut source = self.base.clone();
+        source.set_path(&format!(
+            "{}/{container}/{}",
+            self.base_path,
+            encode_blob_name(src)
+        ));
+        if let Credential::Sas(sas) = &self.credential {
+            source.set_query(Some(sas.expose()));
+        }
+        let op = Op::new("copy", Method::PUT, Some(container), Some(dst))
+            .header("x-ms-copy-source", source.as_str())
+            .header("x-ms-source-if-match", format!("\"{src_etag}\""))
+            .condition(&dst_cond);
+        let answer = self.execute(op).await?;
+        let mut status = header_str(&answer.headers, "x-ms-copy-status").to_string();
+        let mut etag = normalize_etag(header_str(&answer.headers, "etag"));
+        // Within one account a copy is usually done when the call returns; a large one may
+        // still be pending, so poll until the service says how it ended.
+        let started = Instant::now();
+        let mut wait = Duration::from_millis(100);
+        while status == "pending" {
+            if started.elapsed() > COPY_WAIT {
+                return Err(BlobError::Timeout(started.elapsed()));
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(2));
+            let answer = self
+                .execute(Op::new("head", Method::HEAD, Some(container), Some(dst)))
+                .await?;
+            status = header_str(&answer.headers, "x-ms-copy-status").to_string();
+            etag = normalize_etag(header_str(&answer.headers, "etag"));
+        }
+        match status.as_str() {
+            "success" | "" => Ok(etag),
+            other => Err(BlobError::BadResponse(format!("copy ended as {other}"))),
+        }
+    }
+
+    async fn delete(&self, container: &str, blob: &str, cond: Condition) -> Result<(), BlobError> {
+        let op = Op::new("delete", Method::DELETE, Some(container), Some(blob)).condition(&cond);
+        self.execute(op).await.map(|_| ())
+    }
+
+    async fn set_metadata(
+        &self,
+        container: &str,
+        blob: &str,
+        metadata: &BTreeMap<String, String>,
+        cond: Condition,
+    ) -> Result<String, BlobError> {
+        let mut op = Op::new("set_metadata", Method::PUT, Some(container), Some(blob))
+            .query("comp", "metadata")
+            .condition(&cond);
+        for (k, v) in metadata {
+            op = op.header(&format!("x-ms-meta-{k}"), v.clone());
+        }
         let answer = self.execute(op).await?;
         Ok(normalize_etag(header_str(&answer.headers, "etag")))
     }
 
     async fn create_container(&self, container: &str) -> Result<(), BlobError> {
         let op = Op::new("create_container", Method::PUT, Some(container), None)
+            .query("restype", "container");
+        self.execute(op).await.map(|_| ())
+    }
+
+    async fn delete_container(&self, container: &str) -> Result<(), BlobError> {
+        let op = Op::new("delete_container", Method::DELETE, Some(container), None)
             .query("restype", "container");
         self.execute(op).await.map(|_| ())
     }

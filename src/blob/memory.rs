@@ -14,9 +14,17 @@ use super::{BlobError, BlobItem, BlobProps, BlobStore, Condition, ContainerInfo,
 /// Container name → blob name → (content, properties).
 type Containers = BTreeMap<String, BTreeMap<String, (Bytes, BlobProps)>>;
 
+/// Blocks by (container, blob): the committed list (id, bytes) and the staged ones.
+#[derive(Default)]
+struct Blocks {
+    committed: Vec<(String, Bytes)>,
+    staged: std::collections::HashMap<String, Bytes>,
+}
+
 #[derive(Default)]
 pub struct MemoryStore {
     containers: Mutex<Containers>,
+    blocks: Mutex<BTreeMap<(String, String), Blocks>>,
     page_size: usize,
     etag_counter: AtomicU64,
     /// Number of requests served, by anyone: lets tests assert what an operation cost.
@@ -40,6 +48,63 @@ impl MemoryStore {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Containers> {
         self.containers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn blocks(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), Blocks>> {
+        self.blocks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stores a new version of `blob` under `cond`, as the service would; returns its ETag.
+    fn commit(
+        &self,
+        container: &str,
+        blob: &str,
+        data: Bytes,
+        cond: &Condition,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<String, BlobError> {
+        let mut all = self.lock();
+        let c = all.get_mut(container).ok_or(BlobError::NotFound)?;
+        check(cond, c.get(blob).map(|(_, p)| p))?;
+        let etag = format!(
+            "0x{:X}",
+            self.etag_counter.fetch_add(1, Ordering::Relaxed) + 1
+        );
+        let props = BlobProps {
+            size: data.len() as u64,
+            etag: etag.clone(),
+            last_modified: SystemTime::now(),
+            metadata: metadata.clone(),
+        };
+        c.insert(blob.to_string(), (data, props));
+        Ok(etag)
+    }
+
+    /// The content of a blob, if it exists (for assertions in tests).
+    pub fn content(&self, container: &str, blob: &str) -> Option<Bytes> {
+        self.lock()
+            .get(container)
+            .and_then(|c| c.get(blob))
+            .map(|(d, _)| d.clone())
+    }
+
+    /// Names of the blobs in `container` (for assertions in tests).
+    pub fn names(&self, container: &str) -> Vec<String> {
+        self.lock()
+            .get(container)
+            .map(|c| c.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+fn check(cond: &Condition, current: Option<&BlobProps>) -> Result<(), BlobError> {
+    match (cond, current) {
+        (Condition::IfMatch(e), Some(p)) if *e != p.etag => Err(BlobError::PreconditionFailed),
+        (Condition::IfMatch(_), None) => Err(BlobError::PreconditionFailed),
+        (Condition::IfNoneMatchAny, Some(_)) => {
+            Err(BlobError::Conflict("BlobAlreadyExists".into()))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -152,30 +217,142 @@ impl BlobStore for MemoryStore {
         metadata: &BTreeMap<String, String>,
     ) -> Result<String, BlobError> {
         self.count();
+        let etag = self.commit(container, blob, data, &cond, metadata)?;
+        // A blob written in one Put Blob has no committed blocks.
+        self.blocks()
+            .insert((container.into(), blob.into()), Blocks::default());
+        Ok(etag)
+    }
+
+    async fn put_block(
+        &self,
+        container: &str,
+        blob: &str,
+        id: &str,
+        data: Bytes,
+    ) -> Result<(), BlobError> {
+        self.count();
+        if !self.lock().contains_key(container) {
+            return Err(BlobError::NotFound);
+        }
+        self.blocks()
+            .entry((container.into(), blob.into()))
+            .or_default()
+            .staged
+            .insert(id.to_string(), data);
+        Ok(())
+    }
+
+    async fn put_block_list(
+        &self,
+        container: &str,
+        blob: &str,
+        ids: &[String],
+        cond: Condition,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<String, BlobError> {
+        self.count();
+        let mut blocks = self.blocks();
+        let b = blocks.entry((container.into(), blob.into())).or_default();
+        let mut list = Vec::with_capacity(ids.len());
+        for id in ids {
+            let data = match b.staged.get(id) {
+                Some(d) => d.clone(),
+                None => match b.committed.iter().find(|(c, _)| c == id) {
+                    Some((_, d)) => d.clone(),
+                    None => {
+                        return Err(BlobError::Status {
+                            status: 400,
+                            code: "InvalidBlockList".into(),
+                        });
+                    }
+                },
+            };
+            list.push((id.clone(), data));
+        }
+        let mut whole = bytes::BytesMut::new();
+        for (_, d) in &list {
+            whole.extend_from_slice(d);
+        }
+        let etag = self.commit(container, blob, whole.freeze(), &cond, metadata)?;
+        b.committed = list;
+        b.staged.clear();
+        Ok(etag)
+    }
+
+    async fn get_block_list(
+        &self,
+        container: &str,
+        blob: &str,
+    ) -> Result<(String, Vec<(String, u64)>), BlobError> {
+        let props = self.head(container, blob).await?;
+        let blocks = self.blocks();
+        let list = blocks
+            .get(&(container.to_string(), blob.to_string()))
+            .map(|b| {
+                b.committed
+                    .iter()
+                    .map(|(id, d)| (id.clone(), d.len() as u64))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok((props.etag, list))
+    }
+
+    async fn copy(
+        &self,
+        container: &str,
+        src: &str,
+        src_etag: &str,
+        dst: &str,
+        dst_cond: Condition,
+    ) -> Result<String, BlobError> {
+        self.count();
+        let (data, props) = self
+            .lock()
+            .get(container)
+            .and_then(|c| c.get(src))
+            .cloned()
+            .ok_or(BlobError::NotFound)?;
+        if props.etag != src_etag {
+            return Err(BlobError::PreconditionFailed);
+        }
+        let etag = self.commit(container, dst, data, &dst_cond, &props.metadata)?;
+        self.blocks()
+            .insert((container.into(), dst.into()), Blocks::default());
+        Ok(etag)
+    }
+
+    async fn delete(&self, container: &str, blob: &str, cond: Condition) -> Result<(), BlobError> {
+        self.count();
         let mut all = self.lock();
         let c = all.get_mut(container).ok_or(BlobError::NotFound)?;
-        match (&cond, c.get(blob)) {
-            (Condition::IfMatch(e), Some((_, p))) if *e != p.etag => {
-                return Err(BlobError::PreconditionFailed);
-            }
-            (Condition::IfMatch(_), None) => return Err(BlobError::PreconditionFailed),
-            (Condition::IfNoneMatchAny, Some(_)) => {
-                return Err(BlobError::Conflict("BlobAlreadyExists".into()));
-            }
-            _ => {}
-        }
-        let etag = format!(
-            "0x{:X}",
-            self.etag_counter.fetch_add(1, Ordering::Relaxed) + 1
-        );
-        let props = BlobProps {
-            size: data.len() as u64,
-            etag: etag.clone(),
-            last_modified: SystemTime::now(),
-            metadata: metadata.clone(),
-        };
-        c.insert(blob.to_string(), (data, props));
-        Ok(etag)
+        let current = c.get(blob).ok_or(BlobError::NotFound)?;
+        check(&cond, Some(&current.1))?;
+        c.remove(blob);
+        self.blocks()
+            .remove(&(container.to_string(), blob.to_string()));
+        Ok(())
+    }
+
+    async fn set_metadata(
+        &self,
+        container: &str,
+        blob: &str,
+        metadata: &BTreeMap<String, String>,
+        cond: Condition,
+    ) -> Result<String, BlobError> {
+        self.count();
+        let data = self.content(container, blob).ok_or(BlobError::NotFound)?;
+        self.commit(container, blob, data, &cond, metadata)
+    }
+
+    async fn delete_container(&self, container: &str) -> Result<(), BlobError> {
+        self.count();
+        self.lock()
+            .remove(container)
+            .map(|_| ())
+            .ok_or(BlobError::NotFound)
     }
 
     async fn create_container(&self, container: &str) -> Result<(), BlobError> {

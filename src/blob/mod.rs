@@ -131,7 +131,67 @@ pub trait BlobStore: Send + Sync + 'static {
         metadata: &BTreeMap<String, String>,
     ) -> impl Future<Output = Result<String, BlobError>> + Send;
 
+    /// Put Block: stages `data` under `id` (base64, the same length for every block of a
+    /// blob). Staged blocks are invisible until a block list that names them is committed.
+    fn put_block(
+        &self,
+        container: &str,
+        blob: &str,
+        id: &str,
+        data: Bytes,
+    ) -> impl Future<Output = Result<(), BlobError>> + Send;
+
+    /// Put Block List: the blob becomes exactly these blocks, in order; returns the new ETag.
+    fn put_block_list(
+        &self,
+        container: &str,
+        blob: &str,
+        ids: &[String],
+        cond: Condition,
+        metadata: &BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<String, BlobError>> + Send;
+
+    /// The committed blocks (id, size) of the blob and its ETag. A blob written in one Put
+    /// Blob has none.
+    fn get_block_list(
+        &self,
+        container: &str,
+        blob: &str,
+    ) -> impl Future<Output = Result<(String, Vec<(String, u64)>), BlobError>> + Send;
+
+    /// Server-side copy of `src` (only if it still has ETag `src_etag`) to `dst` under
+    /// `dst_cond`, waiting until the copy is complete; returns the new blob's ETag.
+    fn copy(
+        &self,
+        container: &str,
+        src: &str,
+        src_etag: &str,
+        dst: &str,
+        dst_cond: Condition,
+    ) -> impl Future<Output = Result<String, BlobError>> + Send;
+
+    fn delete(
+        &self,
+        container: &str,
+        blob: &str,
+        cond: Condition,
+    ) -> impl Future<Output = Result<(), BlobError>> + Send;
+
+    /// Replaces the blob's metadata; returns the new ETag.
+    fn set_metadata(
+        &self,
+        container: &str,
+        blob: &str,
+        metadata: &BTreeMap<String, String>,
+        cond: Condition,
+    ) -> impl Future<Output = Result<String, BlobError>> + Send;
+
     fn create_container(
+        &self,
+        container: &str,
+    ) -> impl Future<Output = Result<(), BlobError>> + Send;
+
+    fn delete_container(
         &self,
         container: &str,
     ) -> impl Future<Output = Result<(), BlobError>> + Send;

@@ -81,6 +81,51 @@ struct ContainerPropsXml {
     last_modified: String,
 }
 
+#[derive(Deserialize)]
+struct BlockListXml {
+    #[serde(rename = "CommittedBlocks", default)]
+    committed: BlocksXml,
+}
+
+#[derive(Deserialize, Default)]
+struct BlocksXml {
+    #[serde(rename = "Block", default)]
+    items: Vec<BlockXml>,
+}
+
+#[derive(Deserialize)]
+struct BlockXml {
+    #[serde(rename = "Name")]
+    name: String,
+    #[serde(rename = "Size")]
+    size: u64,
+}
+
+/// The committed blocks of a Get Block List answer: (block id, size) in blob order.
+pub fn parse_block_list(xml: &str) -> Result<Vec<(String, u64)>, BlobError> {
+    let r: BlockListXml = quick_xml::de::from_str(xml).map_err(bad)?;
+    Ok(r.committed
+        .items
+        .into_iter()
+        .map(|b| (b.name, b.size))
+        .collect())
+}
+
+/// The body of Put Block List. Every id is `Latest`: the service takes the uncommitted block
+/// if there is one (ids this writer staged are unique to it) and the committed one otherwise.
+pub fn block_list_body(ids: &[String]) -> String {
+    let mut s = String::with_capacity(40 + ids.len() * 64);
+    s.push_str("<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList>");
+    for id in ids {
+        // Block ids are base64: nothing in them needs escaping.
+        s.push_str("<Latest>");
+        s.push_str(id);
+        s.push_str("</Latest>");
+    }
+    s.push_str("</BlockList>");
+    s
+}
+
 pub fn normalize_etag(etag: &str) -> String {
     etag.trim().trim_matches('"').to_string()
 }
@@ -170,6 +215,23 @@ mod tests {
         let p = parse_blob_list("<EnumerationResults><Blobs /><NextMarker /></EnumerationResults>")
             .unwrap();
         assert!(p.blobs.is_empty() && p.prefixes.is_empty() && p.next_marker.is_none());
+    }
+
+    #[test]
+    fn block_list() {
+        let l = parse_block_list(
+            "<BlockList><CommittedBlocks><Block><Name>QUE=</Name><Size>4</Size></Block>\
+             <Block><Name>QkI=</Name><Size>2</Size></Block></CommittedBlocks>\
+             <UncommittedBlocks /></BlockList>",
+        )
+        .unwrap();
+        assert_eq!(l, vec![("QUE=".to_string(), 4), ("QkI=".to_string(), 2)]);
+        assert!(
+            parse_block_list("<BlockList><CommittedBlocks /></BlockList>")
+                .unwrap()
+                .is_empty()
+        );
+        assert!(block_list_body(&["QUE=".into()]).ends_with("<Latest>QUE=</Latest></BlockList>"));
     }
 
     #[test]

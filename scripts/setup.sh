@@ -16,6 +16,9 @@ command -v npm >/dev/null || missing+=(npm)
 command -v setpriv >/dev/null || missing+=(util-linux)
 command -v pgrep >/dev/null || missing+=(procps)
 command -v diff >/dev/null || missing+=(diffutils)
+# The write-path tests run these as a user would.
+command -v rsync >/dev/null || missing+=(rsync)
+command -v tar >/dev/null || missing+=(tar)
 command -v cc >/dev/null || missing+=(gcc)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "setup: installing ${missing[*]}"

@@ -356,30 +356,65 @@ impl Cache {
     }
 
     /// Waits until `len` more bytes fit in the budget, evicting least recently used pages.
-    async fn reserve(&self, len: u64) {
+    /// Writers use it for the bytes they buffer, so reads and writes share one budget.
+    pub async fn reserve(&self, len: u64) {
         loop {
             let notified = self.space.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
-                let mut inner = self.lock();
-                while inner.used + len > self.budget {
-                    let Some((_, page)) = inner.lru.pop_lru() else {
-                        break;
-                    };
-                    inner.used = inner.used.saturating_sub(page.len() as u64);
-                    Stats::add(&self.stats.evictions, 1);
-                }
-                if inner.used + len <= self.budget {
-                    inner.used += len;
-                    self.stats
-                        .cache_bytes
-                        .store(inner.used, std::sync::atomic::Ordering::Relaxed);
-                    return;
-                }
+            if self.try_reserve(len) {
+                return;
             }
             notified.await;
         }
+    }
+
+    /// Reserves `len` bytes if they fit now (after evicting what can be evicted).
+    pub fn try_reserve(&self, len: u64) -> bool {
+        let mut inner = self.lock();
+        while inner.used + len > self.budget {
+            let Some((_, page)) = inner.lru.pop_lru() else {
+                break;
+            };
+            inner.used = inner.used.saturating_sub(page.len() as u64);
+            Stats::add(&self.stats.evictions, 1);
+        }
+        if inner.used + len > self.budget {
+            return false;
+        }
+        inner.used += len;
+        self.stats
+            .cache_bytes
+            .store(inner.used, std::sync::atomic::Ordering::Relaxed);
+        true
+    }
+
+    /// Gives back bytes a writer reserved.
+    pub fn release(&self, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let mut inner = self.lock();
+        inner.used = inner.used.saturating_sub(len);
+        self.stats
+            .cache_bytes
+            .store(inner.used, std::sync::atomic::Ordering::Relaxed);
+        drop(inner);
+        self.space.notify_waiters();
+    }
+
+    /// Runs `f` with one of the request permits (`--max-requests`) that reads also use.
+    pub async fn with_permit<T, F: std::future::Future<Output = Result<T, BlobError>>>(
+        &self,
+        f: F,
+    ) -> Result<T, BlobError> {
+        let _permit = self
+            .requests
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| BlobError::BadResponse("request limiter closed".into()))?;
+        f.await
     }
 
     /// Turns a finished fetch's reservation into cached pages (or releases it on failure).

@@ -151,6 +151,16 @@ fn secs(what: &str, v: f64) -> Result<Duration, String> {
     Duration::try_from_secs_f64(v).map_err(|_| format!("{what} {v}: not a number of seconds"))
 }
 
+/// The spill directory, checked now so a bad one stops the mount instead of a later write.
+fn spill_dir(args: &MountArgs) -> Result<std::path::PathBuf, String> {
+    let dir = args.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let probe = dir.join(format!("batchfs-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .map_err(|e| format!("--spill-dir {}: cannot write there: {e}", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(dir)
+}
+
 fn run_mount(args: &MountArgs, mut notify: Option<&mut std::io::Stdout>) -> Res {
     tune_allocator();
     init_logging(args)?;
@@ -170,6 +180,8 @@ fn run_mount(args: &MountArgs, mut notify: Option<&mut std::io::Stdout>) -> Res 
         dir_ttl: secs("--dir-timeout", args.dir_timeout)?,
         cache_size: args.cache_size,
         max_requests: args.max_requests.max(1),
+        read_only: args.read_only,
+        spill_dir: spill_dir(args)?,
     };
     let policy = RetryPolicy {
         deadline: secs("--timeout", args.timeout)?,
@@ -194,12 +206,14 @@ fn run_mount(args: &MountArgs, mut notify: Option<&mut std::io::Stdout>) -> Res 
         MountOption::Subtype("batchfs".into()),
         // The kernel enforces modes (keys is 0400 even with allow_other).
         MountOption::DefaultPermissions,
-        // Writes are not supported yet: the kernel answers EROFS for every change.
-        MountOption::RO,
         MountOption::NoDev,
         MountOption::NoSuid,
         MountOption::NoAtime,
     ];
+    if args.read_only {
+        // The kernel then answers EROFS itself; the namespace refuses changes as well.
+        fuse_cfg.mount_options.push(MountOption::RO);
+    }
     if args.allow_other {
         fuse_cfg.acl = SessionACL::All;
     }
@@ -294,6 +308,12 @@ fn check_mountpoint(path: &Path) -> Result<PathBuf, String> {
     let abs = path
         .canonicalize()
         .map_err(|e| format!("mountpoint {shown}: {e}"))?;
+    if is_mountpoint(&abs) && answers_enotconn(&abs) {
+        // stat can be answered from the kernel's attribute cache for a moment after the
+        // daemon died; statfs always asks the daemon.
+        tracing::warn!(mountpoint = %shown, "clearing a stale mount (its daemon is gone)");
+        fusermount(&abs, true)?;
+    }
     if is_mountpoint(&abs) {
         return Err(format!(
             "mountpoint {} is busy: something is already mounted there",
@@ -301,6 +321,19 @@ fn check_mountpoint(path: &Path) -> Result<PathBuf, String> {
         ));
     }
     Ok(abs)
+}
+
+fn answers_enotconn(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is a valid C string and `buf` a properly sized, writable statfs struct.
+    let rc = unsafe {
+        let mut buf: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut buf)
+    };
+    rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOTCONN)
 }
 
 fn is_mountpoint(abs: &Path) -> bool {

@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::blob::{BlobError, BlobStore};
-use crate::fs::{Attr, FsError, Kind, Namespace};
+use crate::fs::{Attr, FsError, Kind, Namespace, SetAttr};
 
 /// Largest read and write the kernel is asked to send.
 pub const MAX_IO: u32 = 1024 * 1024;
@@ -75,6 +76,15 @@ pub fn errno(e: &FsError) -> Errno {
         FsError::ReadOnly => Errno::EROFS,
         FsError::Stale => Errno::from_i32(libc::ESTALE),
         FsError::BadHandle => Errno::EBADF,
+        FsError::Denied => Errno::EACCES,
+        FsError::NotPermitted => Errno::EPERM,
+        FsError::Exists => Errno::EEXIST,
+        FsError::NotEmpty => Errno::ENOTEMPTY,
+        FsError::Invalid => Errno::EINVAL,
+        FsError::TooLarge => Errno::EFBIG,
+        FsError::CrossDevice => Errno::EXDEV,
+        FsError::Busy(_) => Errno::EBUSY,
+        FsError::Write(_) => Errno::EIO,
         FsError::Storage(BlobError::Denied { .. }) => Errno::EACCES,
         FsError::Storage(_) => Errno::EIO,
     }
@@ -82,7 +92,9 @@ pub fn errno(e: &FsError) -> Errno {
 
 fn log_error(op: &str, ino: u64, e: &FsError) {
     match e {
-        FsError::Storage(_) | FsError::Stale => tracing::warn!(op, ino, error = %e, "failed"),
+        FsError::Storage(_) | FsError::Stale | FsError::Write(_) => {
+            tracing::warn!(op, ino, error = %e, "failed")
+        }
         _ => tracing::debug!(op, ino, error = %e, "failed"),
     }
 }
@@ -92,6 +104,11 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
         // readdirplus: `ls -l` gets every entry's attributes from the listing itself.
         if let Err(missing) = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS) {
             tracing::info!(?missing, "kernel lacks readdirplus");
+        }
+        // O_TRUNC arrives with open instead of as a separate truncate: the old content stays
+        // committed until the new one is (a crash mid-`cp` must not leave an empty file).
+        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC) {
+            tracing::info!(?missing, "kernel lacks atomic O_TRUNC");
         }
         if let Err(nearest) = config.set_max_write(MAX_IO) {
             let _ = config.set_max_write(nearest);
@@ -140,10 +157,11 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        let truncate = flags.0 & libc::O_TRUNC != 0;
+        let write = flags.acc_mode() != OpenAccMode::O_RDONLY || truncate;
         let ns = self.ns.clone();
         self.rt.spawn(async move {
-            match ns.open(ino.0, write).await {
+            match ns.open(ino.0, write, truncate).await {
                 Ok(o) => {
                     let mut flags = FopenFlags::empty();
                     if o.keep_cache {
@@ -188,13 +206,36 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
+        ino: INodeNo,
+        fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Nothing is buffered for writing yet: every close succeeds.
-        reply.ok();
+        // Every close: what was written is committed before close returns, so close reports
+        // a failed or refused commit.
+        let ns = self.ns.clone();
+        self.rt.spawn(async move {
+            match ns.flush(fh.0, true).await {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    log_error("flush", ino.0, &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _ds: bool, reply: ReplyEmpty) {
+        let ns = self.ns.clone();
+        self.rt.spawn(async move {
+            match ns.flush(fh.0, false).await {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    log_error("fsync", ino.0, &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
     }
 
     fn release(
@@ -207,8 +248,205 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.ns.release(fh.0);
-        reply.ok();
+        let ns = self.ns.clone();
+        self.rt.spawn(async move {
+            ns.release(fh.0).await;
+            reply.ok();
+        });
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let Some(name) = name.to_str().map(str::to_owned) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let _ = req;
+        let (ns, ttl, uid, gid) = (self.ns.clone(), self.ttl(), self.uid, self.gid);
+        let mode = (mode & !umask & 0o7777) as u16;
+        self.rt.spawn(async move {
+            match ns.create(parent.0, &name, mode).await {
+                Ok((a, o)) => reply.created(
+                    &ttl,
+                    &file_attr(&a, uid, gid),
+                    Generation(0),
+                    FileHandle(o.fh),
+                    FopenFlags::empty(),
+                ),
+                Err(e) => {
+                    log_error("create", parent.0, &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let ns = self.ns.clone();
+        let data = data.to_vec();
+        self.rt.spawn(async move {
+            match ns.write(fh.0, offset, &data).await {
+                Ok(()) => reply.written(data.len() as u32),
+                Err(e) => {
+                    log_error("write", ino.0, &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<std::time::SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<std::time::SystemTime>,
+        _chgtime: Option<std::time::SystemTime>,
+        _bkuptime: Option<std::time::SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        // Owners are the mount's: changing them is refused, "changing" them to what they
+        // are is not (cp -p and tar as root do that).
+        if uid.is_some_and(|u| u != self.uid) || gid.is_some_and(|g| g != self.gid) {
+            return reply.error(Errno::EPERM);
+        }
+        let change = SetAttr {
+            size,
+            mtime: mtime.map(|t| match t {
+                TimeOrNow::SpecificTime(t) => t,
+                TimeOrNow::Now => std::time::SystemTime::now(),
+            }),
+            mode: mode.map(|m| (m & 0o7777) as u16),
+        };
+        let (ns, ttl, uid, gid) = (self.ns.clone(), self.ttl(), self.uid, self.gid);
+        self.rt.spawn(async move {
+            match ns.setattr(ino.0, change).await {
+                Ok(a) => reply.attr(&ttl, &file_attr(&a, uid, gid)),
+                Err(e) => {
+                    log_error("setattr", ino.0, &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let Some(name) = name.to_str().map(str::to_owned) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let (ns, ttl, uid, gid) = (self.ns.clone(), self.ttl(), self.uid, self.gid);
+        self.rt.spawn(async move {
+            match ns.mkdir(parent.0, &name).await {
+                Ok(a) => reply.entry(&ttl, &file_attr(&a, uid, gid), Generation(0)),
+                Err(e) => {
+                    log_error("mkdir", parent.0, &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Some(name) = name.to_str().map(str::to_owned) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let ns = self.ns.clone();
+        self.rt.spawn(async move {
+            match ns.rmdir(parent.0, &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    log_error("rmdir", parent.0, &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Some(name) = name.to_str().map(str::to_owned) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let ns = self.ns.clone();
+        self.rt.spawn(async move {
+            match ns.unlink(parent.0, &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    log_error("unlink", parent.0, &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let (Some(name), Some(newname)) = (
+            name.to_str().map(str::to_owned),
+            newname.to_str().map(str::to_owned),
+        ) else {
+            return reply.error(Errno::EINVAL);
+        };
+        if flags.contains(RenameFlags::RENAME_EXCHANGE)
+            || flags.contains(RenameFlags::RENAME_WHITEOUT)
+        {
+            return reply.error(Errno::EINVAL);
+        }
+        let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        let ns = self.ns.clone();
+        self.rt.spawn(async move {
+            match ns
+                .rename(parent.0, &name, newparent.0, &newname, no_replace)
+                .await
+            {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    log_error("rename", parent.0, &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

@@ -11,6 +11,7 @@ pub mod fs;
 pub mod fuse;
 pub mod secret;
 pub mod stats;
+pub mod write;
 
 use std::path::PathBuf;
 
@@ -54,6 +55,13 @@ pub struct MountArgs {
     /// Seconds after which a storage operation gives up (and the caller gets EIO).
     #[arg(long, default_value_t = 20.0)]
     pub timeout: f64,
+    /// Refuse every change (EROFS).
+    #[arg(long)]
+    pub read_only: bool,
+    /// Where uploaded blocks of files being written are kept until their commit (in an
+    /// unlinked file, so a crash leaves nothing behind). Default: $TMPDIR or /tmp.
+    #[arg(long)]
+    pub spill_dir: Option<PathBuf>,
     pub mountpoint: PathBuf,
 }
 

@@ -182,12 +182,12 @@ fn special_names_work_end_to_end() {
 }
 
 #[test]
-fn missing_paths_and_writes_fail_with_the_right_errno() {
+fn missing_paths_and_read_only_writes_fail_with_the_right_errno() {
     let az = Azurite::start();
     let s = az.store();
     s.container("cc1");
     s.put("cc1", "f", "data");
-    let m = Mount::start(&config_for(&az, ""), &[]);
+    let m = Mount::start(&config_for(&az, ""), &["--read-only"]);
     for p in [
         "nope",
         "alpha/nope",

@@ -33,11 +33,43 @@ pub enum NodeKey {
     },
 }
 
+impl NodeKey {
+    fn same_container(&self, other: &NodeKey) -> bool {
+        match (self, other) {
+            (
+                NodeKey::Dir {
+                    acct: a,
+                    container: c,
+                    ..
+                }
+                | NodeKey::File {
+                    acct: a,
+                    container: c,
+                    ..
+                },
+                NodeKey::Dir {
+                    acct: b,
+                    container: d,
+                    ..
+                }
+                | NodeKey::File {
+                    acct: b,
+                    container: d,
+                    ..
+                },
+            ) => a == b && c == d,
+            _ => false,
+        }
+    }
+}
+
 /// What the last answer from storage said about a file, and when.
 #[derive(Debug, Clone)]
 pub struct Meta {
     pub size: u64,
     pub mtime: SystemTime,
+    /// Mode bits kept in metadata, if any.
+    pub mode: Option<u16>,
     pub fetched: Instant,
 }
 
@@ -101,6 +133,70 @@ impl Inodes {
             },
         );
         ino
+    }
+
+    /// The inode of `key`, if it has one.
+    pub fn find(&self, key: &NodeKey) -> Option<u64> {
+        self.by_key.get(key).copied()
+    }
+
+    /// After a rename: the inode of `from` (and, for a directory, of everything under it)
+    /// is now named `to`, under `parent`. An inode `to` had before is forgotten.
+    pub fn rename(&mut self, from: &NodeKey, to: NodeKey, parent: u64) {
+        let Some(ino) = self.by_key.remove(from) else {
+            return;
+        };
+        if let Some(old) = self.by_key.insert(to.clone(), ino) {
+            self.nodes.remove(&old);
+        }
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            n.key = to.clone();
+            n.parent = parent;
+        }
+        let (NodeKey::Dir { prefix: old, .. }, NodeKey::Dir { prefix: new, .. }) = (from, &to)
+        else {
+            return;
+        };
+        let moved: Vec<(NodeKey, NodeKey)> = self
+            .by_key
+            .keys()
+            .filter_map(|k| {
+                let renamed = match k {
+                    NodeKey::Dir {
+                        acct,
+                        container,
+                        prefix,
+                    } if k.same_container(from) && prefix.starts_with(old.as_str()) => {
+                        NodeKey::Dir {
+                            acct: *acct,
+                            container: container.clone(),
+                            prefix: format!("{new}{}", &prefix[old.len()..]),
+                        }
+                    }
+                    NodeKey::File {
+                        acct,
+                        container,
+                        name,
+                    } if k.same_container(from) && name.starts_with(old.as_str()) => {
+                        NodeKey::File {
+                            acct: *acct,
+                            container: container.clone(),
+                            name: format!("{new}{}", &name[old.len()..]),
+                        }
+                    }
+                    _ => return None,
+                };
+                Some((k.clone(), renamed))
+            })
+            .collect();
+        for (k, renamed) in moved {
+            if let Some(i) = self.by_key.remove(&k) {
+                if let Some(n) = self.nodes.get_mut(&i) {
+                    n.key = renamed.clone();
+                }
+                self.by_key.insert(renamed, i);
+            }
+        }
     }
 
     pub fn get(&self, ino: u64) -> Option<&Node> {

@@ -25,6 +25,7 @@ use crate::blob::{self, BlobError, BlobProps, BlobStore};
 use crate::cache::{BlobRef, Cache, Readahead};
 use crate::config::AccountConfig;
 use crate::stats::{STATS_FILE, Stats};
+use crate::write::{self, Draft, WriteError};
 use inode::{Inodes, Meta, NodeKey, ROOT_INO};
 use listing::EntryKind;
 
@@ -42,8 +43,39 @@ pub enum FsError {
     Stale,
     #[error("bad file handle")]
     BadHandle,
+    #[error("permission denied")]
+    Denied,
+    #[error("operation not permitted")]
+    NotPermitted,
+    #[error("file exists")]
+    Exists,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("invalid name or argument")]
+    Invalid,
+    #[error("file too large")]
+    TooLarge,
+    #[error("not on the same container")]
+    CrossDevice,
+    #[error("busy: {0}")]
+    Busy(&'static str),
+    #[error("write failed: {0}")]
+    Write(String),
     #[error("storage: {0}")]
     Storage(BlobError),
+}
+
+impl From<WriteError> for FsError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Storage(BlobError::PreconditionFailed) => {
+                FsError::Write("the blob changed while it was being edited".into())
+            }
+            WriteError::Storage(e) => e.into(),
+            WriteError::TooLarge => FsError::TooLarge,
+            e => FsError::Write(e.to_string()),
+        }
+    }
 }
 
 impl From<BlobError> for FsError {
@@ -132,6 +164,10 @@ pub struct Options {
     pub cache_size: u64,
     /// Requests to storage in flight at once, for all files.
     pub max_requests: usize,
+    /// Refuse every change with EROFS.
+    pub read_only: bool,
+    /// Where blocks of files being written are kept until their commit.
+    pub spill_dir: std::path::PathBuf,
 }
 
 impl Default for Options {
@@ -141,6 +177,8 @@ impl Default for Options {
             dir_ttl: Duration::from_secs(1),
             cache_size: 256 << 20,
             max_requests: 16,
+            read_only: false,
+            spill_dir: std::env::temp_dir(),
         }
     }
 }
@@ -178,6 +216,20 @@ enum Handle<S> {
         blob: BlobRef<S>,
         readahead: Mutex<Readahead>,
     },
+    /// A handle of a file that has a draft (open for writing by this or another handle).
+    Draft {
+        ino: u64,
+        draft: Arc<Draft<S>>,
+        readahead: Mutex<Readahead>,
+    },
+}
+
+/// A draft and what refers to it.
+struct DraftEntry<S> {
+    draft: Arc<Draft<S>>,
+    handles: usize,
+    parent: u64,
+    name: String,
 }
 
 /// What `open` gives the kernel.
@@ -199,6 +251,7 @@ pub struct Namespace<S> {
     cache: Arc<Cache>,
     stats: Arc<Stats>,
     dir_handles: Mutex<HashMap<u64, Arc<Listing>>>,
+    drafts: Mutex<HashMap<u64, DraftEntry<S>>>,
     list_gates: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
     next_fh: AtomicU64,
     mount_time: SystemTime,
@@ -224,6 +277,7 @@ impl<S: BlobStore> Namespace<S> {
             listings: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             dir_handles: Mutex::new(HashMap::new()),
+            drafts: Mutex::new(HashMap::new()),
             list_gates: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             mount_time: SystemTime::now(),
@@ -310,8 +364,13 @@ impl<S: BlobStore> Namespace<S> {
                 self.file_attr(ino, len as u64, self.mount_time, 0o400)
             }
             NodeKey::File { .. } => {
+                let perm = meta.and_then(|m| m.mode).unwrap_or(0o644);
+                if let Some(d) = self.draft_of(ino) {
+                    let (size, mtime) = d.shown();
+                    return self.file_attr(ino, size, mtime, perm);
+                }
                 let (size, mtime) = meta.map_or((0, self.mount_time), |m| (m.size, m.mtime));
-                self.file_attr(ino, size, mtime, 0o644)
+                self.file_attr(ino, size, mtime, perm)
             }
         }
     }
@@ -357,6 +416,16 @@ impl<S: BlobStore> Namespace<S> {
                 container,
                 prefix,
             } => {
+                // A file being written here exists for this mount before its first commit.
+                let pending = NodeKey::File {
+                    acct: *acct,
+                    container: container.clone(),
+                    name: format!("{prefix}{name}"),
+                };
+                let pending = lock(&self.inodes).find(&pending);
+                if let Some(ino) = pending.filter(|i| lock(&self.drafts).contains_key(i)) {
+                    return self.getattr(ino).await;
+                }
                 if let Some(entries) = self.fresh_listing(parent) {
                     return entries.find(name);
                 }
@@ -429,6 +498,7 @@ impl<S: BlobStore> Namespace<S> {
             && meta
                 .as_ref()
                 .is_none_or(|m| m.fetched.elapsed() >= self.opts.attr_ttl)
+            && self.draft_of(ino).is_none()
         {
             let props = self.storage(*acct)?.store.head(container, name).await?;
             let meta = self.remember(ino, &props);
@@ -467,8 +537,30 @@ impl<S: BlobStore> Namespace<S> {
         lock(&self.list_gates).entry(ino).or_default().clone()
     }
 
-    /// The entries of directory `ino`, from a fresh cached listing or from storage.
+    /// The entries of directory `ino`, from a fresh cached listing or from storage, with the
+    /// files this mount is writing there shown as they are now.
     pub async fn listing(&self, ino: u64) -> Result<Arc<Listing>> {
+        let listing = self.stored_listing(ino).await?;
+        let pending: Vec<(u64, String)> = lock(&self.drafts)
+            .iter()
+            .filter(|(_, e)| e.parent == ino)
+            .map(|(i, e)| (*i, e.name.clone()))
+            .collect();
+        if pending.is_empty() {
+            return Ok(listing);
+        }
+        let mut entries = listing.entries.clone();
+        for (child, name) in pending {
+            let attr = self.getattr(child).await?;
+            match listing.index.get(&name) {
+                Some(&i) => entries[i].attr = attr,
+                None => entries.push(Entry { name, attr }),
+            }
+        }
+        Ok(Arc::new(Listing::new(entries)))
+    }
+
+    async fn stored_listing(&self, ino: u64) -> Result<Arc<Listing>> {
         if let Some(e) = self.fresh_listing(ino) {
             return Ok(e);
         }
@@ -608,34 +700,49 @@ impl<S: BlobStore> Namespace<S> {
         lock(&self.dir_handles).remove(&fh);
     }
 
-    pub async fn open(&self, ino: u64, write: bool) -> Result<Opened> {
+    pub async fn open(&self, ino: u64, write: bool, truncate: bool) -> Result<Opened> {
         let key = self.key_of(ino)?;
         let mut keep_cache = true;
         let mut direct_io = false;
         let handle = match key {
-            NodeKey::Stats if !write => {
+            NodeKey::AccountJson(_) | NodeKey::Keys(_) | NodeKey::Stats if write => {
+                return Err(FsError::Denied);
+            }
+            NodeKey::Stats => {
                 direct_io = true;
                 Handle::Static(self.stats.to_json().into_bytes().into())
             }
-            NodeKey::AccountJson(a) if !write => Handle::Static(self.accounts[a].json.clone()),
-            NodeKey::Keys(a) if !write => match &self.accounts[a].keys {
+            NodeKey::AccountJson(a) => Handle::Static(self.accounts[a].json.clone()),
+            NodeKey::Keys(a) => match &self.accounts[a].keys {
                 Some(k) => Handle::Static(k.clone()),
                 None => return Err(FsError::NotFound),
             },
-            NodeKey::File { .. } | NodeKey::AccountJson(_) | NodeKey::Keys(_) | NodeKey::Stats
-                if write =>
-            {
-                return Err(FsError::ReadOnly);
-            }
             NodeKey::File {
                 acct,
                 container,
                 name,
             } => {
+                if write {
+                    self.check_writable()?;
+                }
+                if let Some(draft) = self.join_draft(ino) {
+                    if truncate {
+                        draft.truncate(0).await?;
+                    }
+                    return Ok(self.draft_handle(ino, draft, false));
+                }
                 // Close-to-open: always ask storage, and pin what it says for every read.
                 let store = self.storage(acct)?.store.clone();
                 let props = store.head(&container, &name).await?;
                 self.remember(ino, &props);
+                if write {
+                    let draft = self.new_draft(acct, &container, &name, Some(&props));
+                    let draft = self.register_draft(ino, draft);
+                    if truncate {
+                        draft.truncate(0).await?;
+                    }
+                    return Ok(self.draft_handle(ino, draft, false));
+                }
                 keep_cache = self.opened_version(ino, &props.etag);
                 Handle::Blob {
                     blob: BlobRef::new(store, acct, container, name, props.etag, props.size),
@@ -664,12 +771,198 @@ impl<S: BlobStore> Namespace<S> {
         same
     }
 
-    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes> {
-        let handle = lock(&self.handles)
+    fn check_writable(&self) -> Result<()> {
+        match self.opts.read_only {
+            true => Err(FsError::ReadOnly),
+            false => Ok(()),
+        }
+    }
+
+    fn new_draft(
+        &self,
+        acct: usize,
+        container: &str,
+        name: &str,
+        base: Option<&BlobProps>,
+    ) -> Result<Draft<S>> {
+        Ok(Draft::new(
+            self.storage(acct)?.store.clone(),
+            self.cache.clone(),
+            self.stats.clone(),
+            self.opts.spill_dir.clone(),
+            write::Target {
+                acct,
+                container: container.to_string(),
+                name: name.to_string(),
+            },
+            base,
+        ))
+    }
+
+    fn draft_of(&self, ino: u64) -> Option<Arc<Draft<S>>> {
+        lock(&self.drafts).get(&ino).map(|e| e.draft.clone())
+    }
+
+    /// The draft of `ino`, if there is one, counting one more handle on it.
+    fn join_draft(&self, ino: u64) -> Option<Arc<Draft<S>>> {
+        let mut drafts = lock(&self.drafts);
+        let e = drafts.get_mut(&ino)?;
+        e.handles += 1;
+        Some(e.draft.clone())
+    }
+
+    /// Registers a new draft for `ino` (or joins the one another open registered first).
+    fn register_draft(&self, ino: u64, draft: Result<Draft<S>>) -> Arc<Draft<S>> {
+        let parent = self.parent_of(ino);
+        let name = match self.key_of(ino) {
+            Ok(NodeKey::File { name, .. }) => name.rsplit('/').next().unwrap_or("").to_string(),
+            _ => String::new(),
+        };
+        let mut drafts = lock(&self.drafts);
+        if let Some(e) = drafts.get_mut(&ino) {
+            e.handles += 1;
+            return e.draft.clone();
+        }
+        let draft = match draft {
+            Ok(d) => Arc::new(d),
+            Err(_) => unreachable!("callers pass a draft they built"),
+        };
+        drafts.insert(
+            ino,
+            DraftEntry {
+                draft: draft.clone(),
+                handles: 1,
+                parent,
+                name,
+            },
+        );
+        draft
+    }
+
+    fn draft_handle(&self, ino: u64, draft: Arc<Draft<S>>, keep_cache: bool) -> Opened {
+        let fh = self.new_fh();
+        let handle = Handle::Draft {
+            ino,
+            draft,
+            readahead: Mutex::new(Readahead::default()),
+        };
+        lock(&self.handles).insert(fh, Arc::new(handle));
+        Opened {
+            fh,
+            keep_cache,
+            direct_io: false,
+        }
+    }
+
+    /// A storage directory's (account, container, prefix), for creating entries in it.
+    fn dir_target(&self, ino: u64) -> Result<(usize, String, String)> {
+        match self.key_of(ino)? {
+            NodeKey::Dir {
+                acct,
+                container,
+                prefix,
+            } => Ok((acct, container, prefix)),
+            NodeKey::Containers(_) => Err(FsError::NotPermitted),
+            NodeKey::Root | NodeKey::Account(_) => Err(FsError::Denied),
+            _ => Err(FsError::NotDir),
+        }
+    }
+
+    /// Drops the cached listing of `ino`, after a change in it.
+    fn changed(&self, ino: u64) {
+        lock(&self.listings).remove(&ino);
+    }
+
+    pub async fn create(&self, parent: u64, name: &str, mode: u16) -> Result<(Attr, Opened)> {
+        self.check_writable()?;
+        let (acct, container, prefix) = self.dir_target(parent)?;
+        if !listing::valid_name(name) {
+            return Err(FsError::Invalid);
+        }
+        let full = format!("{prefix}{name}");
+        let key = NodeKey::File {
+            acct,
+            container: container.clone(),
+            name: full.clone(),
+        };
+        let ino = lock(&self.inodes).ino(key, parent);
+        // No HEAD: the kernel asks only after a lookup found nothing, and the commit is
+        // `If-None-Match: *`, so a blob that appeared meanwhile is never overwritten.
+        let draft = self.new_draft(acct, &container, &full, None)?;
+        if mode & 0o7777 != 0o644 {
+            draft.set_attrs(None, Some(mode)).await;
+        }
+        if let Some(n) = lock(&self.inodes).get_mut(ino) {
+            n.meta = Some(Meta {
+                size: 0,
+                mtime: SystemTime::now(),
+                mode: Some(mode & 0o7777),
+                fetched: Instant::now(),
+            });
+        }
+        let draft = self.register_draft(ino, Ok(draft));
+        self.changed(parent);
+        let opened = self.draft_handle(ino, draft, false);
+        Ok((self.getattr(ino).await?, opened))
+    }
+
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<()> {
+        match self.handle(fh)?.as_ref() {
+            Handle::Draft { draft, .. } => Ok(draft.write(offset, data).await?),
+            _ => Err(FsError::BadHandle),
+        }
+    }
+
+    fn handle(&self, fh: u64) -> Result<Arc<Handle<S>>> {
+        lock(&self.handles)
             .get(&fh)
             .cloned()
-            .ok_or(FsError::BadHandle)?;
-        match handle.as_ref() {
+            .ok_or(FsError::BadHandle)
+    }
+
+    /// `flush` (every close, `on_close`) and `fsync`: commit what the file's draft holds.
+    pub async fn flush(&self, fh: u64, on_close: bool) -> Result<()> {
+        if let Handle::Draft { ino, draft, .. } = self.handle(fh)?.as_ref() {
+            self.commit(*ino, draft, on_close).await?;
+        }
+        Ok(())
+    }
+
+    async fn commit(&self, ino: u64, draft: &Draft<S>, on_close: bool) -> Result<()> {
+        match draft.commit(on_close).await {
+            Ok(Some(c)) => {
+                let mtime = draft.shown().1;
+                let mut t = lock(&self.inodes);
+                let parent = t.get(ino).map(|n| n.parent);
+                if let Some(n) = t.get_mut(ino) {
+                    let mode = n.meta.as_ref().and_then(|m| m.mode);
+                    n.meta = Some(Meta {
+                        size: c.size,
+                        mtime,
+                        mode,
+                        fetched: Instant::now(),
+                    });
+                    // The kernel's pages are what this mount wrote: they may be kept.
+                    n.opened_etag = Some(c.etag);
+                }
+                drop(t);
+                if let Some(p) = parent {
+                    self.changed(p);
+                }
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => {
+                if let Some(p) = lock(&self.inodes).get(ino).map(|n| n.parent) {
+                    self.changed(p);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes> {
+        match self.handle(fh)?.as_ref() {
             Handle::Static(data) => {
                 let start = (offset as usize).min(data.len());
                 let end = start.saturating_add(size as usize).min(data.len());
@@ -679,18 +972,420 @@ impl<S: BlobStore> Namespace<S> {
                 .cache
                 .read(blob, readahead, offset, size as u64)
                 .await?),
+            Handle::Draft {
+                draft, readahead, ..
+            } => Ok(draft.read(readahead, offset, size as u64).await?),
         }
     }
 
-    pub fn release(&self, fh: u64) {
-        lock(&self.handles).remove(&fh);
+    /// The last close of a draft commits it (if `flush` did not) and forgets it.
+    pub async fn release(&self, fh: u64) {
+        let Some(handle) = lock(&self.handles).remove(&fh) else {
+            return;
+        };
+        let Handle::Draft { ino, draft, .. } = handle.as_ref() else {
+            return;
+        };
+        let last = {
+            let mut drafts = lock(&self.drafts);
+            match drafts.get_mut(ino) {
+                Some(e) if e.handles > 1 => {
+                    e.handles -= 1;
+                    false
+                }
+                _ => true,
+            }
+        };
+        if !last {
+            return;
+        }
+        if let Err(e) = self.commit(*ino, draft, false).await {
+            tracing::error!(ino, error = %e, "the last close of a file could not commit it");
+        }
+        let mut drafts = lock(&self.drafts);
+        if drafts.get(ino).is_some_and(|e| e.handles <= 1) {
+            drafts.remove(ino);
+        }
     }
+
+    pub async fn setattr(&self, ino: u64, change: SetAttr) -> Result<Attr> {
+        let key = self.key_of(ino)?;
+        let (acct, container, name) = match key {
+            NodeKey::File {
+                acct,
+                container,
+                name,
+            } => (acct, container, name),
+            // Directory times and modes are not kept; accepting them lets `cp -a`, `rsync -a`
+            // and `tar` finish (documented in SEMANTICS.md).
+            NodeKey::Dir { .. } if change.size.is_none() => {
+                self.check_writable()?;
+                return self.getattr(ino).await;
+            }
+            NodeKey::Dir { .. } => return Err(FsError::IsDir),
+            _ => return Err(FsError::NotPermitted),
+        };
+        self.check_writable()?;
+        let draft = match self.draft_of(ino) {
+            Some(d) => d,
+            None => {
+                let props = self.storage(acct)?.store.head(&container, &name).await?;
+                self.remember(ino, &props);
+                Arc::new(self.new_draft(acct, &container, &name, Some(&props))?)
+            }
+        };
+        if let Some(size) = change.size {
+            draft.truncate(size).await?;
+        }
+        if change.mtime.is_some() || change.mode.is_some() {
+            draft.set_attrs(change.mtime, change.mode).await;
+            if let Some(m) = change.mode
+                && let Some(n) = lock(&self.inodes).get_mut(ino)
+                && let Some(meta) = n.meta.as_mut()
+            {
+                meta.mode = Some(m & 0o7777);
+            }
+        }
+        if self.draft_of(ino).is_none() {
+            // No open file: the change is committed now.
+            self.commit(ino, &draft, false).await?;
+        }
+        self.getattr(ino).await
+    }
+
+    pub async fn mkdir(&self, parent: u64, name: &str) -> Result<Attr> {
+        self.check_writable()?;
+        if let NodeKey::Containers(acct) = self.key_of(parent)? {
+            if !valid_container(name) {
+                return Err(FsError::Invalid);
+            }
+            match self.storage(acct)?.store.create_container(name).await {
+                Err(BlobError::Conflict(_)) => return Err(FsError::Exists),
+                r => r?,
+            }
+            self.changed(parent);
+            let key = NodeKey::Dir {
+                acct,
+                container: name.to_string(),
+                prefix: String::new(),
+            };
+            return Ok(self.node(key, parent, None));
+        }
+        let (acct, container, prefix) = self.dir_target(parent)?;
+        if !listing::valid_name(name) {
+            return Err(FsError::Invalid);
+        }
+        let marker = format!("{prefix}{name}/");
+        let metadata = [("hdi_isfolder".to_string(), "true".to_string())].into();
+        let store = &self.storage(acct)?.store;
+        let put = store.put(
+            &container,
+            &marker,
+            Bytes::new(),
+            blob::Condition::IfNoneMatchAny,
+            &metadata,
+        );
+        match put.await {
+            Err(BlobError::Conflict(_) | BlobError::PreconditionFailed) => {
+                return Err(FsError::Exists);
+            }
+            r => r?,
+        };
+        self.changed(parent);
+        let key = NodeKey::Dir {
+            acct,
+            container,
+            prefix: marker,
+        };
+        let kind = EntryKind::Dir {
+            mtime: Some(SystemTime::now()),
+        };
+        Ok(self.node(key, parent, Some(&kind)))
+    }
+
+    pub async fn rmdir(&self, parent: u64, name: &str) -> Result<()> {
+        self.check_writable()?;
+        if let NodeKey::Containers(acct) = self.key_of(parent)? {
+            let store = &self.storage(acct)?.store;
+            let page = store.list(name, "", None, None, Some(1)).await?;
+            if !page.blobs.is_empty() {
+                return Err(FsError::NotEmpty);
+            }
+            store.delete_container(name).await?;
+            self.changed(parent);
+            return Ok(());
+        }
+        let (acct, container, prefix) = self.dir_target(parent)?;
+        let dir = format!("{prefix}{name}/");
+        let store = &self.storage(acct)?.store;
+        let legacy = format!("{prefix}{name}");
+        let (page, head) = tokio::join!(
+            store.list(&container, &dir, Some("/"), None, Some(2)),
+            store.head(&container, &legacy)
+        );
+        let page = page?;
+        let legacy_marker = head.ok().filter(|p| p.is_folder_marker());
+        let own_marker = page.blobs.iter().any(|b| b.name == dir);
+        let others = page.blobs.iter().filter(|b| b.name != dir).count() + page.prefixes.len();
+        if others > 0 || self.has_drafts_under(acct, &container, &dir) {
+            return Err(FsError::NotEmpty);
+        }
+        if !own_marker && legacy_marker.is_none() {
+            return Err(FsError::NotFound);
+        }
+        if own_marker {
+            ignore_missing(store.delete(&container, &dir, blob::Condition::None).await)?;
+        }
+        if legacy_marker.is_some() {
+            ignore_missing(
+                store
+                    .delete(&container, &legacy, blob::Condition::None)
+                    .await,
+            )?;
+        }
+        self.changed(parent);
+        Ok(())
+    }
+
+    fn has_drafts_under(&self, acct: usize, container: &str, dir: &str) -> bool {
+        let drafts: Vec<u64> = lock(&self.drafts).keys().copied().collect();
+        let t = lock(&self.inodes);
+        drafts.iter().any(|ino| {
+            matches!(t.get(*ino).map(|n| &n.key),
+                Some(NodeKey::File { acct: a, container: c, name })
+                    if *a == acct && c == container && name.starts_with(dir))
+        })
+    }
+
+    pub async fn unlink(&self, parent: u64, name: &str) -> Result<()> {
+        self.check_writable()?;
+        let (acct, container, prefix) = self.dir_target(parent)?;
+        let full = format!("{prefix}{name}");
+        let key = NodeKey::File {
+            acct,
+            container: container.clone(),
+            name: full.clone(),
+        };
+        let ino = lock(&self.inodes).find(&key);
+        let draft = ino.and_then(|i| self.draft_of(i));
+        if let Some(d) = &draft {
+            d.unlink().await;
+        }
+        let deleted = self
+            .storage(acct)?
+            .store
+            .delete(&container, &full, blob::Condition::None)
+            .await;
+        self.changed(parent);
+        match deleted {
+            Err(BlobError::NotFound) if draft.is_some() => Ok(()),
+            r => Ok(r?),
+        }
+    }
+
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &str,
+        new_parent: u64,
+        new_name: &str,
+        no_replace: bool,
+    ) -> Result<()> {
+        self.check_writable()?;
+        let (acct, container, prefix) = self.dir_target(parent)?;
+        let (acct2, container2, prefix2) = self.dir_target(new_parent)?;
+        if acct != acct2 || container != container2 {
+            // mv copies and deletes by itself on EXDEV.
+            return Err(FsError::CrossDevice);
+        }
+        if !listing::valid_name(new_name) {
+            return Err(FsError::Invalid);
+        }
+        let src = self.lookup(parent, name).await?;
+        let dst = match self.lookup(new_parent, new_name).await {
+            Ok(a) => Some(a),
+            Err(FsError::NotFound) => None,
+            Err(e) => return Err(e),
+        };
+        if dst.is_some() && no_replace {
+            return Err(FsError::Exists);
+        }
+        let store = self.storage(acct)?.store.clone();
+        let (from, to) = (format!("{prefix}{name}"), format!("{prefix2}{new_name}"));
+        match src.kind {
+            Kind::File => {
+                if dst.as_ref().is_some_and(|d| d.kind == Kind::Dir) {
+                    return Err(FsError::IsDir);
+                }
+                let draft = self.draft_of(src.ino);
+                if let Some(d) = &draft {
+                    self.commit(src.ino, d, false).await?;
+                }
+                let props = store.head(&container, &from).await?;
+                let cond = match no_replace {
+                    true => blob::Condition::IfNoneMatchAny,
+                    false => blob::Condition::None,
+                };
+                let etag = match store.copy(&container, &from, &props.etag, &to, cond).await {
+                    Err(BlobError::Conflict(_)) if no_replace => return Err(FsError::Exists),
+                    r => r?,
+                };
+                let gone = store
+                    .delete(&container, &from, blob::Condition::IfMatch(props.etag))
+                    .await;
+                if let Err(e) = gone {
+                    tracing::warn!(container, from, to, error = %e,
+                        "renamed by copy, but the source could not be deleted");
+                }
+                let (old, new) = (
+                    NodeKey::File {
+                        acct,
+                        container: container.clone(),
+                        name: from,
+                    },
+                    NodeKey::File {
+                        acct,
+                        container: container.clone(),
+                        name: to.clone(),
+                    },
+                );
+                lock(&self.inodes).rename(&old, new, new_parent);
+                if let Some(d) = draft {
+                    d.retarget(to, etag).await;
+                    if let Some(e) = lock(&self.drafts).get_mut(&src.ino) {
+                        e.parent = new_parent;
+                        e.name = new_name.to_string();
+                    }
+                }
+            }
+            Kind::Dir => {
+                let (from, to) = (format!("{from}/"), format!("{to}/"));
+                if let Some(d) = &dst {
+                    if d.kind != Kind::Dir {
+                        return Err(FsError::NotDir);
+                    }
+                    let page = store
+                        .list(&container, &to, Some("/"), None, Some(2))
+                        .await?;
+                    if page.prefixes.len() + page.blobs.iter().filter(|b| b.name != to).count() > 0
+                    {
+                        return Err(FsError::NotEmpty);
+                    }
+                }
+                if self.has_drafts_under(acct, &container, &from) {
+                    return Err(FsError::Busy("a file in the directory is open for writing"));
+                }
+                self.rename_dir(&store, &container, &from, &to).await?;
+                let (old, new) = (
+                    NodeKey::Dir {
+                        acct,
+                        container: container.clone(),
+                        prefix: from,
+                    },
+                    NodeKey::Dir {
+                        acct,
+                        container,
+                        prefix: to,
+                    },
+                );
+                lock(&self.inodes).rename(&old, new, new_parent);
+                self.changed(src.ino);
+            }
+        }
+        self.changed(parent);
+        self.changed(new_parent);
+        Ok(())
+    }
+
+    /// Copies every blob under `from` to `to`, then deletes the originals. Not atomic: a
+    /// failure while copying leaves the originals and some copies; nothing is deleted until
+    /// every copy is made.
+    async fn rename_dir(
+        &self,
+        store: &Arc<S>,
+        container: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<()> {
+        use futures::StreamExt;
+        let all = blob::list_all(store.as_ref(), container, from, None).await?;
+        let jobs: Vec<_> = all
+            .blobs
+            .into_iter()
+            .map(|b| {
+                let dst = format!("{to}{}", &b.name[from.len()..]);
+                (
+                    store.clone(),
+                    container.to_string(),
+                    b.name,
+                    b.props.etag,
+                    dst,
+                )
+            })
+            .collect();
+        let copies: Vec<std::result::Result<String, BlobError>> =
+            futures::stream::iter(jobs.clone())
+                .map(|(store, c, name, etag, dst)| async move {
+                    store
+                        .copy(&c, &name, &etag, &dst, blob::Condition::None)
+                        .await
+                })
+                .buffer_unordered(self.opts.max_requests)
+                .collect()
+                .await;
+        for c in copies {
+            c?;
+        }
+        let deletes: Vec<std::result::Result<(), BlobError>> = futures::stream::iter(jobs)
+            .map(|(store, c, name, etag, _)| async move {
+                ignore_missing(
+                    store
+                        .delete(&c, &name, blob::Condition::IfMatch(etag))
+                        .await,
+                )
+            })
+            .buffer_unordered(self.opts.max_requests)
+            .collect()
+            .await;
+        for d in deletes {
+            d?;
+        }
+        Ok(())
+    }
+}
+
+/// What `setattr` may change.
+#[derive(Debug, Default, Clone)]
+pub struct SetAttr {
+    pub size: Option<u64>,
+    pub mtime: Option<SystemTime>,
+    pub mode: Option<u16>,
+}
+
+fn ignore_missing(r: std::result::Result<(), BlobError>) -> std::result::Result<(), BlobError> {
+    match r {
+        Err(BlobError::NotFound) => Ok(()),
+        r => r,
+    }
+}
+
+/// Azure container names: 3-63 of lowercase letters, digits and single hyphens, starting and
+/// ending with a letter or digit.
+fn valid_container(name: &str) -> bool {
+    let b = name.as_bytes();
+    (3..=63).contains(&b.len())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+        && !name.contains("--")
 }
 
 fn meta_of(p: &BlobProps) -> Meta {
     Meta {
         size: p.size,
-        mtime: p.last_modified,
+        mtime: write::blob_mtime(p),
+        mode: write::blob_mode(p),
         fetched: Instant::now(),
     }
 }

@@ -56,7 +56,7 @@ impl Azurite {
             let child = Command::new("node")
                 .arg(&main)
                 .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
-                .args(["--inMemoryPersistence", "--extentMemoryLimit", "1024"])
+                .args(["--inMemoryPersistence", "--extentMemoryLimit", "4096"])
                 .args(["--skipApiVersionCheck", "--loose", "--disableTelemetry"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -98,7 +98,7 @@ impl Azurite {
         assert!(ok, "kill -{sig}");
     }
 
-    /// A client of our own for seeding data (the mount is read-only so far).
+    /// A client of our own, independent of any mount, for seeding and checking storage.
     pub fn store(&self) -> Seeder {
         Seeder::new(&self.endpoint())
     }
@@ -187,6 +187,28 @@ impl Seeder {
                 .collect::<Vec<_>>()
                 .await;
         });
+    }
+
+    pub fn head(&self, container: &str, name: &str) -> Option<batchfs::blob::BlobProps> {
+        match self.rt.block_on(self.store.head(container, name)) {
+            Ok(p) => Some(p),
+            Err(batchfs::blob::BlobError::NotFound) => None,
+            Err(e) => panic!("head {container}/{name}: {e}"),
+        }
+    }
+
+    /// Every blob name in `container`, flat.
+    pub fn names(&self, container: &str) -> Vec<String> {
+        let page = self
+            .rt
+            .block_on(batchfs::blob::list_all(
+                self.store.as_ref(),
+                container,
+                "",
+                None,
+            ))
+            .expect("list");
+        page.blobs.into_iter().map(|b| b.name).collect()
     }
 
     pub fn get(&self, container: &str, name: &str) -> Vec<u8> {

@@ -1,0 +1,949 @@
+//! The write path: a file open for writing is a *draft* of the blob's next version.
+//!
+//! # Blocks
+//!
+//! A draft sees the file as a row of [`BLOCK`]-sized blocks. A block nobody wrote to is still
+//! the *base* (the version that was committed when the file was opened, cut at the shortest
+//! size the draft was truncated to, zeros beyond). A block that was written is held in memory
+//! (*dirty*) with its whole content, reserved against the page cache's budget, so reads and
+//! writes share one memory limit. When a writer fills a block and moves past it, the block is
+//! *sealed*: uploaded with Put Block in a task of its own while the writer goes on, and copied
+//! to an unlinked spill file under `--spill-dir` so that a later write or read of it (a header
+//! patched after the body, a conflict sibling) never needs the network. Its memory is given
+//! back when the upload is done. A writer that outruns the network waits for budget: that is
+//! the backpressure.
+//!
+//! # Commit
+//!
+//! `flush`, `fsync` and the last `close` commit: a file of at most one block goes up as one
+//! Put Blob; a larger one as one Put Block List naming, in order, the blocks this writer
+//! staged and, for the parts it did not touch, the base's committed blocks where they line up
+//! with the draft's blocks (so an append or a `dd conv=notrunc` to a large file sends only the
+//! blocks it changed). Base parts that do not line up are downloaded and staged again.
+//!
+//! Every commit is conditional: `If-Match` the base's ETag, or `If-None-Match: *` for a new
+//! file. If someone else committed first, nothing of theirs is overwritten: the draft is
+//! written to a sibling blob named `<name>.conflict-<UTC time>-<host>` and the commit fails,
+//! which the application sees as an error from `close` or `fsync`. Uncommitted blocks are
+//! invisible to readers and expire on their own, so a crash or a failed upload leaves the
+//! previously committed blob as it was.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::Mutex as StdMutex;
+use std::time::SystemTime;
+
+use base64::Engine;
+use bytes::{Bytes, BytesMut};
+use tokio::sync::watch;
+
+use crate::blob::{BlobError, BlobProps, BlobStore, Condition};
+use crate::cache::{BlobRef, Cache, Readahead};
+use crate::stats::Stats;
+
+/// Size of the blocks a draft uploads and tracks.
+pub const BLOCK: u64 = 4 << 20;
+/// A block blob holds at most 50,000 blocks.
+pub const MAX_SIZE: u64 = 50_000 * BLOCK;
+/// Dirty buffers grow in steps of at least this much budget.
+const MIN_RESERVE: usize = 64 << 10;
+/// Metadata keys for what POSIX keeps and blobs do not.
+pub const META_MTIME: &str = "mtime";
+pub const META_MODE: &str = "mode";
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Storage(#[from] BlobError),
+    #[error("the blob was changed elsewhere first; this writer's data is in {0}")]
+    Conflict(String),
+    #[error("the blob was changed elsewhere first, and keeping this writer's data failed: {0}")]
+    Lost(String),
+    #[error("this file hit an earlier conflict and takes no more writes")]
+    Failed,
+    #[error("spill file: {0}")]
+    Spill(String),
+    #[error("larger than a block blob can be")]
+    TooLarge,
+}
+
+/// The blob a draft becomes.
+pub struct Target {
+    pub acct: usize,
+    pub container: String,
+    pub name: String,
+}
+
+/// What a successful commit made.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub etag: String,
+    pub size: u64,
+}
+
+type UploadResult = Result<bool, (BlobError, Bytes)>;
+
+enum Block {
+    /// The block's content from its start; shorter than the block means zeros follow.
+    Dirty {
+        buf: Vec<u8>,
+        reserved: u64,
+    },
+    Uploading {
+        id: String,
+        len: u64,
+        done: watch::Receiver<Option<UploadResult>>,
+    },
+    Staged {
+        id: String,
+        len: u64,
+        spilled: bool,
+    },
+}
+
+struct Base {
+    etag: String,
+    size: u64,
+    /// Committed blocks (id, size), once asked for.
+    committed: Option<Vec<(String, u64)>>,
+}
+
+struct State {
+    container: String,
+    name: String,
+    base: Option<Base>,
+    /// Bytes of the base that are still part of the file.
+    base_len: u64,
+    size: u64,
+    blocks: BTreeMap<u64, Block>,
+    metadata: BTreeMap<String, String>,
+    data_dirty: bool,
+    meta_dirty: bool,
+    /// Written to (or attributes set) since the last commit, as opposed to only truncated.
+    written: bool,
+    unlinked: bool,
+    failed: bool,
+    spill: Option<Arc<File>>,
+    next_id: u64,
+    mtime: SystemTime,
+}
+
+pub struct Draft<S> {
+    store: Arc<S>,
+    cache: Arc<Cache>,
+    stats: Arc<Stats>,
+    acct: usize,
+    spill_dir: PathBuf,
+    session: u64,
+    state: tokio::sync::Mutex<State>,
+    /// Size and mtime as of the last change, readable without waiting for the state lock
+    /// (getattr must not wait behind a write that waits for budget).
+    shown: StdMutex<(u64, SystemTime)>,
+}
+
+impl<S: BlobStore> Draft<S> {
+    /// A draft of `target`, editing `base` (`None` for a new file).
+    pub fn new(
+        store: Arc<S>,
+        cache: Arc<Cache>,
+        stats: Arc<Stats>,
+        spill_dir: PathBuf,
+        target: Target,
+        base: Option<&BlobProps>,
+    ) -> Self {
+        let Target {
+            acct,
+            container,
+            name,
+        } = target;
+        let size = base.map_or(0, |b| b.size);
+        let mtime = base.map_or_else(SystemTime::now, blob_mtime);
+        Draft {
+            store,
+            cache,
+            stats,
+            acct,
+            spill_dir,
+            session: rand::random(),
+            state: tokio::sync::Mutex::new(State {
+                container,
+                name,
+                base: base.map(|b| Base {
+                    etag: b.etag.clone(),
+                    size: b.size,
+                    committed: None,
+                }),
+                base_len: size,
+                size,
+                blocks: BTreeMap::new(),
+                metadata: base.map(|b| b.metadata.clone()).unwrap_or_default(),
+                // A new file exists once it is closed, even if nothing was written.
+                data_dirty: base.is_none(),
+                meta_dirty: false,
+                written: false,
+                unlinked: false,
+                failed: false,
+                spill: None,
+                next_id: 0,
+                mtime,
+            }),
+            shown: StdMutex::new((size, mtime)),
+        }
+    }
+
+    /// Size and modification time as the application sees them now.
+    pub fn shown(&self) -> (u64, SystemTime) {
+        *self.shown.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn show(&self, st: &State) {
+        *self.shown.lock().unwrap_or_else(|p| p.into_inner()) = (st.size, st.mtime);
+    }
+
+    pub async fn mode(&self) -> Option<u16> {
+        let st = self.state.lock().await;
+        st.metadata
+            .get(META_MODE)
+            .and_then(|m| u16::from_str_radix(m, 8).ok())
+    }
+
+    pub async fn write(&self, offset: u64, data: &[u8]) -> Result<(), WriteError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let end = offset.saturating_add(data.len() as u64);
+        if end > MAX_SIZE {
+            return Err(WriteError::TooLarge);
+        }
+        let mut st = self.state.lock().await;
+        if st.failed {
+            return Err(WriteError::Failed);
+        }
+        let (first, last) = (offset / BLOCK, (end - 1) / BLOCK);
+        for i in first..=last {
+            let bstart = i * BLOCK;
+            let from = (offset.max(bstart) - bstart) as usize;
+            let to = (end.min(bstart + BLOCK) - bstart) as usize;
+            let src = &data[(bstart + from as u64 - offset) as usize..][..to - from];
+            let old_len = len_of(st.size, i) as usize;
+            if !matches!(st.blocks.get(&i), Some(Block::Dirty { .. })) {
+                // Nothing to keep when the write covers all the block held, or the block
+                // held only zeros: skip reading it back.
+                let blank = !st.blocks.contains_key(&i) && bstart >= st.base_len;
+                let content = if blank || (from == 0 && to >= old_len) {
+                    Vec::new()
+                } else {
+                    self.load(&mut st, i).await?
+                };
+                self.make_dirty(&mut st, i, content).await?;
+            }
+            self.grow(&mut st, i, to).await?;
+            if let Some(Block::Dirty { buf, .. }) = st.blocks.get_mut(&i) {
+                if buf.len() < to {
+                    buf.resize(to, 0);
+                }
+                buf[from..to].copy_from_slice(src);
+            }
+        }
+        st.size = st.size.max(end);
+        st.data_dirty = true;
+        st.written = true;
+        st.mtime = SystemTime::now();
+        st.metadata.remove(META_MTIME);
+        Stats::add(&self.stats.dirty_bytes, 0);
+        // Upload the blocks the writer has filled and moved past.
+        for i in first..=last {
+            let full = matches!(st.blocks.get(&i), Some(Block::Dirty { buf, .. }) if buf.len() as u64 == BLOCK);
+            if full && end >= (i + 1) * BLOCK {
+                self.seal(&mut st, i);
+            }
+        }
+        self.show(&st);
+        Ok(())
+    }
+
+    /// Makes block `i` dirty with `content`, waiting for budget.
+    async fn make_dirty(&self, st: &mut State, i: u64, content: Vec<u8>) -> Result<(), WriteError> {
+        let want = (content.len().max(MIN_RESERVE) as u64).min(BLOCK);
+        self.reserve(st, want, i).await;
+        let mut buf = content;
+        buf.reserve_exact(want as usize - buf.len().min(want as usize));
+        st.blocks.insert(
+            i,
+            Block::Dirty {
+                buf,
+                reserved: want,
+            },
+        );
+        Ok(())
+    }
+
+    /// Makes sure dirty block `i` has budget for `len` bytes.
+    async fn grow(&self, st: &mut State, i: u64, len: usize) -> Result<(), WriteError> {
+        let reserved = match st.blocks.get(&i) {
+            Some(Block::Dirty { reserved, .. }) => *reserved,
+            _ => return Ok(()),
+        };
+        if len as u64 <= reserved {
+            return Ok(());
+        }
+        let target = (len as u64).next_power_of_two().min(BLOCK);
+        self.reserve(st, target - reserved, i).await;
+        if let Some(Block::Dirty { buf, reserved }) = st.blocks.get_mut(&i) {
+            buf.reserve_exact(target as usize - buf.len());
+            *reserved = target;
+        }
+        Ok(())
+    }
+
+    /// Reserves budget; if none is free, first uploads this draft's own dirty blocks (other
+    /// than `keep`) so that a writer never waits on memory that only it could free.
+    async fn reserve(&self, st: &mut State, len: u64, keep: u64) {
+        if self.cache.try_reserve(len) {
+            Stats::add(&self.stats.dirty_bytes, len);
+            return;
+        }
+        let dirty: Vec<u64> = st
+            .blocks
+            .iter()
+            .filter(|(k, b)| **k != keep && matches!(b, Block::Dirty { .. }))
+            .map(|(k, _)| *k)
+            .collect();
+        for i in dirty {
+            self.seal(st, i);
+        }
+        self.cache.reserve(len).await;
+        Stats::add(&self.stats.dirty_bytes, len);
+    }
+
+    fn unreserve(&self, len: u64) {
+        self.cache.release(len);
+        self.stats
+            .dirty_bytes
+            .fetch_update(
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+                |v| Some(v.saturating_sub(len)),
+            )
+            .ok();
+    }
+
+    fn block_id(&self, st: &mut State) -> String {
+        st.next_id += 1;
+        let raw = format!("batchfs-{:016x}-{:016x}", self.session, st.next_id);
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    }
+
+    fn spill_file(&self, st: &mut State) -> Option<Arc<File>> {
+        if st.spill.is_none() {
+            let path = self.spill_dir.join(format!(
+                "batchfs-{}-{:016x}",
+                std::process::id(),
+                self.session
+            ));
+            let opened = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path);
+            match opened {
+                Ok(f) => {
+                    // Unlinked at once: a crash leaves nothing behind.
+                    let _ = std::fs::remove_file(&path);
+                    st.spill = Some(Arc::new(f));
+                }
+                Err(e) => tracing::warn!(
+                    dir = %self.spill_dir.display(),
+                    error = %e,
+                    "cannot create a spill file; uploaded blocks are not kept locally"
+                ),
+            }
+        }
+        st.spill.clone()
+    }
+
+    /// Starts uploading dirty block `i` (padded or cut to its length in the file).
+    fn seal(&self, st: &mut State, i: u64) {
+        let want = len_of(st.size, i) as usize;
+        let Some(Block::Dirty { mut buf, reserved }) = st.blocks.remove(&i) else {
+            return;
+        };
+        buf.resize(want, 0);
+        let data = Bytes::from(buf);
+        let id = self.block_id(st);
+        let spill = self.spill_file(st);
+        let (tx, rx) = watch::channel(None);
+        st.blocks.insert(
+            i,
+            Block::Uploading {
+                id: id.clone(),
+                len: want as u64,
+                done: rx,
+            },
+        );
+        let (store, cache) = (self.store.clone(), self.cache.clone());
+        let (container, name) = (st.container.clone(), st.name.clone());
+        let stats = self.stats.clone();
+        tokio::spawn(async move {
+            let copy = data.clone();
+            let spilled = async move {
+                let Some(f) = spill else { return false };
+                tokio::task::spawn_blocking(move || f.write_all_at(&copy, i * BLOCK).is_ok())
+                    .await
+                    .unwrap_or(false)
+            };
+            let upload = cache.with_permit(store.put_block(&container, &name, &id, data.clone()));
+            let (spilled, uploaded) = tokio::join!(spilled, upload);
+            cache.release(reserved);
+            stats
+                .dirty_bytes
+                .fetch_update(
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                    |v| Some(v.saturating_sub(reserved)),
+                )
+                .ok();
+            let result = match uploaded {
+                Ok(()) => Ok(spilled),
+                Err(e) => Err((e, data)),
+            };
+            let _ = tx.send(Some(result));
+        });
+    }
+
+    /// Waits for an upload of block `i` to end and records how it ended.
+    async fn settle(&self, st: &mut State, i: u64) -> Result<(), WriteError> {
+        let Some(Block::Uploading { id, len, done }) = st.blocks.get(&i) else {
+            return Ok(());
+        };
+        let (id, len, mut done) = (id.clone(), *len, done.clone());
+        let outcome = done
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| BlobError::BadResponse("upload abandoned".into()))?
+            .clone();
+        match outcome {
+            Some(Ok(spilled)) => {
+                st.blocks.insert(i, Block::Staged { id, len, spilled });
+                Ok(())
+            }
+            Some(Err((e, data))) => {
+                // Keep the bytes (outside the budget: they are already in memory) so a
+                // later flush can try again.
+                st.blocks.insert(
+                    i,
+                    Block::Dirty {
+                        buf: data.to_vec(),
+                        reserved: 0,
+                    },
+                );
+                Err(e.into())
+            }
+            None => Err(BlobError::BadResponse("upload abandoned".into()).into()),
+        }
+    }
+
+    /// The content of block `i` as the file holds it now (its length in the file).
+    async fn load(&self, st: &mut State, i: u64) -> Result<Vec<u8>, WriteError> {
+        let want = len_of(st.size, i) as usize;
+        if matches!(st.blocks.get(&i), Some(Block::Uploading { .. })) {
+            // A failed upload turns back into a dirty block, which is loaded below.
+            let _ = self.settle(st, i).await;
+        }
+        let mut out = match st.blocks.get(&i) {
+            Some(Block::Dirty { buf, .. }) => buf[..buf.len().min(want)].to_vec(),
+            Some(Block::Staged { len, spilled, .. }) => {
+                if !*spilled {
+                    return Err(WriteError::Spill(
+                        "an uploaded block was not kept locally (see --spill-dir)".into(),
+                    ));
+                }
+                let n = (*len as usize).min(want);
+                let f = st.spill.clone().ok_or(WriteError::Spill("gone".into()))?;
+                tokio::task::spawn_blocking(move || {
+                    let mut v = vec![0; n];
+                    f.read_exact_at(&mut v, i * BLOCK).map(|_| v)
+                })
+                .await
+                .map_err(|e| WriteError::Spill(e.to_string()))?
+                .map_err(|e| WriteError::Spill(e.to_string()))?
+            }
+            Some(Block::Uploading { .. }) => unreachable!("settled above"),
+            None => {
+                let from = i * BLOCK;
+                let to = (from + want as u64).min(st.base_len);
+                match &st.base {
+                    Some(b) if to > from => {
+                        let etag = b.etag.clone();
+                        let data = self
+                            .cache
+                            .with_permit(self.store.get_range(
+                                &st.container,
+                                &st.name,
+                                from,
+                                to - from,
+                                Some(&etag),
+                            ))
+                            .await?;
+                        if (data.len() as u64) < to - from {
+                            return Err(BlobError::PreconditionFailed.into());
+                        }
+                        data.to_vec()
+                    }
+                    _ => Vec::new(),
+                }
+            }
+        };
+        out.resize(want, 0);
+        Ok(out)
+    }
+
+    /// Reads `[offset, offset+len)` as the file holds it now.
+    pub async fn read(
+        &self,
+        ra: &StdMutex<Readahead>,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes, WriteError> {
+        let mut st = self.state.lock().await;
+        let end = offset.saturating_add(len).min(st.size);
+        if offset >= end {
+            return Ok(Bytes::new());
+        }
+        let (first, last) = (offset / BLOCK, (end - 1) / BLOCK);
+        // Untouched base: the read engine, with its prefetch and page cache.
+        if st.blocks.range(first..=last).next().is_none() && end <= st.base_len {
+            return Ok(self
+                .cache
+                .read(&self.base_ref(&st)?, ra, offset, end - offset)
+                .await?);
+        }
+        let mut out = BytesMut::with_capacity((end - offset) as usize);
+        for i in first..=last {
+            let bstart = i * BLOCK;
+            let from = offset.max(bstart);
+            let to = end.min(bstart + BLOCK);
+            if st.blocks.contains_key(&i) {
+                let content = match st.blocks.get(&i) {
+                    Some(Block::Dirty { buf, .. }) => {
+                        let a = ((from - bstart) as usize).min(buf.len());
+                        let b = ((to - bstart) as usize).min(buf.len());
+                        buf[a..b].to_vec()
+                    }
+                    _ => {
+                        let all = self.load(&mut st, i).await?;
+                        all[(from - bstart) as usize..(to - bstart) as usize].to_vec()
+                    }
+                };
+                out.extend_from_slice(&content);
+            } else if from < st.base_len {
+                let upto = to.min(st.base_len);
+                let base = self.base_ref(&st)?;
+                out.extend_from_slice(&self.cache.read(&base, ra, from, upto - from).await?);
+            }
+            out.resize((to - offset) as usize, 0);
+        }
+        Ok(out.freeze())
+    }
+
+    fn base_ref(&self, st: &State) -> Result<BlobRef<S>, WriteError> {
+        let b = st
+            .base
+            .as_ref()
+            .ok_or(BlobError::BadResponse("no base".into()))?;
+        Ok(BlobRef::new(
+            self.store.clone(),
+            self.acct,
+            st.container.clone(),
+            st.name.clone(),
+            b.etag.clone(),
+            b.size,
+        ))
+    }
+
+    pub async fn truncate(&self, size: u64) -> Result<(), WriteError> {
+        if size > MAX_SIZE {
+            return Err(WriteError::TooLarge);
+        }
+        let mut st = self.state.lock().await;
+        if st.failed {
+            return Err(WriteError::Failed);
+        }
+        if size == st.size {
+            return Ok(());
+        }
+        if size < st.size {
+            let cut = size.div_ceil(BLOCK);
+            for (_, b) in st.blocks.split_off(&cut) {
+                if let Block::Dirty { reserved, .. } = b {
+                    self.unreserve(reserved);
+                }
+            }
+            let edge = size / BLOCK;
+            if !size.is_multiple_of(BLOCK) && st.blocks.contains_key(&edge) {
+                // What lies past the cut must read as zeros if the file grows again.
+                let mut content = self.load(&mut st, edge).await?;
+                content.truncate((size - edge * BLOCK) as usize);
+                if let Some(Block::Dirty { reserved, .. }) = st.blocks.remove(&edge) {
+                    self.unreserve(reserved);
+                }
+                self.make_dirty(&mut st, edge, content).await?;
+            }
+            st.base_len = st.base_len.min(size);
+        }
+        st.size = size;
+        st.data_dirty = true;
+        st.mtime = SystemTime::now();
+        st.metadata.remove(META_MTIME);
+        self.show(&st);
+        Ok(())
+    }
+
+    /// Sets the modification time and/or mode bits, kept in metadata at the next commit.
+    pub async fn set_attrs(&self, mtime: Option<SystemTime>, mode: Option<u16>) {
+        let mut st = self.state.lock().await;
+        if let Some(t) = mtime {
+            st.mtime = t;
+            st.metadata.insert(META_MTIME.into(), format_mtime(t));
+        }
+        if let Some(m) = mode {
+            st.metadata
+                .insert(META_MODE.into(), format!("{:o}", m & 0o7777));
+        }
+        st.meta_dirty = true;
+        st.written = true;
+        self.show(&st);
+    }
+
+    /// The file was unlinked while open: nothing is to be committed.
+    pub async fn unlink(&self) {
+        let mut st = self.state.lock().await;
+        st.unlinked = true;
+        self.discard(&mut st);
+    }
+
+    fn discard(&self, st: &mut State) {
+        for (_, b) in std::mem::take(&mut st.blocks) {
+            if let Block::Dirty { reserved, .. } = b {
+                self.unreserve(reserved);
+            }
+        }
+        st.data_dirty = false;
+        st.meta_dirty = false;
+        st.written = false;
+        if let Some(f) = &st.spill {
+            let _ = f.set_len(0);
+        }
+    }
+
+    /// The blob was renamed (after a commit): later commits go to the new name.
+    pub async fn retarget(&self, name: String, etag: String) {
+        let mut st = self.state.lock().await;
+        st.name = name;
+        if let Some(b) = &mut st.base {
+            b.etag = etag;
+            b.committed = None;
+        }
+    }
+
+    pub async fn is_dirty(&self) -> bool {
+        let st = self.state.lock().await;
+        (st.data_dirty || st.meta_dirty) && !st.unlinked
+    }
+
+    /// Commits the draft if it changed; `None` if there was nothing to commit.
+    ///
+    /// `on_close` is for `flush`, which comes with every close of a descriptor, including
+    /// the one `dd` and shells close right after opening with `O_TRUNC` and duplicating it:
+    /// a truncation of an existing blob with nothing written yet is left for a later flush
+    /// or the release, so the old content is not replaced by an empty file mid-copy.
+    pub async fn commit(&self, on_close: bool) -> Result<Option<Committed>, WriteError> {
+        let mut st = self.state.lock().await;
+        if st.failed {
+            return Err(WriteError::Failed);
+        }
+        if st.unlinked || !(st.data_dirty || st.meta_dirty) {
+            return Ok(None);
+        }
+        if on_close && !st.written && st.base.is_some() {
+            return Ok(None);
+        }
+        tracing::debug!(container = %st.container, blob = %st.name, size = st.size, "commit");
+        let cond = match &st.base {
+            Some(b) => Condition::IfMatch(b.etag.clone()),
+            None => Condition::IfNoneMatchAny,
+        };
+        if !st.metadata.contains_key(META_MTIME) && !st.data_dirty {
+            let t = st.mtime;
+            st.metadata.insert(META_MTIME.into(), format_mtime(t));
+        }
+        let result = if !st.data_dirty && st.base.is_some() {
+            self.store
+                .set_metadata(&st.container, &st.name, &st.metadata, cond)
+                .await
+                .map(|etag| (etag, st.base.as_ref().and_then(|b| b.committed.clone())))
+        } else if st.size <= BLOCK {
+            let data = Bytes::from(self.load(&mut st, 0).await?);
+            let r = self
+                .cache
+                .with_permit(
+                    self.store
+                        .put(&st.container, &st.name, data, cond, &st.metadata),
+                )
+                .await;
+            r.map(|etag| (etag, Some(Vec::new())))
+        } else {
+            match self.stage_all(&mut st).await {
+                Ok(list) => {
+                    let ids: Vec<String> = list.iter().map(|(id, _)| id.clone()).collect();
+                    self.store
+                        .put_block_list(&st.container, &st.name, &ids, cond, &st.metadata)
+                        .await
+                        .map(|etag| (etag, Some(list)))
+                }
+                Err(WriteError::Storage(e)) => Err(e),
+                Err(e) => return Err(e),
+            }
+        };
+        match result {
+            Ok((etag, committed)) => {
+                Stats::add(&self.stats.commits, 1);
+                let size = st.size;
+                st.base = Some(Base {
+                    etag: etag.clone(),
+                    size,
+                    committed,
+                });
+                st.base_len = size;
+                self.discard(&mut st);
+                Ok(Some(Committed { etag, size }))
+            }
+            Err(BlobError::PreconditionFailed | BlobError::Conflict(_)) => {
+                Stats::add(&self.stats.conflicts, 1);
+                let saved = self.save_conflict(&mut st).await;
+                st.failed = true;
+                self.discard(&mut st);
+                match saved {
+                    Ok(sibling) => {
+                        tracing::error!(
+                            container = %st.container,
+                            blob = %st.name,
+                            kept_in = %sibling,
+                            "commit refused: the blob was changed elsewhere first; \
+                             this writer's data is kept in the sibling"
+                        );
+                        Err(WriteError::Conflict(sibling))
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            container = %st.container,
+                            blob = %st.name,
+                            error = %e,
+                            "commit refused: the blob was changed elsewhere first, \
+                             and this writer's data could not be kept"
+                        );
+                        Err(WriteError::Lost(e.to_string()))
+                    }
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Stages every block that is not already in storage; returns the block list in order.
+    async fn stage_all(&self, st: &mut State) -> Result<Vec<(String, u64)>, WriteError> {
+        let n = st.size.div_ceil(BLOCK);
+        let needs_base = (0..n).any(|i| !st.blocks.contains_key(&i) && i * BLOCK < st.base_len);
+        if needs_base
+            && let Some(b) = &st.base
+            && b.committed.is_none()
+        {
+            let (etag, list) = self.store.get_block_list(&st.container, &st.name).await?;
+            if etag != b.etag {
+                return Err(BlobError::PreconditionFailed.into());
+            }
+            if let Some(b) = &mut st.base {
+                b.committed = Some(list);
+            }
+        }
+        let mut reused: BTreeMap<u64, Vec<(String, u64)>> = BTreeMap::new();
+        for i in 0..n {
+            let want = len_of(st.size, i);
+            match st.blocks.get(&i) {
+                Some(Block::Dirty { .. }) => self.seal(st, i),
+                Some(Block::Uploading { len, .. } | Block::Staged { len, .. }) if *len == want => {}
+                Some(_) => {
+                    let content = self.load(st, i).await?;
+                    self.make_dirty(st, i, content).await?;
+                    self.seal(st, i);
+                }
+                None => {
+                    if let Some(ids) = self.reusable(st, i, want) {
+                        reused.insert(i, ids);
+                    } else {
+                        let content = self.load(st, i).await?;
+                        self.make_dirty(st, i, content).await?;
+                        self.seal(st, i);
+                    }
+                }
+            }
+        }
+        let mut list = Vec::new();
+        for i in 0..n {
+            if let Some(ids) = reused.remove(&i) {
+                list.extend(ids);
+                continue;
+            }
+            if self.settle(st, i).await.is_err() {
+                // One more try for a block whose upload failed (its bytes came back).
+                self.seal(st, i);
+                self.settle(st, i).await?;
+            }
+            match st.blocks.get(&i) {
+                Some(Block::Staged { id, len, .. }) => list.push((id.clone(), *len)),
+                _ => return Err(BlobError::BadResponse("block not staged".into()).into()),
+            }
+        }
+        Ok(list)
+    }
+
+    /// The base's committed blocks that make up exactly block `i`, if they do and their ids
+    /// have the length of this writer's ids (a blob's ids must all be one length).
+    fn reusable(&self, st: &State, i: u64, want: u64) -> Option<Vec<(String, u64)>> {
+        let from = i * BLOCK;
+        let to = from + want;
+        if to > st.base_len {
+            return None;
+        }
+        let committed = st.base.as_ref()?.committed.as_ref()?;
+        let id_len = base64::engine::general_purpose::STANDARD
+            .encode(format!("batchfs-{:016x}-{:016x}", 0, 0))
+            .len();
+        let mut at = 0u64;
+        let mut out = Vec::new();
+        for (id, len) in committed {
+            if at >= to {
+                break;
+            }
+            let next = at + len;
+            if next > from {
+                if at < from || next > to || id.len() != id_len {
+                    return None;
+                }
+                out.push((id.clone(), *len));
+            }
+            at = next;
+        }
+        (at >= to && !out.is_empty()).then_some(out)
+    }
+
+    /// Writes the whole draft to a new sibling blob; returns its name.
+    async fn save_conflict(&self, st: &mut State) -> Result<String, WriteError> {
+        let host = hostname();
+        let stamp = httpdate::fmt_http_date(SystemTime::now());
+        let stamp: String = stamp
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .collect();
+        let original = st.name.clone();
+        let mut attempt = 0;
+        loop {
+            let sibling = match attempt {
+                0 => format!("{original}.conflict-{stamp}-{host}"),
+                n => format!("{original}.conflict-{stamp}-{host}-{n}"),
+            };
+            let n = st.size.div_ceil(BLOCK);
+            let mut contents = Vec::new();
+            // The bytes come from this draft (memory or spill) and from the base it edited.
+            let result = if n <= 1 {
+                let data = match n {
+                    0 => Bytes::new(),
+                    _ => Bytes::from(self.load(st, 0).await?),
+                };
+                self.store
+                    .put(
+                        &st.container,
+                        &sibling,
+                        data,
+                        Condition::IfNoneMatchAny,
+                        &st.metadata,
+                    )
+                    .await
+            } else {
+                for i in 0..n {
+                    let id = self.block_id(st);
+                    let data = Bytes::from(self.load(st, i).await?);
+                    self.cache
+                        .with_permit(self.store.put_block(&st.container, &sibling, &id, data))
+                        .await?;
+                    contents.push(id);
+                }
+                self.store
+                    .put_block_list(
+                        &st.container,
+                        &sibling,
+                        &contents,
+                        Condition::IfNoneMatchAny,
+                        &st.metadata,
+                    )
+                    .await
+            };
+            match result {
+                Ok(_) => return Ok(sibling),
+                Err(BlobError::Conflict(_) | BlobError::PreconditionFailed) if attempt < 5 => {
+                    attempt += 1
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// Length of block `i` in a file of `size` bytes.
+fn len_of(size: u64, i: u64) -> u64 {
+    size.saturating_sub(i * BLOCK).min(BLOCK)
+}
+
+/// The modification time a blob shows: its `mtime` metadata if set, else Last-Modified.
+pub fn blob_mtime(p: &BlobProps) -> SystemTime {
+    p.metadata
+        .get(META_MTIME)
+        .and_then(|s| parse_mtime(s))
+        .unwrap_or(p.last_modified)
+}
+
+/// The mode bits a blob shows, from its `mode` metadata.
+pub fn blob_mode(p: &BlobProps) -> Option<u16> {
+    p.metadata
+        .get(META_MODE)
+        .and_then(|m| u16::from_str_radix(m, 8).ok())
+        .map(|m| m & 0o7777)
+}
+
+/// `mtime` metadata is seconds and nanoseconds since the epoch: `1700000000.123456789`.
+pub fn format_mtime(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
+}
+
+fn parse_mtime(s: &str) -> Option<SystemTime> {
+    let (secs, nanos) = s.split_once('.').unwrap_or((s, "0"));
+    let secs: u64 = secs.parse().ok()?;
+    let nanos: u32 = format!("{nanos:0<9}").get(..9)?.parse().ok()?;
+    Some(SystemTime::UNIX_EPOCH + std::time::Duration::new(secs, nanos))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into())
+}
+
+#[cfg(test)]
+mod tests;

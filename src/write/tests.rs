@@ -1,0 +1,245 @@
+//! Drafts over an in-memory store: content, what each kind of change costs, and conflicts.
+
+use std::sync::atomic::Ordering;
+
+use super::*;
+use crate::blob::memory::MemoryStore;
+
+const MIB: usize = 1 << 20;
+
+struct Fixture {
+    store: Arc<MemoryStore>,
+    cache: Arc<Cache>,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        let store = Arc::new(MemoryStore::new(5000));
+        store.create_container("c").await.unwrap();
+        Fixture {
+            store,
+            cache: Arc::new(Cache::new(64 << 20, 8, Arc::default())),
+        }
+    }
+
+    async fn draft(&self, name: &str) -> Draft<MemoryStore> {
+        let base = self.store.head("c", name).await.ok();
+        Draft::new(
+            self.store.clone(),
+            self.cache.clone(),
+            Arc::default(),
+            std::env::temp_dir(),
+            Target {
+                acct: 0,
+                container: "c".into(),
+                name: name.into(),
+            },
+            base.as_ref(),
+        )
+    }
+
+    fn requests(&self) -> u64 {
+        self.store.requests.load(Ordering::Relaxed)
+    }
+
+    fn content(&self, name: &str) -> Vec<u8> {
+        self.store.content("c", name).expect("blob exists").to_vec()
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
+}
+
+async fn write_all(d: &Draft<MemoryStore>, data: &[u8], step: usize) {
+    for (i, chunk) in data.chunks(step).enumerate() {
+        d.write((i * step) as u64, chunk).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_small_file_is_one_put_and_a_large_one_a_block_list() {
+    let f = Fixture::new().await;
+    let d = f.draft("small").await;
+    d.write(0, b"hello").await.unwrap();
+    let before = f.requests();
+    d.commit(true).await.unwrap().expect("committed");
+    assert_eq!(f.requests() - before, 1);
+    assert_eq!(f.content("small"), b"hello");
+
+    let data = pattern(10 * MIB + 123, 1);
+    let d = f.draft("large").await;
+    write_all(&d, &data, 128 << 10).await;
+    let c = d.commit(true).await.unwrap().expect("committed");
+    assert_eq!(c.size, data.len() as u64);
+    assert!(f.content("large") == data);
+    // Nothing left to commit: a second flush sends nothing.
+    let before = f.requests();
+    assert!(d.commit(true).await.unwrap().is_none());
+    assert_eq!(f.requests(), before);
+}
+
+#[tokio::test]
+async fn an_edit_in_the_middle_sends_only_the_blocks_it_touches() {
+    let f = Fixture::new().await;
+    let mut data = pattern(5 * BLOCK as usize, 2);
+    let d = f.draft("big").await;
+    write_all(&d, &data, MIB).await;
+    d.commit(true).await.unwrap();
+    drop(d);
+
+    let d = f.draft("big").await;
+    let at = 2 * BLOCK as usize + 1000;
+    let gets = f.store.bytes.load(Ordering::Relaxed);
+    d.write(at as u64, b"patch").await.unwrap();
+    data[at..at + 5].copy_from_slice(b"patch");
+    d.commit(true).await.unwrap();
+    // One block read back (to merge the patch) and nothing else.
+    assert_eq!(f.store.bytes.load(Ordering::Relaxed) - gets, BLOCK);
+    assert!(f.content("big") == data);
+
+    // Appending reuses every full block and rewrites only the last, partial one.
+    let d = f.draft("big").await;
+    let tail = pattern(3 * MIB, 3);
+    d.write(data.len() as u64, &tail).await.unwrap();
+    data.extend_from_slice(&tail);
+    d.commit(true).await.unwrap();
+    assert!(f.content("big") == data);
+}
+
+#[tokio::test]
+async fn truncate_and_regrow_reads_zeros_and_reads_see_the_draft() {
+    let f = Fixture::new().await;
+    let data = pattern(9 * MIB, 4);
+    f.store
+        .put(
+            "c",
+            "t",
+            Bytes::from(data.clone()),
+            Condition::None,
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    let d = f.draft("t").await;
+    d.truncate(5 * MIB as u64 + 7).await.unwrap();
+    d.truncate(7 * MIB as u64).await.unwrap();
+    d.write(MIB as u64, b"xyz").await.unwrap();
+    let mut want = data[..5 * MIB + 7].to_vec();
+    want.resize(7 * MIB, 0);
+    want[MIB..MIB + 3].copy_from_slice(b"xyz");
+    let ra = StdMutex::new(Readahead::default());
+    let got = d.read(&ra, 0, 8 * MIB as u64).await.unwrap();
+    assert!(got == want, "a read of the draft differs");
+    d.commit(true).await.unwrap();
+    assert!(f.content("t") == want);
+}
+
+#[tokio::test]
+async fn a_write_back_into_an_uploaded_block_comes_from_the_spill_file() {
+    let f = Fixture::new().await;
+    let mut data = pattern(3 * BLOCK as usize, 5);
+    let d = f.draft("header").await;
+    write_all(&d, &data, MIB).await;
+    // Block 0 was sealed and uploaded when the writer moved past it; patch its header.
+    d.write(10, b"HEADER").await.unwrap();
+    data[10..16].copy_from_slice(b"HEADER");
+    let gets = f.store.gets.load(Ordering::Relaxed);
+    d.commit(true).await.unwrap();
+    assert_eq!(
+        f.store.gets.load(Ordering::Relaxed),
+        gets,
+        "nothing read back"
+    );
+    assert!(f.content("header") == data);
+}
+
+#[tokio::test]
+async fn a_truncation_alone_waits_for_the_last_close() {
+    let f = Fixture::new().await;
+    f.store
+        .put(
+            "c",
+            "keep",
+            Bytes::from_static(b"old"),
+            Condition::None,
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    let d = f.draft("keep").await;
+    d.truncate(0).await.unwrap();
+    assert!(d.commit(true).await.unwrap().is_none());
+    assert_eq!(f.content("keep"), b"old");
+    d.commit(false)
+        .await
+        .unwrap()
+        .expect("the release commits it");
+    assert_eq!(f.content("keep"), b"");
+}
+
+#[tokio::test]
+async fn a_commit_after_a_change_elsewhere_keeps_both() {
+    let f = Fixture::new().await;
+    f.store
+        .put(
+            "c",
+            "r",
+            Bytes::from_static(b"v1"),
+            Condition::None,
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    let big = pattern(6 * MIB, 6);
+    let small = f.draft("r").await;
+    let large = f.draft("r").await;
+    small.write(0, b"mine").await.unwrap();
+    write_all(&large, &big, MIB).await;
+    // Someone else commits first.
+    f.store
+        .put(
+            "c",
+            "r",
+            Bytes::from_static(b"theirs"),
+            Condition::None,
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    for (d, want) in [(&small, b"mine".to_vec()), (&large, big.clone())] {
+        match d.commit(true).await {
+            Err(WriteError::Conflict(sibling)) => {
+                assert!(sibling.starts_with("r.conflict-"), "{sibling}");
+                assert!(f.content(&sibling) == want);
+            }
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        assert!(matches!(d.write(0, b"x").await, Err(WriteError::Failed)));
+    }
+    assert_eq!(f.content("r"), b"theirs");
+    let siblings = f.store.names("c").len();
+    assert_eq!(siblings, 3);
+}
+
+#[tokio::test]
+async fn an_unlinked_draft_commits_nothing() {
+    let f = Fixture::new().await;
+    let d = f.draft("gone").await;
+    d.write(0, b"data").await.unwrap();
+    d.unlink().await;
+    assert!(d.commit(false).await.unwrap().is_none());
+    assert!(f.store.content("c", "gone").is_none());
+}
+
+#[test]
+fn mtime_metadata_round_trips_with_nanoseconds() {
+    let t = SystemTime::UNIX_EPOCH + std::time::Duration::new(981_173_106, 500_000_000);
+    assert_eq!(format_mtime(t), "981173106.500000000");
+    assert_eq!(parse_mtime("981173106.5"), Some(t));
+    assert_eq!(
+        parse_mtime("981173106"),
+        Some(t - std::time::Duration::from_millis(500))
+    );
+    assert_eq!(parse_mtime("garbage"), None);
+}

@@ -4,8 +4,16 @@
 //!   benchtool put-many <container> <prefix> <dirs> <per-dir>   many 1-byte blobs
 //!   benchtool ceiling <chunk> <parallel> <container> <name>...  read blobs directly with
 //!                                                       parallel ranged GETs; prints seconds
+//!   benchtool upload <block> <parallel> <file> <container> <name>   write a local file as
+//!                                                       one block blob, with parallel Put
+//!                                                       Block and one Put Block List (the
+//!                                                       write ceiling); prints seconds
+//!   benchtool wait <container> <prefix> <count> <bytes> poll until `count` blobs under
+//!                                                       `prefix` hold `bytes` in all
+//!   benchtool rm <container> <prefix>                 delete every blob under `prefix`
+//!   benchtool gen <file> <bytes>                       write pseudo-random bytes to a file
 //!   benchtool list <container> <prefix>                list one directory; prints seconds
-//!   benchtool sas                                      a read/list account SAS
+//!   benchtool sas                                      an account SAS for reading and writing
 //!   benchtool shaper <listen-port> <upstream-port> <delay-ms> <bytes-per-sec>
 //!                                                       a TCP proxy adding latency before
 //!                                                       each response and capping each
@@ -100,6 +108,70 @@ async fn ceiling(args: &[String]) -> Result<(), String> {
     eprintln!("ceiling: {} MiB in {secs:.2} s", total >> 20);
     println!("{secs:.3}");
     Ok(())
+}
+
+async fn upload(args: &[String]) -> Result<(), String> {
+    let block: usize = arg(args, 2, "block")?;
+    let parallel: usize = arg(args, 3, "parallel")?;
+    let (file, container, name): (String, String, String) = (
+        arg(args, 4, "file")?,
+        arg(args, 5, "container")?,
+        arg(args, 6, "name")?,
+    );
+    let data = Bytes::from(std::fs::read(&file).map_err(|e| format!("{file}: {e}"))?);
+    let s = store()?;
+    let start = Instant::now();
+    let ids: Vec<String> = (0..data.len().div_ceil(block))
+        .map(|i| {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.encode(format!("ceiling-{i:08}"))
+        })
+        .collect();
+    futures::stream::iter(ids.iter().enumerate())
+        .map(|(i, id)| {
+            let (s, c, n) = (s.clone(), container.clone(), name.clone());
+            let part = data.slice(i * block..((i + 1) * block).min(data.len()));
+            async move { s.put_block(&c, &n, id, part).await }
+        })
+        .buffer_unordered(parallel)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    s.put_block_list(&container, &name, &ids, Condition::None, &BTreeMap::new())
+        .await
+        .map_err(|e| e.to_string())?;
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!("upload: {} MiB in {secs:.2} s", data.len() >> 20);
+    println!("{secs:.3}");
+    Ok(())
+}
+
+/// Waits until storage holds what a mount wrote (for mounts whose close returns before the
+/// upload is done).
+async fn wait(args: &[String]) -> Result<(), String> {
+    let (container, prefix): (String, String) =
+        (arg(args, 2, "container")?, arg(args, 3, "prefix")?);
+    let (count, bytes): (usize, u64) = (arg(args, 4, "count")?, arg(args, 5, "bytes")?);
+    let s = store()?;
+    let start = Instant::now();
+    loop {
+        let page = blob::list_all(s.as_ref(), &container, &prefix, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let total: u64 = page.blobs.iter().map(|b| b.props.size).sum();
+        if page.blobs.len() >= count && total >= bytes {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(1800) {
+            return Err(format!(
+                "{prefix}: {} blobs, {total} bytes after 30 min",
+                page.blobs.len()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn shaper(args: &[String]) -> Result<(), String> {
@@ -218,6 +290,39 @@ async fn main() -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
         }
         Some("ceiling") => ceiling(&args).await?,
+        Some("upload") => upload(&args).await?,
+        Some("wait") => wait(&args).await?,
+        Some("rm") => {
+            let (c, p): (String, String) = (arg(&args, 2, "container")?, arg(&args, 3, "prefix")?);
+            let s = store()?;
+            let page = blob::list_all(s.as_ref(), &c, &p, None)
+                .await
+                .map_err(|e| e.to_string())?;
+            futures::stream::iter(page.blobs)
+                .map(|b| {
+                    let (s, c) = (s.clone(), c.clone());
+                    async move { s.delete(&c, &b.name, Condition::None).await }
+                })
+                .buffer_unordered(32)
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+        }
+        Some("gen") => {
+            let (file, size): (String, usize) = (arg(&args, 2, "file")?, arg(&args, 3, "bytes")?);
+            let mut f = std::fs::File::create(&file).map_err(|e| format!("{file}: {e}"))?;
+            let mut left = size;
+            let mut seed = 1;
+            while left > 0 {
+                let n = left.min(64 << 20);
+                std::io::Write::write_all(&mut f, &pseudo_random(n, seed))
+                    .map_err(|e| format!("{file}: {e}"))?;
+                left -= n;
+                seed += 1;
+            }
+        }
         Some("list") => {
             let (c, p): (String, String) = (arg(&args, 2, "container")?, arg(&args, 3, "prefix")?);
             let s = store()?;
@@ -238,7 +343,7 @@ async fn main() -> Result<(), String> {
             let account = std::env::var("BENCH_ACCOUNT").map_err(|_| "BENCH_ACCOUNT is not set")?;
             println!(
                 "{}",
-                blob::auth::account_sas(&account, &key, "rl", "2099-01-01T00:00:00Z")?
+                blob::auth::account_sas(&account, &key, "racwdl", "2099-01-01T00:00:00Z")?
             );
         }
         _ => return Err("usage: see the top of examples/benchtool.rs".into()),

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Read benchmarks: batchfs against rclone mount (defaults and tuned) and against the ceiling,
-# the project's own blob client doing the same transfer without FUSE. Every system reads the
-# same data from the same Azurite in the same run, on two backends:
+# Benchmarks: batchfs against rclone mount and against the ceiling, the project's own blob
+# client doing the same transfer without FUSE. Every system moves the same data to and from
+# the same Azurite in the same run, on two backends:
 #   R  Azurite on loopback
 #   S  the same Azurite behind a shaping proxy: +20 ms before each response, 25 MiB/s per
 #      connection (a compute node talking to cloud storage)
@@ -9,7 +9,9 @@
 #
 # Settings (environment): BENCH_SIZE (bytes per large blob, default 1 GiB), REPEAT (runs per
 # measurement, default 3), RANDOM_SECS (random-read duration, default 30), BENCH_OUT (default
-# docs/benchmarks.md), BACKENDS (default "R S").
+# docs/benchmarks.md), BACKENDS (default "R S"), CASES (default "read write").
+# Raw figures are kept in docs/benchmarks.raw: a run replaces the figures it measured and
+# keeps the others, so `CASES=write` refreshes the write rows of the table only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -18,6 +20,9 @@ REPEAT=${REPEAT:-3}
 RANDOM_SECS=${RANDOM_SECS:-30}
 OUT=${BENCH_OUT:-docs/benchmarks.md}
 BACKENDS=${BACKENDS:-R S}
+CASES=${CASES:-read write}
+RAW=${BENCH_RAW:-docs/benchmarks.raw}
+has_case() { [[ " $CASES " == *" $1 "* ]]; }
 
 scripts/setup.sh --build
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -39,6 +44,7 @@ cleanup() {
     fusermount3 -u -z "$MP" 2>/dev/null || true
     fusermount3 -u -z "$WORK/bind" 2>/dev/null || true
     umount "$WORK/tmpfs" 2>/dev/null || true
+    umount "$WORK/src" 2>/dev/null || true
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     rm -rf "$WORK"
 }
@@ -59,11 +65,15 @@ export BENCH_ACCOUNT=devstoreaccount1
 export BENCH_KEY="Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 endpoint() { if [ "$1" = R ]; then echo "http://127.0.0.1:$AZ_PORT/devstoreaccount1"; else echo "http://127.0.0.1:$SHAPE_PORT/devstoreaccount1"; fi; }
 
-echo "bench: seeding 4 x $((SIZE >> 20)) MiB and 20,000 small blobs"
 export BENCH_ENDPOINT; BENCH_ENDPOINT=$(endpoint R)
-for i in 0 1 2 3; do "$TOOL" put bench "big$i" "$SIZE"; done
-"$TOOL" put-many bench dir10k 1 10000
-"$TOOL" put-many bench tree 100 100
+if has_case read; then
+    echo "bench: seeding 4 x $((SIZE >> 20)) MiB and 20,000 small blobs"
+    for i in 0 1 2 3; do "$TOOL" put bench "big$i" "$SIZE"; done
+    "$TOOL" put-many bench dir10k 1 10000
+    "$TOOL" put-many bench tree 100 100
+else
+    "$TOOL" put bench seed 1
+fi
 
 for b in R S; do
     cat >"$WORK/batchfs-$b.toml" <<EOF
@@ -106,6 +116,13 @@ mount_fs() {
         for _ in $(seq 100); do mountpoint -q "$MP" && break; sleep 0.1; done
         DATA=$MP
         ;;
+    rclone-writes)
+        rm -rf "$WORK/rc-cache"
+        rclone mount "az:bench" "$MP" --config "$WORK/rclone-$2.conf" --daemon \
+            --vfs-cache-mode writes --cache-dir "$WORK/rc-cache"
+        for _ in $(seq 100); do mountpoint -q "$MP" && break; sleep 0.1; done
+        DATA=$MP
+        ;;
     esac
 }
 unmount_fs() {
@@ -136,7 +153,87 @@ seq_read() { # system backend readers -> seconds
     unmount_fs
 }
 
-for b in $BACKENDS; do
+daemon_hwm_mib() { # peak RSS of the batchfs daemon serving $MP, in MiB
+    local pid; pid=$(pgrep -f -- "batchfs mount .*$MP\$")
+    echo $(( $(awk '/VmHWM/ {print $2}' "/proc/$pid/status") / 1024 ))
+}
+
+if has_case write; then
+    # The data to write comes from tmpfs, so reading it costs nothing.
+    mkdir -p "$WORK/src"
+    mount -t tmpfs -o size=$((SIZE + (512 << 20))) tmpfs "$WORK/src"
+    "$TOOL" gen "$WORK/src/w.bin" "$SIZE"
+    head -c 4096 "$WORK/src/w.bin" >"$WORK/src/4k"
+    mkdir -p "$WORK/src/tree"
+    python3 - "$WORK/src/tree" <<'PY'
+import os, random, sys
+random.seed(7)
+root = sys.argv[1]
+for d in range(50):
+    os.makedirs(f"{root}/d{d:02}")
+    for f in range(100):
+        with open(f"{root}/d{d:02}/f{f:03}", "wb") as out:
+            out.write(os.urandom(random.randint(512, 8192)))
+PY
+    tar -C "$WORK/src/tree" -cf "$WORK/src/small.tar" .
+    TAR_BYTES=$(find "$WORK/src/tree" -type f -printf '%s\n' | awk '{n += $1} END {print n}')
+    TAR_FILES=$(find "$WORK/src/tree" -type f | wc -l)
+    rm -rf "$WORK/src/tree"
+    # 1,000 new files of 4 KiB, from one process (open, write, close), as a legacy tool would.
+    cat >"$WORK/src/small.py" <<'PY'
+import sys
+d, n = sys.argv[1], int(sys.argv[2])
+data = open(sys.argv[3], "rb").read()
+for i in range(n):
+    with open(f"{d}/f{i:04}", "wb") as f:
+        f.write(data)
+PY
+    # run SYSTEM BACKEND NAME COMMAND...: times COMMAND on a fresh mount, then waits until
+    # storage holds the result (rclone uploads after close; batchfs has committed by then).
+    timed_write() {
+        local sys=$1 b=$2 prefix=$3 count=$4 bytes=$5; shift 5
+        mount_fs "$sys" "$b"
+        local start; start=$(now)
+        (cd "$DATA" && "$@")
+        "$TOOL" wait bench "$prefix" "$count" "$bytes"
+        secs_since "$start"
+        [ "$sys" = batchfs ] && daemon_hwm_mib >"$WORK/rss"
+        unmount_fs
+        # Azurite keeps everything in memory and slows down as it fills.
+        "$TOOL" rm bench "$prefix"
+    }
+    for b in $BACKENDS; do
+        echo "bench: writes, backend $b"
+        t=(); for i in $(seq "$REPEAT"); do
+            t+=("$(BENCH_ENDPOINT=$(endpoint "$b") "$TOOL" upload $((4 << 20)) 16 "$WORK/src/w.bin" bench "wceil-$b-$i")")
+            "$TOOL" rm bench "wceil-$b-$i"
+        done
+        record "seqw $b ceiling $(mibs "$SIZE" "$(median "${t[@]}")") MiB/s"
+        for sys in batchfs rclone-writes; do
+            t=(); r=()
+            for i in $(seq "$REPEAT"); do
+                t+=("$(timed_write "$sys" "$b" "w-$sys-$b-$i" 1 "$SIZE" \
+                    dd if="$WORK/src/w.bin" of="w-$sys-$b-$i" bs=1M conv=fsync status=none)")
+                [ "$sys" = batchfs ] && r+=("$(cat "$WORK/rss")")
+            done
+            record "seqw $b $sys $(mibs "$SIZE" "$(median "${t[@]}")") MiB/s"
+            [ "$sys" = batchfs ] && record "wrss $b batchfs $(median "${r[@]}") MiB"
+            t=(); for i in $(seq "$REPEAT"); do
+                t+=("$(timed_write "$sys" "$b" "small-$sys-$b-$i/" 1000 $((1000 * 4096)) \
+                    bash -c "mkdir small-$sys-$b-$i && python3 $WORK/src/small.py small-$sys-$b-$i 1000 $WORK/src/4k")")
+            done
+            record "small $b $sys $(median "${t[@]}") s"
+            t=(); for i in $(seq "$REPEAT"); do
+                t+=("$(timed_write "$sys" "$b" "untar-$sys-$b-$i/" "$TAR_FILES" "$TAR_BYTES" \
+                    bash -c "mkdir untar-$sys-$b-$i && tar -C untar-$sys-$b-$i -xf $WORK/src/small.tar")")
+            done
+            record "untar $b $sys $(median "${t[@]}") s"
+        done
+    done
+    umount "$WORK/src"
+fi
+
+has_case read && for b in $BACKENDS; do
     echo "bench: backend $b"
     export BENCH_ENDPOINT; BENCH_ENDPOINT=$(endpoint "$b")
     for readers in 1 4; do
@@ -190,6 +287,7 @@ for b in $BACKENDS; do
     done
 done
 
+if has_case read; then
 echo "bench: warm re-read"
 warm() { # prints seconds for a second read of $1
     cat "$1" >/dev/null
@@ -208,8 +306,21 @@ t=(); for _ in $(seq "$REPEAT"); do t+=("$(warm "$WORK/bind/big0")"); done
 record "warm R bindfs-tmpfs $(mibs "$SIZE" "$(median "${t[@]}")") MiB/s"
 fusermount3 -u "$WORK/bind"
 umount "$WORK/tmpfs"
+fi
 
-python3 - "$RESULTS" "$OUT" "$SIZE" "$REPEAT" "$RANDOM_SECS" <<'PY'
+# Merge: this run's figures replace the same (case, backend, system) of earlier runs.
+touch "$RAW"
+python3 - "$RAW" "$RESULTS" <<'PY'
+import sys
+raw, new = sys.argv[1], sys.argv[2]
+key = lambda l: tuple(l.split()[:3])
+fresh = [l for l in open(new) if l.strip()]
+keys = {key(l) for l in fresh}
+kept = [l for l in open(raw) if l.strip() and key(l) not in keys]
+open(raw, "w").writelines(kept + fresh)
+PY
+
+python3 - "$RAW" "$OUT" "$SIZE" "$REPEAT" "$RANDOM_SECS" <<'PY'
 import sys, collections, datetime, platform, os, subprocess
 results, out, size, repeat, rsecs = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
 r = collections.defaultdict(dict)
@@ -261,10 +372,39 @@ for b in ["R", "S"]:
     if rss is not None:
         lines.append(f"| 5. peak RSS, case 1 with 4 readers, `--cache-size 256M` (MiB) | {b} | {rss:.0f} | | | | | | ≤ 320 |")
 bf, bind, rb = v("warm", "R", "batchfs"), v("warm", "R", "bindfs-tmpfs"), v("warm", "R", "rclone-best")
-lines.append(f"| 2. warm re-read (MiB/s) | R | {bf} | {bind} (bindfs over tmpfs) | | {rb} | {ratio(bf, bind)} | {ratio(bf, rb)} | ≥ 0.8x bindfs |")
+if bf is not None:
+    lines.append(f"| 2. warm re-read (MiB/s) | R | {bf} | {bind} (bindfs over tmpfs) | | {rb} | {ratio(bf, bind)} | {ratio(bf, rb)} | ≥ 0.8x bindfs |")
+lines += [
+    "",
+    "Writes: each time runs from the command's start until storage holds the result (batchfs",
+    "has committed when `close` or `fsync` returns; rclone uploads after `close`). rclone runs",
+    "with `--vfs-cache-mode writes`. The ceiling is the project's blob client uploading the same",
+    "bytes as 4 MiB blocks, 16 in parallel, then one Put Block List.",
+    "",
+    "| case | backend | batchfs | ceiling | rclone writes | batchfs vs ceiling | batchfs vs rclone | target |",
+    "|---|---|---|---|---|---|---|---|",
+]
+for b in ["R", "S"]:
+    bf, c, rc = v("seqw", b, "batchfs"), v("seqw", b, "ceiling"), v("seqw", b, "rclone-writes")
+    if bf is not None:
+        tgt = "≥ 0.8x ceiling" + (", ≥ 2x rclone" if b == "S" else "")
+        lines.append(f"| 6. sequential write {size >> 20} MiB + fsync (MiB/s) | {b} | {bf} | {c} | {rc} | {ratio(bf, c)} | {ratio(bf, rc)} | {tgt} |")
+    rss = v("wrss", b, "batchfs")
+    if rss is not None:
+        lines.append(f"| 6. peak RSS during that write, `--cache-size 256M` (MiB) | {b} | {rss:.0f} | | | | | ≤ 320 |")
+    for case, name in [("small", "7. 1,000 new files of 4 KiB (s, lower is better)"), ("untar", "8. `tar x` of 5,000 files of 0.5-8 KiB (s)")]:
+        bf, rc = v(case, b, "batchfs"), v(case, b, "rclone-writes")
+        if bf is not None:
+            lines.append(f"| {name} | {b} | {bf} | | {rc} | | {ratio(rc, bf)} faster | faster than rclone |")
 text = "\n".join(lines) + "\n"
 print(text)
 os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+# The table replaces everything above the notes, which are kept as written.
+notes = ""
+if os.path.exists(out):
+    old = open(out).read()
+    at = old.find("\n## ")
+    notes = old[at:] if at >= 0 else ""
 with open(out, "w") as f:
-    f.write(text)
+    f.write(text + notes)
 PY

@@ -53,6 +53,10 @@ pub const MAX_WINDOW: u64 = 64 * 1024 * 1024;
 /// A read this close to where the last one ended still counts as sequential: with several
 /// FUSE threads the kernel's readahead requests can arrive slightly out of order.
 const SEQ_SLACK: u64 = 2 * 1024 * 1024;
+/// Size of the write buffers the cache keeps for reuse (the write path's block size).
+pub const WRITE_BLOCK: usize = 4 << 20;
+/// At most this many spare write buffers are kept.
+const MAX_SPARE: usize = 8;
 /// The smallest budget that leaves room for a few chunks in flight.
 pub const MIN_BUDGET: u64 = 16 * 1024 * 1024;
 
@@ -66,6 +70,9 @@ struct Key {
 
 struct Inner {
     lru: LruCache<Key, Bytes>,
+    /// Write buffers of [`WRITE_BLOCK`] bytes kept for reuse, still counted in `used`: a
+    /// fresh one costs a page fault per 4 KiB, which is most of a writer's CPU.
+    spare: Vec<BytesMut>,
     /// Bytes held by cached pages plus bytes reserved by fetches in flight.
     used: u64,
     /// Pages some fetch is bringing: the first page index of that fetch and its outcome.
@@ -132,6 +139,7 @@ impl Cache {
             budget: budget.max(MIN_BUDGET),
             inner: Mutex::new(Inner {
                 lru: LruCache::unbounded(),
+                spare: Vec::new(),
                 used: 0,
                 inflight: HashMap::new(),
             }),
@@ -373,6 +381,10 @@ impl Cache {
     pub fn try_reserve(&self, len: u64) -> bool {
         let mut inner = self.lock();
         while inner.used + len > self.budget {
+            if let Some(spare) = inner.spare.pop() {
+                inner.used = inner.used.saturating_sub(spare.capacity() as u64);
+                continue;
+            }
             let Some((_, page)) = inner.lru.pop_lru() else {
                 break;
             };
@@ -387,6 +399,29 @@ impl Cache {
             .cache_bytes
             .store(inner.used, std::sync::atomic::Ordering::Relaxed);
         true
+    }
+
+    /// A write buffer of [`WRITE_BLOCK`] bytes, already counted in the budget, if one is spare.
+    pub fn take_spare(&self) -> Option<BytesMut> {
+        self.lock().spare.pop()
+    }
+
+    /// Keeps a write buffer (and the budget it holds) for reuse; returns how many bytes of
+    /// budget the caller must still give back (all of them if the buffer was not kept).
+    pub fn keep_spare(&self, buf: Bytes, reserved: u64) -> u64 {
+        let Ok(mut buf) = buf.try_into_mut() else {
+            return reserved;
+        };
+        let mut inner = self.lock();
+        if buf.capacity() != WRITE_BLOCK
+            || reserved < WRITE_BLOCK as u64
+            || inner.spare.len() >= MAX_SPARE
+        {
+            return reserved;
+        }
+        buf.clear();
+        inner.spare.push(buf);
+        reserved - WRITE_BLOCK as u64
     }
 
     /// Gives back bytes a writer reserved.

@@ -217,7 +217,8 @@ fn run_mount(args: &MountArgs, mut notify: Option<&mut std::io::Stdout>) -> Res 
     if args.allow_other {
         fuse_cfg.acl = SessionACL::All;
     }
-    fuse_cfg.n_threads = Some(4);
+    // Writes wait on their thread (backpressure); enough threads remain for everything else.
+    fuse_cfg.n_threads = Some(8);
     fuse_cfg.clone_fd = true;
     let mut session = fuser::Session::new(fs, &mountpoint, &fuse_cfg)
         .map_err(|e| format!("cannot mount at {}: {e}", mountpoint.display()))?;

@@ -300,17 +300,16 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let ns = self.ns.clone();
-        let data = data.to_vec();
-        self.rt.spawn(async move {
-            match ns.write(fh.0, offset, &data).await {
-                Ok(()) => reply.written(data.len() as u32),
-                Err(e) => {
-                    log_error("write", ino.0, &e);
-                    reply.error(errno(&e))
-                }
+        // On this thread, straight from the kernel's buffer: a write is a copy into the
+        // file's draft, and when it must wait (for budget, or to read back a block it
+        // patches) that wait is the backpressure the writer should feel.
+        match self.rt.block_on(self.ns.write(fh.0, offset, data)) {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(e) => {
+                log_error("write", ino.0, &e);
+                reply.error(errno(&e))
             }
-        });
+        }
     }
 
     fn setattr(

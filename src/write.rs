@@ -50,6 +50,8 @@ pub const BLOCK: u64 = 4 << 20;
 pub const MAX_SIZE: u64 = 50_000 * BLOCK;
 /// Dirty buffers grow in steps of at least this much budget.
 const MIN_RESERVE: usize = 64 << 10;
+/// A write at least this large at the start of a block takes the whole block at once.
+const SEQUENTIAL_HINT: usize = 128 << 10;
 /// Metadata keys for what POSIX keeps and blobs do not.
 pub const META_MTIME: &str = "mtime";
 pub const META_MODE: &str = "mode";
@@ -89,7 +91,7 @@ type UploadResult = Result<bool, (BlobError, Bytes)>;
 enum Block {
     /// The block's content from its start; shorter than the block means zeros follow.
     Dirty {
-        buf: Vec<u8>,
+        buf: BytesMut,
         reserved: u64,
     },
     Uploading {
@@ -238,7 +240,14 @@ impl<S: BlobStore> Draft<S> {
                 } else {
                     self.load(&mut st, i).await?
                 };
-                self.make_dirty(&mut st, i, content).await?;
+                // A large write at the start of a block is a sequential writer: give the
+                // block its full size at once rather than growing (and copying) it.
+                let hint = if from == 0 && to - from >= SEQUENTIAL_HINT {
+                    BLOCK as usize
+                } else {
+                    to
+                };
+                self.make_dirty(&mut st, i, content, hint).await?;
             }
             self.grow(&mut st, i, to).await?;
             if let Some(Block::Dirty { buf, .. }) = st.blocks.get_mut(&i) {
@@ -266,11 +275,30 @@ impl<S: BlobStore> Draft<S> {
     }
 
     /// Makes block `i` dirty with `content`, waiting for budget.
-    async fn make_dirty(&self, st: &mut State, i: u64, content: Vec<u8>) -> Result<(), WriteError> {
-        let want = (content.len().max(MIN_RESERVE) as u64).min(BLOCK);
-        self.reserve(st, want, i).await;
-        let mut buf = content;
-        buf.reserve_exact(want as usize - buf.len().min(want as usize));
+    async fn make_dirty(
+        &self,
+        st: &mut State,
+        i: u64,
+        content: Vec<u8>,
+        capacity: usize,
+    ) -> Result<(), WriteError> {
+        let want = (content.len().max(capacity).max(MIN_RESERVE) as u64).min(BLOCK);
+        let spare = match want == BLOCK {
+            true => self.cache.take_spare(),
+            false => None,
+        };
+        let mut buf = match spare {
+            // Already counted in the budget.
+            Some(b) => {
+                Stats::add(&self.stats.dirty_bytes, want);
+                b
+            }
+            None => {
+                self.reserve(st, want, i).await;
+                BytesMut::with_capacity(want as usize)
+            }
+        };
+        buf.extend_from_slice(&content);
         st.blocks.insert(
             i,
             Block::Dirty {
@@ -293,7 +321,7 @@ impl<S: BlobStore> Draft<S> {
         let target = (len as u64).next_power_of_two().min(BLOCK);
         self.reserve(st, target - reserved, i).await;
         if let Some(Block::Dirty { buf, reserved }) = st.blocks.get_mut(&i) {
-            buf.reserve_exact(target as usize - buf.len());
+            buf.reserve(target as usize - buf.len());
             *reserved = target;
         }
         Ok(())
@@ -373,7 +401,7 @@ impl<S: BlobStore> Draft<S> {
             return;
         };
         buf.resize(want, 0);
-        let data = Bytes::from(buf);
+        let data = buf.freeze();
         let id = self.block_id(st);
         let spill = self.spill_file(st);
         let (tx, rx) = watch::channel(None);
@@ -398,7 +426,17 @@ impl<S: BlobStore> Draft<S> {
             };
             let upload = cache.with_permit(store.put_block(&container, &name, &id, data.clone()));
             let (spilled, uploaded) = tokio::join!(spilled, upload);
-            cache.release(reserved);
+            let result = match uploaded {
+                Ok(()) => {
+                    // The buffer goes back to the cache for the next block.
+                    cache.release(cache.keep_spare(data, reserved));
+                    Ok(spilled)
+                }
+                Err(e) => {
+                    cache.release(reserved);
+                    Err((e, data))
+                }
+            };
             stats
                 .dirty_bytes
                 .fetch_update(
@@ -407,10 +445,6 @@ impl<S: BlobStore> Draft<S> {
                     |v| Some(v.saturating_sub(reserved)),
                 )
                 .ok();
-            let result = match uploaded {
-                Ok(()) => Ok(spilled),
-                Err(e) => Err((e, data)),
-            };
             let _ = tx.send(Some(result));
         });
     }
@@ -437,7 +471,7 @@ impl<S: BlobStore> Draft<S> {
                 st.blocks.insert(
                     i,
                     Block::Dirty {
-                        buf: data.to_vec(),
+                        buf: BytesMut::from(&data[..]),
                         reserved: 0,
                     },
                 );
@@ -591,7 +625,8 @@ impl<S: BlobStore> Draft<S> {
                 if let Some(Block::Dirty { reserved, .. }) = st.blocks.remove(&edge) {
                     self.unreserve(reserved);
                 }
-                self.make_dirty(&mut st, edge, content).await?;
+                let len = content.len();
+                self.make_dirty(&mut st, edge, content, len).await?;
             }
             st.base_len = st.base_len.min(size);
         }
@@ -722,7 +757,7 @@ impl<S: BlobStore> Draft<S> {
                 self.discard(&mut st);
                 Ok(Some(Committed { etag, size }))
             }
-            Err(BlobError::PreconditionFailed | BlobError::Conflict(_)) => {
+            Err(e) if changed_elsewhere(&e) => {
                 Stats::add(&self.stats.conflicts, 1);
                 let saved = self.save_conflict(&mut st).await;
                 st.failed = true;
@@ -778,7 +813,8 @@ impl<S: BlobStore> Draft<S> {
                 Some(Block::Uploading { len, .. } | Block::Staged { len, .. }) if *len == want => {}
                 Some(_) => {
                     let content = self.load(st, i).await?;
-                    self.make_dirty(st, i, content).await?;
+                    let len = content.len();
+                    self.make_dirty(st, i, content, len).await?;
                     self.seal(st, i);
                 }
                 None => {
@@ -786,7 +822,8 @@ impl<S: BlobStore> Draft<S> {
                         reused.insert(i, ids);
                     } else {
                         let content = self.load(st, i).await?;
-                        self.make_dirty(st, i, content).await?;
+                        let len = content.len();
+                        self.make_dirty(st, i, content, len).await?;
                         self.seal(st, i);
                     }
                 }
@@ -894,12 +931,20 @@ impl<S: BlobStore> Draft<S> {
             };
             match result {
                 Ok(_) => return Ok(sibling),
-                Err(BlobError::Conflict(_) | BlobError::PreconditionFailed) if attempt < 5 => {
-                    attempt += 1
-                }
+                Err(e) if changed_elsewhere(&e) && attempt < 5 => attempt += 1,
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+}
+
+/// Whether a refused commit means that someone else committed first (412 for `If-Match`,
+/// 409 `BlobAlreadyExists` for `If-None-Match: *`), as opposed to any other 409.
+fn changed_elsewhere(e: &BlobError) -> bool {
+    match e {
+        BlobError::PreconditionFailed => true,
+        BlobError::Conflict(code) => code == "BlobAlreadyExists" || code.is_empty(),
+        _ => false,
     }
 }
 

@@ -130,7 +130,7 @@ pub struct Entry {
 }
 
 /// A directory's entries in order, with an index by name for lookups.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Listing {
     pub entries: Vec<Entry>,
     index: HashMap<String, usize>,
@@ -144,6 +144,30 @@ impl Listing {
             .map(|(i, e)| (e.name.clone(), i))
             .collect();
         Listing { entries, index }
+    }
+
+    fn upsert(&mut self, name: &str, attr: Attr) {
+        match self.index.get(name) {
+            Some(&i) => self.entries[i].attr = attr,
+            None => {
+                self.index.insert(name.to_string(), self.entries.len());
+                self.entries.push(Entry {
+                    name: name.to_string(),
+                    attr,
+                });
+            }
+        }
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Some(i) = self.index.remove(name) {
+            self.entries.remove(i);
+            for e in &self.entries[i..] {
+                if let Some(j) = self.index.get_mut(&e.name) {
+                    *j -= 1;
+                }
+            }
+        }
     }
 
     fn find(&self, name: &str) -> Result<Attr> {
@@ -868,9 +892,27 @@ impl<S: BlobStore> Namespace<S> {
         }
     }
 
-    /// Drops the cached listing of `ino`, after a change in it.
+    /// Drops the cached listing of `ino`, after a change in it whose outcome is unknown.
     fn changed(&self, ino: u64) {
         lock(&self.listings).remove(&ino);
+    }
+
+    /// Applies a change this mount made in directory `dir` to its cached listing, if it has
+    /// one, so the lookups that follow (`tar x`, `cp -r`: a miss, then a create) cost nothing.
+    /// The listing keeps its age: changes made elsewhere show when it expires, as before.
+    fn patch(&self, dir: u64, name: &str, attr: Option<Attr>) {
+        if let Some((_, listing)) = lock(&self.listings).get_mut(&dir) {
+            let listing = Arc::make_mut(listing);
+            match attr {
+                Some(a) => listing.upsert(name, a),
+                None => listing.remove(name),
+            }
+        }
+    }
+
+    /// A directory this mount just made is empty: its listing is known without asking.
+    fn known_empty(&self, dir: u64) {
+        lock(&self.listings).insert(dir, (Instant::now(), Arc::new(Listing::default())));
     }
 
     pub async fn create(&self, parent: u64, name: &str, mode: u16) -> Result<(Attr, Opened)> {
@@ -901,7 +943,6 @@ impl<S: BlobStore> Namespace<S> {
             });
         }
         let draft = self.register_draft(ino, Ok(draft));
-        self.changed(parent);
         let opened = self.draft_handle(ino, draft, false);
         Ok((self.getattr(ino).await?, opened))
     }
@@ -932,22 +973,32 @@ impl<S: BlobStore> Namespace<S> {
         match draft.commit(on_close).await {
             Ok(Some(c)) => {
                 let mtime = draft.shown().1;
-                let mut t = lock(&self.inodes);
-                let parent = t.get(ino).map(|n| n.parent);
-                if let Some(n) = t.get_mut(ino) {
-                    let mode = n.meta.as_ref().and_then(|m| m.mode);
-                    n.meta = Some(Meta {
-                        size: c.size,
-                        mtime,
-                        mode,
-                        fetched: Instant::now(),
-                    });
-                    // The kernel's pages are what this mount wrote: they may be kept.
-                    n.opened_etag = Some(c.etag);
-                }
-                drop(t);
-                if let Some(p) = parent {
-                    self.changed(p);
+                let parent = {
+                    let mut t = lock(&self.inodes);
+                    let parent = t.get(ino).map(|n| n.parent);
+                    if let Some(n) = t.get_mut(ino) {
+                        let mode = n.meta.as_ref().and_then(|m| m.mode);
+                        n.meta = Some(Meta {
+                            size: c.size,
+                            mtime,
+                            mode,
+                            fetched: Instant::now(),
+                        });
+                        // The kernel's pages are what this mount wrote: they may be kept.
+                        n.opened_etag = Some(c.etag);
+                    }
+                    parent
+                };
+                if let (Some(p), Ok(attr)) = (parent, self.getattr(ino).await) {
+                    let name = match self.key_of(ino) {
+                        Ok(NodeKey::File { name, .. }) => {
+                            name.rsplit('/').next().map(str::to_owned)
+                        }
+                        _ => None,
+                    };
+                    if let Some(name) = name {
+                        self.patch(p, &name, Some(attr));
+                    }
                 }
                 Ok(())
             }
@@ -1002,9 +1053,19 @@ impl<S: BlobStore> Namespace<S> {
         if let Err(e) = self.commit(*ino, draft, false).await {
             tracing::error!(ino, error = %e, "the last close of a file could not commit it");
         }
-        let mut drafts = lock(&self.drafts);
-        if drafts.get(ino).is_some_and(|e| e.handles <= 1) {
-            drafts.remove(ino);
+        {
+            let mut drafts = lock(&self.drafts);
+            if drafts.get(ino).is_some_and(|e| e.handles <= 1) {
+                drafts.remove(ino);
+            }
+        }
+        // A setattr that reached the draft after the commit above and before it was
+        // unregistered (rsync sets times right after close) would otherwise be lost; one that
+        // comes later finds no draft and commits by itself.
+        if draft.is_dirty().await
+            && let Err(e) = self.commit(*ino, draft, false).await
+        {
+            tracing::error!(ino, error = %e, "a change made as the file closed could not be committed");
         }
     }
 
@@ -1063,13 +1124,15 @@ impl<S: BlobStore> Namespace<S> {
                 Err(BlobError::Conflict(_)) => return Err(FsError::Exists),
                 r => r?,
             }
-            self.changed(parent);
             let key = NodeKey::Dir {
                 acct,
                 container: name.to_string(),
                 prefix: String::new(),
             };
-            return Ok(self.node(key, parent, None));
+            let attr = self.node(key, parent, None);
+            self.patch(parent, name, Some(attr.clone()));
+            self.known_empty(attr.ino);
+            return Ok(attr);
         }
         let (acct, container, prefix) = self.dir_target(parent)?;
         if !listing::valid_name(name) {
@@ -1091,7 +1154,6 @@ impl<S: BlobStore> Namespace<S> {
             }
             r => r?,
         };
-        self.changed(parent);
         let key = NodeKey::Dir {
             acct,
             container,
@@ -1100,7 +1162,10 @@ impl<S: BlobStore> Namespace<S> {
         let kind = EntryKind::Dir {
             mtime: Some(SystemTime::now()),
         };
-        Ok(self.node(key, parent, Some(&kind)))
+        let attr = self.node(key, parent, Some(&kind));
+        self.patch(parent, name, Some(attr.clone()));
+        self.known_empty(attr.ino);
+        Ok(attr)
     }
 
     pub async fn rmdir(&self, parent: u64, name: &str) -> Result<()> {
@@ -1112,7 +1177,7 @@ impl<S: BlobStore> Namespace<S> {
                 return Err(FsError::NotEmpty);
             }
             store.delete_container(name).await?;
-            self.changed(parent);
+            self.patch(parent, name, None);
             return Ok(());
         }
         let (acct, container, prefix) = self.dir_target(parent)?;
@@ -1143,7 +1208,7 @@ impl<S: BlobStore> Namespace<S> {
                     .await,
             )?;
         }
-        self.changed(parent);
+        self.patch(parent, name, None);
         Ok(())
     }
 
@@ -1176,7 +1241,10 @@ impl<S: BlobStore> Namespace<S> {
             .store
             .delete(&container, &full, blob::Condition::None)
             .await;
-        self.changed(parent);
+        match &deleted {
+            Ok(()) | Err(BlobError::NotFound) => self.patch(parent, name, None),
+            Err(_) => self.changed(parent),
+        }
         match deleted {
             Err(BlobError::NotFound) if draft.is_some() => Ok(()),
             r => Ok(r?),
@@ -1250,6 +1318,10 @@ impl<S: BlobStore> Namespace<S> {
                     },
                 );
                 lock(&self.inodes).rename(&old, new, new_parent);
+                self.patch(parent, name, None);
+                if let Ok(attr) = self.getattr(src.ino).await {
+                    self.patch(new_parent, new_name, Some(attr));
+                }
                 if let Some(d) = draft {
                     d.retarget(to, etag).await;
                     if let Some(e) = lock(&self.drafts).get_mut(&src.ino) {
@@ -1290,10 +1362,10 @@ impl<S: BlobStore> Namespace<S> {
                 );
                 lock(&self.inodes).rename(&old, new, new_parent);
                 self.changed(src.ino);
+                self.changed(parent);
+                self.changed(new_parent);
             }
         }
-        self.changed(parent);
-        self.changed(new_parent);
         Ok(())
     }
 

@@ -199,6 +199,11 @@ impl Inodes {
         }
     }
 
+    /// The name `key` no longer leads to its inode (unlinked); the inode itself stays.
+    pub fn detach(&mut self, key: &NodeKey) {
+        self.by_key.remove(key);
+    }
+
     pub fn get(&self, ino: u64) -> Option<&Node> {
         self.nodes.get(&ino)
     }

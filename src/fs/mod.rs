@@ -254,6 +254,8 @@ struct DraftEntry<S> {
     handles: usize,
     parent: u64,
     name: String,
+    /// Unlinked while open: still usable through its handles, shown nowhere.
+    unlinked: bool,
 }
 
 /// What `open` gives the kernel.
@@ -447,7 +449,8 @@ impl<S: BlobStore> Namespace<S> {
                     name: format!("{prefix}{name}"),
                 };
                 let pending = lock(&self.inodes).find(&pending);
-                if let Some(ino) = pending.filter(|i| lock(&self.drafts).contains_key(i)) {
+                let shown = |i: &u64| lock(&self.drafts).get(i).is_some_and(|e| !e.unlinked);
+                if let Some(ino) = pending.filter(shown) {
                     return self.getattr(ino).await;
                 }
                 if let Some(entries) = self.fresh_listing(parent) {
@@ -567,7 +570,7 @@ impl<S: BlobStore> Namespace<S> {
         let listing = self.stored_listing(ino).await?;
         let pending: Vec<(u64, String)> = lock(&self.drafts)
             .iter()
-            .filter(|(_, e)| e.parent == ino)
+            .filter(|(_, e)| e.parent == ino && !e.unlinked)
             .map(|(i, e)| (*i, e.name.clone()))
             .collect();
         if pending.is_empty() {
@@ -858,6 +861,7 @@ impl<S: BlobStore> Namespace<S> {
                 handles: 1,
                 parent,
                 name,
+                unlinked: false,
             },
         );
         draft
@@ -1213,7 +1217,11 @@ impl<S: BlobStore> Namespace<S> {
     }
 
     fn has_drafts_under(&self, acct: usize, container: &str, dir: &str) -> bool {
-        let drafts: Vec<u64> = lock(&self.drafts).keys().copied().collect();
+        let drafts: Vec<u64> = lock(&self.drafts)
+            .iter()
+            .filter(|(_, e)| !e.unlinked)
+            .map(|(i, _)| *i)
+            .collect();
         let t = lock(&self.inodes);
         drafts.iter().any(|ino| {
             matches!(t.get(*ino).map(|n| &n.key),
@@ -1235,7 +1243,14 @@ impl<S: BlobStore> Namespace<S> {
         let draft = ino.and_then(|i| self.draft_of(i));
         if let Some(d) = &draft {
             d.unlink().await;
+            if let Some(i) = ino
+                && let Some(e) = lock(&self.drafts).get_mut(&i)
+            {
+                e.unlinked = true;
+            }
         }
+        // A new file of this name is a new inode; the old one lives on for its open handles.
+        lock(&self.inodes).detach(&key);
         let deleted = self
             .storage(acct)?
             .store

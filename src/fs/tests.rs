@@ -173,3 +173,37 @@ async fn account_files_and_errors() {
         Err(FsError::IsDir)
     ));
 }
+
+#[tokio::test]
+async fn files_being_written_are_listed_and_an_unlinked_one_is_not() {
+    let (store, ns) = setup(5000);
+    store.create_container("c").await.unwrap();
+    let dir = walk(&ns, "alpha/storage/c").await.unwrap();
+    let (a, o) = ns.create(dir.ino, "new", 0o644).await.unwrap();
+    ns.write(o.fh, 0, b"hello").await.unwrap();
+    // Not committed yet, but this mount shows it, with its size.
+    assert!(store.content("c", "new").is_none());
+    let l = ns.listing(dir.ino).await.unwrap();
+    assert_eq!(names(&l), vec!["new"]);
+    assert_eq!(ns.lookup(dir.ino, "new").await.unwrap().size, 5);
+
+    ns.unlink(dir.ino, "new").await.unwrap();
+    assert!(names(&ns.listing(dir.ino).await.unwrap()).is_empty());
+    assert!(matches!(
+        ns.lookup(dir.ino, "new").await,
+        Err(FsError::NotFound)
+    ));
+    // A new file of the same name is another inode, and the old handle commits nothing.
+    let (b, o2) = ns.create(dir.ino, "new", 0o644).await.unwrap();
+    assert_ne!(a.ino, b.ino);
+    ns.write(o2.fh, 0, b"second").await.unwrap();
+    ns.flush(o.fh, true).await.unwrap();
+    ns.release(o.fh).await;
+    ns.flush(o2.fh, true).await.unwrap();
+    ns.release(o2.fh).await;
+    assert_eq!(store.content("c", "new").unwrap(), &b"second"[..]);
+    // The commit updated the cached listing: no request to see it.
+    let before = store.requests.load(Ordering::Relaxed);
+    assert_eq!(ns.lookup(dir.ino, "new").await.unwrap().size, 6);
+    assert_eq!(store.requests.load(Ordering::Relaxed), before);
+}

@@ -401,9 +401,26 @@ impl Cache {
         true
     }
 
-    /// A write buffer of [`WRITE_BLOCK`] bytes, already counted in the budget, if one is spare.
-    pub fn take_spare(&self) -> Option<BytesMut> {
-        self.lock().spare.pop()
+    /// A write buffer of [`WRITE_BLOCK`] bytes counted in the budget: a spare one, or a new
+    /// one if the budget allows; `None` if neither is possible now.
+    pub fn try_block(&self) -> Option<BytesMut> {
+        if let Some(b) = self.lock().spare.pop() {
+            return Some(b);
+        }
+        self.try_reserve(WRITE_BLOCK as u64).then(new_block)
+    }
+
+    /// Waits for a write buffer (see [`Cache::try_block`]): the writer's backpressure.
+    pub async fn block(&self) -> BytesMut {
+        loop {
+            let notified = self.space.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(b) = self.try_block() {
+                return b;
+            }
+            notified.await;
+        }
     }
 
     /// Keeps a write buffer (and the budget it holds) for reuse; returns how many bytes of
@@ -413,7 +430,7 @@ impl Cache {
             return reserved;
         };
         let mut inner = self.lock();
-        if buf.capacity() != WRITE_BLOCK
+        if buf.capacity() < WRITE_BLOCK
             || reserved < WRITE_BLOCK as u64
             || inner.spare.len() >= MAX_SPARE
         {
@@ -421,6 +438,9 @@ impl Cache {
         }
         buf.clear();
         inner.spare.push(buf);
+        drop(inner);
+        // A writer may be waiting for exactly this.
+        self.space.notify_waiters();
         reserved - WRITE_BLOCK as u64
     }
 
@@ -486,6 +506,17 @@ impl Inner {
         };
         self.lru.contains(&key) || self.inflight.contains_key(&key)
     }
+}
+
+/// An empty write buffer of [`WRITE_BLOCK`] bytes that starts on a page boundary, so that a
+/// full block can go to the spill file with `O_DIRECT` (see `crate::spill`).
+fn new_block() -> BytesMut {
+    let align = crate::spill::ALIGN;
+    let mut b = BytesMut::with_capacity(WRITE_BLOCK + align);
+    let pad = b.as_ptr().align_offset(align);
+    b.resize(pad, 0);
+    bytes::Buf::advance(&mut b, pad);
+    b
 }
 
 /// Groups sorted page indexes into runs of consecutive pages, each at most one CHUNK.

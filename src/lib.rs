@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod fs;
 pub mod fuse;
 pub mod secret;
+pub mod spill;
 pub mod stats;
 pub mod write;
 

@@ -29,8 +29,6 @@
 //! previously committed blob as it was.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex as StdMutex;
@@ -42,6 +40,7 @@ use tokio::sync::watch;
 
 use crate::blob::{BlobError, BlobProps, BlobStore, Condition};
 use crate::cache::{BlobRef, Cache, Readahead};
+use crate::spill::Spill;
 use crate::stats::Stats;
 
 /// Size of the blocks a draft uploads and tracks.
@@ -128,7 +127,7 @@ struct State {
     written: bool,
     unlinked: bool,
     failed: bool,
-    spill: Option<Arc<File>>,
+    spill: Option<Arc<Spill>>,
     next_id: u64,
     mtime: SystemTime,
 }
@@ -283,20 +282,20 @@ impl<S: BlobStore> Draft<S> {
         capacity: usize,
     ) -> Result<(), WriteError> {
         let want = (content.len().max(capacity).max(MIN_RESERVE) as u64).min(BLOCK);
-        let spare = match want == BLOCK {
-            true => self.cache.take_spare(),
-            false => None,
-        };
-        let mut buf = match spare {
-            // Already counted in the budget.
-            Some(b) => {
-                Stats::add(&self.stats.dirty_bytes, want);
-                b
-            }
-            None => {
-                self.reserve(st, want, i).await;
-                BytesMut::with_capacity(want as usize)
-            }
+        let mut buf = if want == BLOCK {
+            // Whole blocks come from the cache's spare buffers when it has some.
+            let buf = match self.cache.try_block() {
+                Some(b) => b,
+                None => {
+                    self.seal_all_but(st, i);
+                    self.cache.block().await
+                }
+            };
+            Stats::add(&self.stats.dirty_bytes, want);
+            buf
+        } else {
+            self.reserve(st, want, i).await;
+            BytesMut::with_capacity(want as usize)
         };
         buf.extend_from_slice(&content);
         st.blocks.insert(
@@ -334,6 +333,14 @@ impl<S: BlobStore> Draft<S> {
             Stats::add(&self.stats.dirty_bytes, len);
             return;
         }
+        self.seal_all_but(st, keep);
+        self.cache.reserve(len).await;
+        Stats::add(&self.stats.dirty_bytes, len);
+    }
+
+    /// Uploads this draft's dirty blocks other than `keep`, before waiting for budget, so
+    /// that a writer never waits on memory that only it could free.
+    fn seal_all_but(&self, st: &mut State, keep: u64) {
         let dirty: Vec<u64> = st
             .blocks
             .iter()
@@ -343,8 +350,6 @@ impl<S: BlobStore> Draft<S> {
         for i in dirty {
             self.seal(st, i);
         }
-        self.cache.reserve(len).await;
-        Stats::add(&self.stats.dirty_bytes, len);
     }
 
     fn unreserve(&self, len: u64) {
@@ -365,25 +370,10 @@ impl<S: BlobStore> Draft<S> {
         base64::engine::general_purpose::STANDARD.encode(raw)
     }
 
-    fn spill_file(&self, st: &mut State) -> Option<Arc<File>> {
+    fn spill_file(&self, st: &mut State) -> Option<Arc<Spill>> {
         if st.spill.is_none() {
-            let path = self.spill_dir.join(format!(
-                "batchfs-{}-{:016x}",
-                std::process::id(),
-                self.session
-            ));
-            let opened = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path);
-            match opened {
-                Ok(f) => {
-                    // Unlinked at once: a crash leaves nothing behind.
-                    let _ = std::fs::remove_file(&path);
-                    st.spill = Some(Arc::new(f));
-                }
+            match Spill::create(&self.spill_dir, &format!("{:016x}", self.session)) {
+                Ok(f) => st.spill = Some(Arc::new(f)),
                 Err(e) => tracing::warn!(
                     dir = %self.spill_dir.display(),
                     error = %e,
@@ -420,7 +410,7 @@ impl<S: BlobStore> Draft<S> {
             let copy = data.clone();
             let spilled = async move {
                 let Some(f) = spill else { return false };
-                tokio::task::spawn_blocking(move || f.write_all_at(&copy, i * BLOCK).is_ok())
+                tokio::task::spawn_blocking(move || f.write_at(&copy, i * BLOCK).is_ok())
                     .await
                     .unwrap_or(false)
             };
@@ -498,13 +488,10 @@ impl<S: BlobStore> Draft<S> {
                 }
                 let n = (*len as usize).min(want);
                 let f = st.spill.clone().ok_or(WriteError::Spill("gone".into()))?;
-                tokio::task::spawn_blocking(move || {
-                    let mut v = vec![0; n];
-                    f.read_exact_at(&mut v, i * BLOCK).map(|_| v)
-                })
-                .await
-                .map_err(|e| WriteError::Spill(e.to_string()))?
-                .map_err(|e| WriteError::Spill(e.to_string()))?
+                tokio::task::spawn_blocking(move || f.read_at(n, i * BLOCK))
+                    .await
+                    .map_err(|e| WriteError::Spill(e.to_string()))?
+                    .map_err(|e| WriteError::Spill(e.to_string()))?
             }
             Some(Block::Uploading { .. }) => unreachable!("settled above"),
             None => {
@@ -671,7 +658,7 @@ impl<S: BlobStore> Draft<S> {
         st.meta_dirty = false;
         st.written = false;
         if let Some(f) = &st.spill {
-            let _ = f.set_len(0);
+            f.clear();
         }
     }
 

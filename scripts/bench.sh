@@ -53,32 +53,34 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-AZ_PORT=$(free_port)
-node .tools/azurite/node_modules/azurite/dist/src/blob/main.js --blobHost 127.0.0.1 \
-    --blobPort "$AZ_PORT" --inMemoryPersistence --extentMemoryLimit 12000 \
-    --skipApiVersionCheck --loose --disableTelemetry >"$WORK/azurite.log" 2>&1 &
-PIDS+=($!)
-SHAPE_PORT=$(free_port)
-"$TOOL" shaper "$SHAPE_PORT" "$AZ_PORT" 20 $((25 << 20)) &
-PIDS+=($!)
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$AZ_PORT") 2>/dev/null && break; sleep 0.1; done
-
 export BENCH_ACCOUNT=devstoreaccount1
 export BENCH_KEY="Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 endpoint() { if [ "$1" = R ]; then echo "http://127.0.0.1:$AZ_PORT/devstoreaccount1"; else echo "http://127.0.0.1:$SHAPE_PORT/devstoreaccount1"; fi; }
 
-export BENCH_ENDPOINT; BENCH_ENDPOINT=$(endpoint R)
-if has_case read; then
-    echo "bench: seeding 4 x $((SIZE >> 20)) MiB and 20,000 small blobs"
-    for i in 0 1 2 3; do "$TOOL" put bench "big$i" "$SIZE"; done
-    "$TOOL" put-many bench dir10k 1 10000
-    "$TOOL" put-many bench tree 100 100
-else
+# Starts a fresh Azurite (in memory) and the shaping proxy in front of it, with the container
+# `bench`, and writes the batchfs and rclone configs for both backends. Azurite frees the
+# memory of deleted blobs late, so each write backend starts from a fresh one.
+AZ_PID=""
+start_backends() {
+    if [ -n "$AZ_PID" ]; then
+        kill "$AZ_PID" "$SHAPE_PID" 2>/dev/null || true
+        wait "$AZ_PID" "$SHAPE_PID" 2>/dev/null || true
+    fi
+    AZ_PORT=$(free_port)
+    node .tools/azurite/node_modules/azurite/dist/src/blob/main.js --blobHost 127.0.0.1 \
+        --blobPort "$AZ_PORT" --inMemoryPersistence --extentMemoryLimit 12000 \
+        --skipApiVersionCheck --loose --disableTelemetry >"$WORK/azurite.log" 2>&1 &
+    AZ_PID=$!
+    PIDS+=("$AZ_PID")
+    SHAPE_PORT=$(free_port)
+    "$TOOL" shaper "$SHAPE_PORT" "$AZ_PORT" 20 $((25 << 20)) &
+    SHAPE_PID=$!
+    PIDS+=("$SHAPE_PID")
+    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$AZ_PORT") 2>/dev/null && break; sleep 0.1; done
+    export BENCH_ENDPOINT; BENCH_ENDPOINT=$(endpoint R)
     "$TOOL" put bench seed 1
-fi
-
-for b in R S; do
-    cat >"$WORK/batchfs-$b.toml" <<EOF
+    for b in R S; do
+        cat >"$WORK/batchfs-$b.toml" <<EOF
 [[account]]
 name = "bench"
 [account.storage]
@@ -87,15 +89,24 @@ endpoint = "$(endpoint "$b")"
 key = "$BENCH_KEY"
 container = "bench"
 EOF
-    chmod 600 "$WORK/batchfs-$b.toml"
-    # rclone 1.60 takes no endpoint URL with a key (only a domain suffix, or the emulator on
-    # port 10000), so it gets a container SAS URL on the same endpoint.
-    cat >"$WORK/rclone-$b.conf" <<EOF
+        chmod 600 "$WORK/batchfs-$b.toml"
+        # rclone 1.60 takes no endpoint URL with a key (only a domain suffix, or the emulator
+        # on port 10000), so it gets a container SAS URL on the same endpoint.
+        cat >"$WORK/rclone-$b.conf" <<EOF
 [az]
 type = azureblob
 sas_url = $(endpoint "$b")/bench?$("$TOOL" sas)
 EOF
-done
+    done
+}
+start_backends
+
+if has_case read; then
+    echo "bench: seeding 4 x $((SIZE >> 20)) MiB and 20,000 small blobs"
+    for i in 0 1 2 3; do "$TOOL" put bench "big$i" "$SIZE"; done
+    "$TOOL" put-many bench dir10k 1 10000
+    "$TOOL" put-many bench tree 100 100
+fi
 
 RCLONE_BEST=(--vfs-cache-mode full --vfs-read-ahead 512M --buffer-size 64M
     --vfs-read-chunk-size 32M --vfs-read-chunk-size-limit 512M)
@@ -159,83 +170,6 @@ daemon_hwm_mib() { # peak RSS of the batchfs daemon serving $MP, in MiB
     local pid; pid=$(pgrep -f -- "batchfs mount .*$MP\$")
     echo $(( $(awk '/VmHWM/ {print $2}' "/proc/$pid/status") / 1024 ))
 }
-
-if has_case write; then
-    # The data to write comes from tmpfs, so reading it costs nothing.
-    mkdir -p "$WORK/src"
-    mount -t tmpfs -o size=$((SIZE + (512 << 20))) tmpfs "$WORK/src"
-    "$TOOL" gen "$WORK/src/w.bin" "$SIZE"
-    head -c 4096 "$WORK/src/w.bin" >"$WORK/src/4k"
-    mkdir -p "$WORK/src/tree"
-    python3 - "$WORK/src/tree" <<'PY'
-import os, random, sys
-random.seed(7)
-root = sys.argv[1]
-for d in range(50):
-    os.makedirs(f"{root}/d{d:02}")
-    for f in range(100):
-        with open(f"{root}/d{d:02}/f{f:03}", "wb") as out:
-            out.write(os.urandom(random.randint(512, 8192)))
-PY
-    tar -C "$WORK/src/tree" -cf "$WORK/src/small.tar" .
-    TAR_BYTES=$(find "$WORK/src/tree" -type f -printf '%s\n' | awk '{n += $1} END {print n}')
-    TAR_FILES=$(find "$WORK/src/tree" -type f | wc -l)
-    rm -rf "$WORK/src/tree"
-    # 1,000 new files of 4 KiB, from one process (open, write, close), as a legacy tool would.
-    cat >"$WORK/src/small.py" <<'PY'
-import sys
-d, n = sys.argv[1], int(sys.argv[2])
-data = open(sys.argv[3], "rb").read()
-for i in range(n):
-    with open(f"{d}/f{i:04}", "wb") as f:
-        f.write(data)
-PY
-    # run SYSTEM BACKEND NAME COMMAND...: times COMMAND on a fresh mount, then waits until
-    # storage holds the result (rclone uploads after close; batchfs has committed by then).
-    timed_write() {
-        local sys=$1 b=$2 prefix=$3 count=$4 bytes=$5; shift 5
-        mount_fs "$sys" "$b"
-        local start; start=$(now)
-        (cd "$DATA" && "$@")
-        "$TOOL" wait bench "$prefix" "$count" "$bytes"
-        secs_since "$start"
-        [ "$sys" = batchfs ] && daemon_hwm_mib >"$WORK/rss"
-        unmount_fs
-        # Azurite keeps everything in memory and slows down as it fills: drop the large
-        # files (deleting thousands of small ones costs it more than keeping them).
-        [ "$count" = 1 ] && "$TOOL" rm bench "$prefix"
-        true
-    }
-    for b in $BACKENDS; do
-        echo "bench: writes, backend $b"
-        t=(); for i in $(seq "$REPEAT"); do
-            t+=("$(BENCH_ENDPOINT=$(endpoint "$b") "$TOOL" upload $((4 << 20)) 16 "$WORK/src/w.bin" bench "wceil-$b-$i")")
-            "$TOOL" rm bench "wceil-$b-$i"
-        done
-        record "seqw $b ceiling $(mibs "$SIZE" "$(median "${t[@]}")") MiB/s"
-        for sys in batchfs rclone-writes; do
-            t=(); r=()
-            for i in $(seq "$REPEAT"); do
-                t+=("$(timed_write "$sys" "$b" "w-$sys-$b-$i" 1 "$SIZE" \
-                    dd if="$WORK/src/w.bin" of="w-$sys-$b-$i" bs=1M conv=fsync status=none)")
-                [ "$sys" = batchfs ] && r+=("$(cat "$WORK/rss")")
-            done
-            record "seqw $b $sys $(mibs "$SIZE" "$(median "${t[@]}")") MiB/s"
-            [ "$sys" = batchfs ] && record "wrss $b batchfs $(median "${r[@]}") MiB"
-            t=(); for i in $(seq "$REPEAT_SMALL"); do
-                t+=("$(timed_write "$sys" "$b" "small-$sys-$b-$i/" 1000 $((1000 * 4096)) \
-                    bash -c "mkdir small-$sys-$b-$i && python3 $WORK/src/small.py small-$sys-$b-$i 1000 $WORK/src/4k")")
-            done
-            record "small $b $sys $(median "${t[@]}") s"
-            t=(); for i in $(seq "$REPEAT_SMALL"); do
-                t+=("$(timed_write "$sys" "$b" "untar-$sys-$b-$i/" "$TAR_FILES" "$TAR_BYTES" \
-                    bash -c "mkdir untar-$sys-$b-$i && tar -C untar-$sys-$b-$i -xf $WORK/src/small.tar")")
-            done
-            record "untar $b $sys $(median "${t[@]}") s"
-        done
-    done
-    umount "$WORK/src"
-fi
 
 has_case read && for b in $BACKENDS; do
     echo "bench: backend $b"
@@ -310,6 +244,84 @@ t=(); for _ in $(seq "$REPEAT"); do t+=("$(warm "$WORK/bind/big0")"); done
 record "warm R bindfs-tmpfs $(mibs "$SIZE" "$(median "${t[@]}")") MiB/s"
 fusermount3 -u "$WORK/bind"
 umount "$WORK/tmpfs"
+fi
+
+if has_case write; then
+    # The data to write comes from tmpfs, so reading it costs nothing.
+    mkdir -p "$WORK/src"
+    mount -t tmpfs -o size=$((SIZE + (512 << 20))) tmpfs "$WORK/src"
+    "$TOOL" gen "$WORK/src/w.bin" "$SIZE"
+    head -c 4096 "$WORK/src/w.bin" >"$WORK/src/4k"
+    mkdir -p "$WORK/src/tree"
+    python3 - "$WORK/src/tree" <<'PY'
+import os, random, sys
+random.seed(7)
+root = sys.argv[1]
+for d in range(50):
+    os.makedirs(f"{root}/d{d:02}")
+    for f in range(100):
+        with open(f"{root}/d{d:02}/f{f:03}", "wb") as out:
+            out.write(os.urandom(random.randint(512, 8192)))
+PY
+    tar -C "$WORK/src/tree" -cf "$WORK/src/small.tar" .
+    TAR_BYTES=$(find "$WORK/src/tree" -type f -printf '%s\n' | awk '{n += $1} END {print n}')
+    TAR_FILES=$(find "$WORK/src/tree" -type f | wc -l)
+    rm -rf "$WORK/src/tree"
+    # 1,000 new files of 4 KiB, from one process (open, write, close), as a legacy tool would.
+    cat >"$WORK/src/small.py" <<'PY'
+import sys
+d, n = sys.argv[1], int(sys.argv[2])
+data = open(sys.argv[3], "rb").read()
+for i in range(n):
+    with open(f"{d}/f{i:04}", "wb") as f:
+        f.write(data)
+PY
+    # run SYSTEM BACKEND NAME COMMAND...: times COMMAND on a fresh mount, then waits until
+    # storage holds the result (rclone uploads after close; batchfs has committed by then).
+    timed_write() {
+        local sys=$1 b=$2 prefix=$3 count=$4 bytes=$5; shift 5
+        mount_fs "$sys" "$b"
+        local start; start=$(now)
+        (cd "$DATA" && "$@")
+        "$TOOL" wait bench "$prefix" "$count" "$bytes"
+        secs_since "$start"
+        [ "$sys" = batchfs ] && daemon_hwm_mib >"$WORK/rss"
+        unmount_fs
+        # Azurite keeps everything in memory and slows down as it fills: drop the large
+        # files (deleting thousands of small ones costs it more than keeping them).
+        [ "$count" = 1 ] && "$TOOL" rm bench "$prefix"
+        true
+    }
+    for b in $BACKENDS; do
+        echo "bench: writes, backend $b"
+        start_backends
+        t=(); for i in $(seq "$REPEAT"); do
+            t+=("$(BENCH_ENDPOINT=$(endpoint "$b") "$TOOL" upload $((4 << 20)) 16 "$WORK/src/w.bin" bench "wceil-$b-$i")")
+            "$TOOL" rm bench "wceil-$b-$i"
+        done
+        record "seqw $b ceiling $(mibs "$SIZE" "$(median "${t[@]}")") MiB/s"
+        for sys in batchfs rclone-writes; do
+            t=(); r=()
+            for i in $(seq "$REPEAT"); do
+                t+=("$(timed_write "$sys" "$b" "w-$sys-$b-$i" 1 "$SIZE" \
+                    dd if="$WORK/src/w.bin" of="w-$sys-$b-$i" bs=1M conv=fsync status=none)")
+                [ "$sys" = batchfs ] && r+=("$(cat "$WORK/rss")")
+            done
+            record "seqw $b $sys $(mibs "$SIZE" "$(median "${t[@]}")") MiB/s"
+            [ "$sys" = batchfs ] && record "wrss $b batchfs $(median "${r[@]}") MiB"
+            t=(); for i in $(seq "$REPEAT_SMALL"); do
+                t+=("$(timed_write "$sys" "$b" "small-$sys-$b-$i/" 1000 $((1000 * 4096)) \
+                    bash -c "mkdir small-$sys-$b-$i && python3 $WORK/src/small.py small-$sys-$b-$i 1000 $WORK/src/4k")")
+            done
+            record "small $b $sys $(median "${t[@]}") s"
+            t=(); for i in $(seq "$REPEAT_SMALL"); do
+                t+=("$(timed_write "$sys" "$b" "untar-$sys-$b-$i/" "$TAR_FILES" "$TAR_BYTES" \
+                    bash -c "mkdir untar-$sys-$b-$i && tar -C untar-$sys-$b-$i -xf $WORK/src/small.tar")")
+            done
+            record "untar $b $sys $(median "${t[@]}") s"
+        done
+    done
+    umount "$WORK/src"
 fi
 
 # Merge: this run's figures replace the same (case, backend, system) of earlier runs.

@@ -493,7 +493,10 @@ impl<S: BlobStore> Draft<S> {
                     .map_err(|e| WriteError::Spill(e.to_string()))?
                     .map_err(|e| WriteError::Spill(e.to_string()))?
             }
-            Some(Block::Uploading { .. }) => unreachable!("settled above"),
+            // Its upload task went away without an answer (the runtime is shutting down).
+            Some(Block::Uploading { .. }) => {
+                return Err(BlobError::BadResponse("upload abandoned".into()).into());
+            }
             None => {
                 let from = i * BLOCK;
                 let to = (from + want as u64).min(st.base_len);

@@ -763,7 +763,7 @@ impl<S: BlobStore> Namespace<S> {
                 let props = store.head(&container, &name).await?;
                 self.remember(ino, &props);
                 if write {
-                    let draft = self.new_draft(acct, &container, &name, Some(&props));
+                    let draft = self.new_draft(acct, &container, &name, Some(&props))?;
                     let draft = self.register_draft(ino, draft);
                     if truncate {
                         draft.truncate(0).await?;
@@ -839,7 +839,7 @@ impl<S: BlobStore> Namespace<S> {
     }
 
     /// Registers a new draft for `ino` (or joins the one another open registered first).
-    fn register_draft(&self, ino: u64, draft: Result<Draft<S>>) -> Arc<Draft<S>> {
+    fn register_draft(&self, ino: u64, draft: Draft<S>) -> Arc<Draft<S>> {
         let parent = self.parent_of(ino);
         let name = match self.key_of(ino) {
             Ok(NodeKey::File { name, .. }) => name.rsplit('/').next().unwrap_or("").to_string(),
@@ -850,10 +850,7 @@ impl<S: BlobStore> Namespace<S> {
             e.handles += 1;
             return e.draft.clone();
         }
-        let draft = match draft {
-            Ok(d) => Arc::new(d),
-            Err(_) => unreachable!("callers pass a draft they built"),
-        };
+        let draft = Arc::new(draft);
         drafts.insert(
             ino,
             DraftEntry {
@@ -946,7 +943,7 @@ impl<S: BlobStore> Namespace<S> {
                 fetched: Instant::now(),
             });
         }
-        let draft = self.register_draft(ino, Ok(draft));
+        let draft = self.register_draft(ino, draft);
         let opened = self.draft_handle(ino, draft, false);
         Ok((self.getattr(ino).await?, opened))
     }

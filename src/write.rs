@@ -128,6 +128,10 @@ struct State {
     unlinked: bool,
     failed: bool,
     spill: Option<Arc<Spill>>,
+    /// A snapshot of the base, taken when an edit first relies on more than one block of it:
+    /// a conflict sibling can then be made whole even after the base was replaced.
+    snapshot: Option<String>,
+    snapshot_tried: bool,
     next_id: u64,
     mtime: SystemTime,
 }
@@ -188,6 +192,8 @@ impl<S: BlobStore> Draft<S> {
                 unlinked: false,
                 failed: false,
                 spill: None,
+                snapshot: None,
+                snapshot_tried: false,
                 next_id: 0,
                 mtime,
             }),
@@ -223,6 +229,7 @@ impl<S: BlobStore> Draft<S> {
         if st.failed {
             return Err(WriteError::Failed);
         }
+        self.keep_base(&mut st).await;
         let (first, last) = (offset / BLOCK, (end - 1) / BLOCK);
         for i in first..=last {
             let bstart = i * BLOCK;
@@ -271,6 +278,46 @@ impl<S: BlobStore> Draft<S> {
         }
         self.show(&st);
         Ok(())
+    }
+
+    /// Snapshots the base the first time an edit keeps more than one block of it (a file of
+    /// one block is read back whole at its first write and needs none).
+    async fn keep_base(&self, st: &mut State) {
+        if st.snapshot_tried || st.base_len <= BLOCK {
+            return;
+        }
+        let Some(etag) = st.base.as_ref().map(|b| b.etag.clone()) else {
+            return;
+        };
+        st.snapshot_tried = true;
+        let taken = self
+            .store
+            .snapshot(&st.container, &st.name, Condition::IfMatch(etag))
+            .await;
+        match taken {
+            Ok(id) => st.snapshot = Some(id),
+            // Changed already: the commit will be refused, and the sibling is made from what
+            // can still be read.
+            Err(e) => tracing::warn!(
+                container = %st.container,
+                blob = %st.name,
+                error = %e,
+                "could not snapshot the version being edited"
+            ),
+        }
+    }
+
+    /// Deletes the base's snapshot once no commit or sibling can need it.
+    async fn drop_snapshot(&self, st: &mut State) {
+        st.snapshot_tried = false;
+        if let Some(id) = st.snapshot.take()
+            && let Err(e) = self
+                .store
+                .delete_snapshot(&st.container, &st.name, &id)
+                .await
+        {
+            tracing::debug!(blob = %st.name, error = %e, "snapshot not deleted");
+        }
     }
 
     /// Makes block `i` dirty with `content`, waiting for budget.
@@ -503,16 +550,18 @@ impl<S: BlobStore> Draft<S> {
                 match &st.base {
                     Some(b) if to > from => {
                         let etag = b.etag.clone();
-                        let data = self
-                            .cache
-                            .with_permit(self.store.get_range(
-                                &st.container,
-                                &st.name,
-                                from,
-                                to - from,
-                                Some(&etag),
-                            ))
-                            .await?;
+                        let (c, n) = (&st.container, &st.name);
+                        let data = match &st.snapshot {
+                            Some(snap) => {
+                                let get =
+                                    self.store.get_snapshot_range(c, n, snap, from, to - from);
+                                self.cache.with_permit(get).await?
+                            }
+                            None => {
+                                let get = self.store.get_range(c, n, from, to - from, Some(&etag));
+                                self.cache.with_permit(get).await?
+                            }
+                        };
                         if (data.len() as u64) < to - from {
                             return Err(BlobError::PreconditionFailed.into());
                         }
@@ -745,6 +794,7 @@ impl<S: BlobStore> Draft<S> {
                 });
                 st.base_len = size;
                 self.discard(&mut st);
+                self.drop_snapshot(&mut st).await;
                 Ok(Some(Committed { etag, size }))
             }
             Err(e) if changed_elsewhere(&e) => {
@@ -752,6 +802,7 @@ impl<S: BlobStore> Draft<S> {
                 let saved = self.save_conflict(&mut st).await;
                 st.failed = true;
                 self.discard(&mut st);
+                self.drop_snapshot(&mut st).await;
                 match saved {
                     Ok(sibling) => {
                         tracing::error!(

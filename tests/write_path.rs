@@ -265,6 +265,41 @@ fn two_mounts_writing_one_file_keep_both_versions() {
         b.log_text()
     );
 
+    // In-place edits of a large blob: the loser's sibling is the whole file as it edited it,
+    // although the version it edited is gone by then.
+    let mut big = data(9 << 20, 11);
+    s.put("shared", "big.bin", big.clone());
+    let open_rw = |m: &Mount| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(m.p("alpha/storage/shared/big.bin"))
+            .unwrap()
+    };
+    let (mut fa, mut fb) = (open_rw(&a), open_rw(&b));
+    use std::io::{Seek, SeekFrom};
+    fa.seek(SeekFrom::Start(5 << 20)).unwrap();
+    fa.write_all(b"AAAA").unwrap();
+    fb.seek(SeekFrom::Start(1 << 20)).unwrap();
+    fb.write_all(b"BBBB").unwrap();
+    fa.sync_all().unwrap();
+    assert!(fb.sync_all().is_err());
+    drop((fa, fb));
+    let mut won = big.clone();
+    won[5 << 20..(5 << 20) + 4].copy_from_slice(b"AAAA");
+    assert!(s.get("shared", "big.bin") == won);
+    big[1 << 20..(1 << 20) + 4].copy_from_slice(b"BBBB");
+    let sibling = s
+        .names("shared")
+        .into_iter()
+        .find(|n| n.starts_with("big.bin.conflict-"))
+        .expect("a sibling for the refused edit");
+    assert!(
+        s.get("shared", &sibling) == big,
+        "the sibling is the whole edited file"
+    );
+    // The blob can still be removed although edits took snapshots of it.
+    ok(a.sh("rm alpha/storage/shared/big.bin"));
+
     // Two new files of one name: the same rule.
     let mut fa = std::fs::File::create(a.p("alpha/storage/shared/new.txt")).unwrap();
     let mut fb = std::fs::File::create(b.p("alpha/storage/shared/new.txt")).unwrap();

@@ -25,6 +25,8 @@ struct Blocks {
 pub struct MemoryStore {
     containers: Mutex<Containers>,
     blocks: Mutex<BTreeMap<(String, String), Blocks>>,
+    /// (container, blob, snapshot id) → content.
+    snapshots: Mutex<BTreeMap<(String, String, String), Bytes>>,
     page_size: usize,
     etag_counter: AtomicU64,
     /// Number of requests served, by anyone: lets tests assert what an operation cost.
@@ -86,6 +88,14 @@ impl MemoryStore {
             .get(container)
             .and_then(|c| c.get(blob))
             .map(|(d, _)| d.clone())
+    }
+
+    /// Snapshots held (for assertions in tests).
+    pub fn snapshot_count(&self) -> usize {
+        self.snapshots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     /// Names of the blobs in `container` (for assertions in tests).
@@ -332,7 +342,65 @@ impl BlobStore for MemoryStore {
         c.remove(blob);
         self.blocks()
             .remove(&(container.to_string(), blob.to_string()));
+        self.snapshots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(c, b, _), _| !(c == container && b == blob));
         Ok(())
+    }
+
+    async fn snapshot(
+        &self,
+        container: &str,
+        blob: &str,
+        cond: Condition,
+    ) -> Result<String, BlobError> {
+        self.count();
+        let props = self.head(container, blob).await?;
+        check(&cond, Some(&props))?;
+        let data = self.content(container, blob).ok_or(BlobError::NotFound)?;
+        let id = format!("snap-{}", self.etag_counter.fetch_add(1, Ordering::Relaxed));
+        self.snapshots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((container.into(), blob.into(), id.clone()), data);
+        Ok(id)
+    }
+
+    async fn get_snapshot_range(
+        &self,
+        container: &str,
+        blob: &str,
+        snapshot: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes, BlobError> {
+        self.count();
+        let snaps = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
+        let data = snaps
+            .get(&(container.into(), blob.into(), snapshot.into()))
+            .ok_or(BlobError::NotFound)?;
+        let start = (offset as usize).min(data.len());
+        let end = (offset.saturating_add(len) as usize).min(data.len());
+        self.gets.fetch_add(1, Ordering::Relaxed);
+        self.bytes
+            .fetch_add((end - start) as u64, Ordering::Relaxed);
+        Ok(data.slice(start..end))
+    }
+
+    async fn delete_snapshot(
+        &self,
+        container: &str,
+        blob: &str,
+        snapshot: &str,
+    ) -> Result<(), BlobError> {
+        self.count();
+        self.snapshots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(container.into(), blob.into(), snapshot.into()))
+            .map(|_| ())
+            .ok_or(BlobError::NotFound)
     }
 
     async fn set_metadata(

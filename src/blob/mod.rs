@@ -170,11 +170,38 @@ pub trait BlobStore: Send + Sync + 'static {
         dst_cond: Condition,
     ) -> impl Future<Output = Result<String, BlobError>> + Send;
 
+    /// Deletes the blob and any snapshots of it.
     fn delete(
         &self,
         container: &str,
         blob: &str,
         cond: Condition,
+    ) -> impl Future<Output = Result<(), BlobError>> + Send;
+
+    /// Snapshot Blob: a read-only copy of the current version (under `cond`) that stays
+    /// readable however the blob changes; returns the snapshot's id.
+    fn snapshot(
+        &self,
+        container: &str,
+        blob: &str,
+        cond: Condition,
+    ) -> impl Future<Output = Result<String, BlobError>> + Send;
+
+    /// `len` bytes from `offset` of snapshot `snapshot` of the blob.
+    fn get_snapshot_range(
+        &self,
+        container: &str,
+        blob: &str,
+        snapshot: &str,
+        offset: u64,
+        len: u64,
+    ) -> impl Future<Output = Result<Bytes, BlobError>> + Send;
+
+    fn delete_snapshot(
+        &self,
+        container: &str,
+        blob: &str,
+        snapshot: &str,
     ) -> impl Future<Output = Result<(), BlobError>> + Send;
 
     /// Replaces the blob's metadata; returns the new ETag.

@@ -243,3 +243,48 @@ fn mtime_metadata_round_trips_with_nanoseconds() {
     );
     assert_eq!(parse_mtime("garbage"), None);
 }
+
+#[tokio::test]
+async fn an_edit_refused_after_a_replacement_keeps_the_whole_edited_file() {
+    let f = Fixture::new().await;
+    let mut data = pattern(3 * BLOCK as usize, 8);
+    f.store
+        .put(
+            "c",
+            "e",
+            Bytes::from(data.clone()),
+            Condition::None,
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    let d = f.draft("e").await;
+    d.write(BLOCK + 10, b"edit").await.unwrap();
+    data[BLOCK as usize + 10..BLOCK as usize + 14].copy_from_slice(b"edit");
+    // The version being edited is replaced (and so gone) before the commit.
+    f.store
+        .put(
+            "c",
+            "e",
+            Bytes::from_static(b"new"),
+            Condition::None,
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    match d.commit(true).await {
+        Err(WriteError::Conflict(sibling)) => assert!(f.content(&sibling) == data),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(f.content("e"), b"new");
+
+    // After a commit that went through, no snapshot is left behind.
+    let d = f.draft("e").await;
+    d.write(0, b"x").await.unwrap();
+    d.commit(true).await.unwrap();
+    let big = f.draft("e").await;
+    big.truncate(2 * BLOCK + 5).await.unwrap();
+    big.write(BLOCK, b"y").await.unwrap();
+    big.commit(true).await.unwrap();
+    assert!(f.store.snapshot_count() == 0);
+}

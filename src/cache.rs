@@ -366,12 +366,18 @@ impl Cache {
     /// Waits until `len` more bytes fit in the budget, evicting least recently used pages.
     /// Writers use it for the bytes they buffer, so reads and writes share one budget.
     pub async fn reserve(&self, len: u64) {
+        self.when_space(|| self.try_reserve(len).then_some(()))
+            .await
+    }
+
+    /// Retries `attempt` each time budget is given back, until it succeeds.
+    async fn when_space<T>(&self, mut attempt: impl FnMut() -> Option<T>) -> T {
         loop {
             let notified = self.space.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.try_reserve(len) {
-                return;
+            if let Some(t) = attempt() {
+                return t;
             }
             notified.await;
         }
@@ -412,15 +418,7 @@ impl Cache {
 
     /// Waits for a write buffer (see [`Cache::try_block`]): the writer's backpressure.
     pub async fn block(&self) -> BytesMut {
-        loop {
-            let notified = self.space.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if let Some(b) = self.try_block() {
-                return b;
-            }
-            notified.await;
-        }
+        self.when_space(|| self.try_block()).await
     }
 
     /// Keeps a write buffer (and the budget it holds) for reuse; returns how many bytes of

@@ -29,6 +29,23 @@ pub struct FuseFs<S> {
 }
 
 impl<S: BlobStore> FuseFs<S> {
+    /// Runs `work` on the runtime (a fuser thread never waits on storage) and hands `done`
+    /// its result, or the errno of its failure, which is logged here.
+    fn answer<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        ino: u64,
+        work: impl std::future::Future<Output = Result<T, FsError>> + Send + 'static,
+        done: impl FnOnce(Result<T, Errno>) + Send + 'static,
+    ) {
+        self.rt.spawn(async move {
+            done(work.await.map_err(|e| {
+                log_error(op, ino, &e);
+                errno(&e)
+            }))
+        });
+    }
+
     pub fn new(ns: Arc<Namespace<S>>, rt: tokio::runtime::Handle, uid: u32, gid: u32) -> Self {
         FuseFs { ns, rt, uid, gid }
     }
@@ -90,6 +107,27 @@ pub fn errno(e: &FsError) -> Errno {
     }
 }
 
+/// Answers an operation that returns nothing.
+fn empty(reply: ReplyEmpty) -> impl FnOnce(Result<(), Errno>) + Send + 'static {
+    move |r| match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
+/// Answers an operation that returns attributes.
+fn attr(
+    reply: ReplyAttr,
+    ttl: Duration,
+    uid: u32,
+    gid: u32,
+) -> impl FnOnce(Result<Attr, Errno>) + Send + 'static {
+    move |r| match r {
+        Ok(a) => reply.attr(&ttl, &file_attr(&a, uid, gid)),
+        Err(e) => reply.error(e),
+    }
+}
+
 fn log_error(op: &str, ino: u64, e: &FsError) {
     match e {
         FsError::Storage(_) | FsError::Stale | FsError::Write(_) => {
@@ -145,38 +183,31 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let (ns, ttl, uid, gid) = (self.ns.clone(), self.ttl(), self.uid, self.gid);
-        self.rt.spawn(async move {
-            match ns.getattr(ino.0).await {
-                Ok(a) => reply.attr(&ttl, &file_attr(&a, uid, gid)),
-                Err(e) => {
-                    log_error("getattr", ino.0, &e);
-                    reply.error(errno(&e))
-                }
-            }
-        });
+        self.answer(
+            "getattr",
+            ino.0,
+            async move { ns.getattr(ino.0).await },
+            attr(reply, ttl, uid, gid),
+        );
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let truncate = flags.0 & libc::O_TRUNC != 0;
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || truncate;
         let ns = self.ns.clone();
-        self.rt.spawn(async move {
-            match ns.open(ino.0, write, truncate).await {
-                Ok(o) => {
-                    let mut flags = FopenFlags::empty();
-                    if o.keep_cache {
-                        flags |= FopenFlags::FOPEN_KEEP_CACHE;
-                    }
-                    if o.direct_io {
-                        flags |= FopenFlags::FOPEN_DIRECT_IO;
-                    }
-                    reply.opened(FileHandle(o.fh), flags)
+        let work = async move { ns.open(ino.0, write, truncate).await };
+        self.answer("open", ino.0, work, move |r| match r {
+            Ok(o) => {
+                let mut flags = FopenFlags::empty();
+                if o.keep_cache {
+                    flags |= FopenFlags::FOPEN_KEEP_CACHE;
                 }
-                Err(e) => {
-                    log_error("open", ino.0, &e);
-                    reply.error(errno(&e))
+                if o.direct_io {
+                    flags |= FopenFlags::FOPEN_DIRECT_IO;
                 }
+                reply.opened(FileHandle(o.fh), flags)
             }
+            Err(e) => reply.error(e),
         });
     }
 
@@ -192,15 +223,15 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
         reply: ReplyData,
     ) {
         let ns = self.ns.clone();
-        self.rt.spawn(async move {
-            match ns.read(fh.0, offset, size).await {
+        self.answer(
+            "read",
+            ino.0,
+            async move { ns.read(fh.0, offset, size).await },
+            move |r| match r {
                 Ok(data) => reply.data(&data),
-                Err(e) => {
-                    log_error("read", ino.0, &e);
-                    reply.error(errno(&e))
-                }
-            }
-        });
+                Err(e) => reply.error(e),
+            },
+        );
     }
 
     fn flush(
@@ -214,28 +245,22 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
         // Every close: what was written is committed before close returns, so close reports
         // a failed or refused commit.
         let ns = self.ns.clone();
-        self.rt.spawn(async move {
-            match ns.flush(fh.0, true).await {
-                Ok(()) => reply.ok(),
-                Err(e) => {
-                    log_error("flush", ino.0, &e);
-                    reply.error(errno(&e))
-                }
-            }
-        });
+        self.answer(
+            "flush",
+            ino.0,
+            async move { ns.flush(fh.0, true).await },
+            empty(reply),
+        );
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _ds: bool, reply: ReplyEmpty) {
         let ns = self.ns.clone();
-        self.rt.spawn(async move {
-            match ns.flush(fh.0, false).await {
-                Ok(()) => reply.ok(),
-                Err(e) => {
-                    log_error("fsync", ino.0, &e);
-                    reply.error(errno(&e))
-                }
-            }
-        });
+        self.answer(
+            "fsync",
+            ino.0,
+            async move { ns.flush(fh.0, false).await },
+            empty(reply),
+        );
     }
 
     fn release(
@@ -257,7 +282,7 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
 
     fn create(
         &self,
-        req: &Request,
+        _req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -268,23 +293,18 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
         let Some(name) = name.to_str().map(str::to_owned) else {
             return reply.error(Errno::EINVAL);
         };
-        let _ = req;
         let (ns, ttl, uid, gid) = (self.ns.clone(), self.ttl(), self.uid, self.gid);
         let mode = (mode & !umask & 0o7777) as u16;
-        self.rt.spawn(async move {
-            match ns.create(parent.0, &name, mode).await {
-                Ok((a, o)) => reply.created(
-                    &ttl,
-                    &file_attr(&a, uid, gid),
-                    Generation(0),
-                    FileHandle(o.fh),
-                    FopenFlags::empty(),
-                ),
-                Err(e) => {
-                    log_error("create", parent.0, &e);
-                    reply.error(errno(&e))
-                }
-            }
+        let work = async move { ns.create(parent.0, &name, mode).await };
+        self.answer("create", parent.0, work, move |r| match r {
+            Ok((a, o)) => reply.created(
+                &ttl,
+                &file_attr(&a, uid, gid),
+                Generation(0),
+                FileHandle(o.fh),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(e),
         });
     }
 
@@ -344,15 +364,12 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
             mode: mode.map(|m| (m & 0o7777) as u16),
         };
         let (ns, ttl, uid, gid) = (self.ns.clone(), self.ttl(), self.uid, self.gid);
-        self.rt.spawn(async move {
-            match ns.setattr(ino.0, change).await {
-                Ok(a) => reply.attr(&ttl, &file_attr(&a, uid, gid)),
-                Err(e) => {
-                    log_error("setattr", ino.0, &e);
-                    reply.error(errno(&e))
-                }
-            }
-        });
+        self.answer(
+            "setattr",
+            ino.0,
+            async move { ns.setattr(ino.0, change).await },
+            attr(reply, ttl, uid, gid),
+        );
     }
 
     fn mkdir(
@@ -368,15 +385,15 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
             return reply.error(Errno::EINVAL);
         };
         let (ns, ttl, uid, gid) = (self.ns.clone(), self.ttl(), self.uid, self.gid);
-        self.rt.spawn(async move {
-            match ns.mkdir(parent.0, &name).await {
+        self.answer(
+            "mkdir",
+            parent.0,
+            async move { ns.mkdir(parent.0, &name).await },
+            move |r| match r {
                 Ok(a) => reply.entry(&ttl, &file_attr(&a, uid, gid), Generation(0)),
-                Err(e) => {
-                    log_error("mkdir", parent.0, &e);
-                    reply.error(errno(&e))
-                }
-            }
-        });
+                Err(e) => reply.error(e),
+            },
+        );
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -384,15 +401,12 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
             return reply.error(Errno::ENOENT);
         };
         let ns = self.ns.clone();
-        self.rt.spawn(async move {
-            match ns.rmdir(parent.0, &name).await {
-                Ok(()) => reply.ok(),
-                Err(e) => {
-                    log_error("rmdir", parent.0, &e);
-                    reply.error(errno(&e))
-                }
-            }
-        });
+        self.answer(
+            "rmdir",
+            parent.0,
+            async move { ns.rmdir(parent.0, &name).await },
+            empty(reply),
+        );
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -400,15 +414,12 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
             return reply.error(Errno::ENOENT);
         };
         let ns = self.ns.clone();
-        self.rt.spawn(async move {
-            match ns.unlink(parent.0, &name).await {
-                Ok(()) => reply.ok(),
-                Err(e) => {
-                    log_error("unlink", parent.0, &e);
-                    reply.error(errno(&e))
-                }
-            }
-        });
+        self.answer(
+            "unlink",
+            parent.0,
+            async move { ns.unlink(parent.0, &name).await },
+            empty(reply),
+        );
     }
 
     fn rename(
@@ -434,31 +445,28 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
         }
         let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
         let ns = self.ns.clone();
-        self.rt.spawn(async move {
-            match ns
-                .rename(parent.0, &name, newparent.0, &newname, no_replace)
-                .await
-            {
-                Ok(()) => reply.ok(),
-                Err(e) => {
-                    log_error("rename", parent.0, &e);
-                    reply.error(errno(&e))
-                }
-            }
-        });
+        self.answer(
+            "rename",
+            parent.0,
+            async move {
+                ns.rename(parent.0, &name, newparent.0, &newname, no_replace)
+                    .await
+            },
+            empty(reply),
+        );
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let ns = self.ns.clone();
-        self.rt.spawn(async move {
-            match ns.opendir(ino.0).await {
+        self.answer(
+            "opendir",
+            ino.0,
+            async move { ns.opendir(ino.0).await },
+            move |r| match r {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-                Err(e) => {
-                    log_error("opendir", ino.0, &e);
-                    reply.error(errno(&e))
-                }
-            }
-        });
+                Err(e) => reply.error(e),
+            },
+        );
     }
 
     fn readdir(

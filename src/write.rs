@@ -49,6 +49,8 @@ pub const BLOCK: u64 = 4 << 20;
 pub const MAX_SIZE: u64 = 50_000 * BLOCK;
 /// Dirty buffers grow in steps of at least this much budget.
 const MIN_RESERVE: usize = 64 << 10;
+/// How long a draft waits for budget before asking that other drafts' idle blocks be sent.
+pub const PRESSURE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 /// A write at least this large at the start of a block takes the whole block at once.
 const SEQUENTIAL_HINT: usize = 128 << 10;
 /// Metadata keys for what POSIX keeps and blobs do not.
@@ -69,6 +71,11 @@ pub enum WriteError {
     Spill(String),
     #[error("larger than a block blob can be")]
     TooLarge,
+    /// The budget stayed full for [`PRESSURE_WAIT`]: other drafts may be holding it with
+    /// blocks nobody is filling. The operation changed nothing it cannot redo; see
+    /// `Namespace::with_budget`.
+    #[error("the cache budget is held by data of other open files")]
+    NeedSpace,
 }
 
 /// The blob a draft becomes.
@@ -210,13 +217,6 @@ impl<S: BlobStore> Draft<S> {
         *self.shown.lock().unwrap_or_else(|p| p.into_inner()) = (st.size, st.mtime);
     }
 
-    pub async fn mode(&self) -> Option<u16> {
-        let st = self.state.lock().await;
-        st.metadata
-            .get(META_MODE)
-            .and_then(|m| u16::from_str_radix(m, 8).ok())
-    }
-
     pub async fn write(&self, offset: u64, data: &[u8]) -> Result<(), WriteError> {
         if data.is_empty() {
             return Ok(());
@@ -268,7 +268,6 @@ impl<S: BlobStore> Draft<S> {
         st.written = true;
         st.mtime = SystemTime::now();
         st.metadata.remove(META_MTIME);
-        Stats::add(&self.stats.dirty_bytes, 0);
         // Upload the blocks the writer has filled and moved past.
         for i in first..=last {
             let full = matches!(st.blocks.get(&i), Some(Block::Dirty { buf, .. }) if buf.len() as u64 == BLOCK);
@@ -335,13 +334,15 @@ impl<S: BlobStore> Draft<S> {
                 Some(b) => b,
                 None => {
                     self.seal_all_but(st, i);
-                    self.cache.block().await
+                    tokio::time::timeout(PRESSURE_WAIT, self.cache.block())
+                        .await
+                        .map_err(|_| WriteError::NeedSpace)?
                 }
             };
             Stats::add(&self.stats.dirty_bytes, want);
             buf
         } else {
-            self.reserve(st, want, i).await;
+            self.reserve(st, want, i).await?;
             BytesMut::with_capacity(want as usize)
         };
         buf.extend_from_slice(&content);
@@ -365,7 +366,7 @@ impl<S: BlobStore> Draft<S> {
             return Ok(());
         }
         let target = (len as u64).next_power_of_two().min(BLOCK);
-        self.reserve(st, target - reserved, i).await;
+        self.reserve(st, target - reserved, i).await?;
         if let Some(Block::Dirty { buf, reserved }) = st.blocks.get_mut(&i) {
             buf.reserve(target as usize - buf.len());
             *reserved = target;
@@ -375,14 +376,23 @@ impl<S: BlobStore> Draft<S> {
 
     /// Reserves budget; if none is free, first uploads this draft's own dirty blocks (other
     /// than `keep`) so that a writer never waits on memory that only it could free.
-    async fn reserve(&self, st: &mut State, len: u64, keep: u64) {
-        if self.cache.try_reserve(len) {
-            Stats::add(&self.stats.dirty_bytes, len);
-            return;
+    async fn reserve(&self, st: &mut State, len: u64, keep: u64) -> Result<(), WriteError> {
+        if !self.cache.try_reserve(len) {
+            self.seal_all_but(st, keep);
+            tokio::time::timeout(PRESSURE_WAIT, self.cache.reserve(len))
+                .await
+                .map_err(|_| WriteError::NeedSpace)?;
         }
-        self.seal_all_but(st, keep);
-        self.cache.reserve(len).await;
         Stats::add(&self.stats.dirty_bytes, len);
+        Ok(())
+    }
+
+    /// Starts uploading this draft's dirty blocks unless it is busy (a busy draft is either
+    /// making progress or waiting for budget, and then has sent its blocks already).
+    pub fn send_idle_blocks(&self) {
+        if let Ok(mut st) = self.state.try_lock() {
+            self.seal_all_but(&mut st, u64::MAX);
+        }
     }
 
     /// Uploads this draft's dirty blocks other than `keep`, before waiting for budget, so
@@ -401,14 +411,7 @@ impl<S: BlobStore> Draft<S> {
 
     fn unreserve(&self, len: u64) {
         self.cache.release(len);
-        self.stats
-            .dirty_bytes
-            .fetch_update(
-                std::sync::atomic::Ordering::Relaxed,
-                std::sync::atomic::Ordering::Relaxed,
-                |v| Some(v.saturating_sub(len)),
-            )
-            .ok();
+        Stats::sub(&self.stats.dirty_bytes, len);
     }
 
     fn block_id(&self, st: &mut State) -> String {
@@ -474,14 +477,7 @@ impl<S: BlobStore> Draft<S> {
                     Err((e, data))
                 }
             };
-            stats
-                .dirty_bytes
-                .fetch_update(
-                    std::sync::atomic::Ordering::Relaxed,
-                    std::sync::atomic::Ordering::Relaxed,
-                    |v| Some(v.saturating_sub(reserved)),
-                )
-                .ok();
+            Stats::sub(&stats.dirty_bytes, reserved);
             let _ = tx.send(Some(result));
         });
     }
@@ -600,19 +596,11 @@ impl<S: BlobStore> Draft<S> {
             let bstart = i * BLOCK;
             let from = offset.max(bstart);
             let to = end.min(bstart + BLOCK);
-            if st.blocks.contains_key(&i) {
-                let content = match st.blocks.get(&i) {
-                    Some(Block::Dirty { buf, .. }) => {
-                        let a = ((from - bstart) as usize).min(buf.len());
-                        let b = ((to - bstart) as usize).min(buf.len());
-                        buf[a..b].to_vec()
-                    }
-                    _ => {
-                        let all = self.load(&mut st, i).await?;
-                        all[(from - bstart) as usize..(to - bstart) as usize].to_vec()
-                    }
-                };
-                out.extend_from_slice(&content);
+            let (a, b) = ((from - bstart) as usize, (to - bstart) as usize);
+            if let Some(Block::Dirty { buf, .. }) = st.blocks.get(&i) {
+                out.extend_from_slice(&buf[a.min(buf.len())..b.min(buf.len())]);
+            } else if st.blocks.contains_key(&i) {
+                out.extend_from_slice(&self.load(&mut st, i).await?[a..b]);
             } else if from < st.base_len {
                 let upto = to.min(st.base_len);
                 let base = self.base_ref(&st)?;
@@ -898,9 +886,6 @@ impl<S: BlobStore> Draft<S> {
             return None;
         }
         let committed = st.base.as_ref()?.committed.as_ref()?;
-        let id_len = base64::engine::general_purpose::STANDARD
-            .encode(format!("batchfs-{:016x}-{:016x}", 0, 0))
-            .len();
         let mut at = 0u64;
         let mut out = Vec::new();
         for (id, len) in committed {
@@ -909,7 +894,7 @@ impl<S: BlobStore> Draft<S> {
             }
             let next = at + len;
             if next > from {
-                if at < from || next > to || id.len() != id_len {
+                if at < from || next > to || id.len() != ID_LEN {
                     return None;
                 }
                 out.push((id.clone(), *len));
@@ -988,6 +973,12 @@ fn changed_elsewhere(e: &BlobError) -> bool {
         _ => false,
     }
 }
+
+/// Length of the (base64) block ids [`Draft::block_id`] makes: 41 bytes encoded.
+const ID_LEN: usize = "batchfs-0123456789abcdef-0123456789abcdef"
+    .len()
+    .div_ceil(3)
+    * 4;
 
 /// Length of block `i` in a file of `size` bytes.
 fn len_of(size: u64, i: u64) -> u64 {

@@ -192,6 +192,23 @@ impl HttpBlobStore {
         path
     }
 
+    /// Sends a Get Blob `op` for `len` (> 0) bytes from `offset`.
+    async fn ranged(&self, op: Op<'_>, offset: u64, len: u64) -> Result<Bytes, BlobError> {
+        let op = op.header(
+            "x-ms-range",
+            format!("bytes={}-{}", offset, offset + len - 1),
+        );
+        let answer = self.execute(op).await?;
+        Stats::add(&self.stats.bytes_fetched, answer.body.len() as u64);
+        if answer.body.len() as u64 > len {
+            return Err(BlobError::BadResponse(format!(
+                "asked for {len} bytes, got {}",
+                answer.body.len()
+            )));
+        }
+        Ok(answer.body)
+    }
+
     fn health(&self) -> std::sync::MutexGuard<'_, Health> {
         self.health.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -545,21 +562,8 @@ impl BlobStore for HttpBlobStore {
             Some(e) => Condition::IfMatch(e.to_string()),
             None => Condition::None,
         };
-        let op = Op::new("get_range", Method::GET, Some(container), Some(blob))
-            .header(
-                "x-ms-range",
-                format!("bytes={}-{}", offset, offset + len - 1),
-            )
-            .condition(&cond);
-        let answer = self.execute(op).await?;
-        Stats::add(&self.stats.bytes_fetched, answer.body.len() as u64);
-        if answer.body.len() as u64 > len {
-            return Err(BlobError::BadResponse(format!(
-                "asked for {len} bytes, got {}",
-                answer.body.len()
-            )));
-        }
-        Ok(answer.body)
+        let op = Op::new("get_range", Method::GET, Some(container), Some(blob)).condition(&cond);
+        self.ranged(op, offset, len).await
     }
 
     async fn put(
@@ -720,14 +724,8 @@ impl BlobStore for HttpBlobStore {
             return Ok(Bytes::new());
         }
         let op = Op::new("get_range", Method::GET, Some(container), Some(blob))
-            .query("snapshot", snapshot)
-            .header(
-                "x-ms-range",
-                format!("bytes={}-{}", offset, offset + len - 1),
-            );
-        let answer = self.execute(op).await?;
-        Stats::add(&self.stats.bytes_fetched, answer.body.len() as u64);
-        Ok(answer.body)
+            .query("snapshot", snapshot);
+        self.ranged(op, offset, len).await
     }
 
     async fn delete_snapshot(

@@ -90,6 +90,16 @@ impl MemoryStore {
             .map(|(d, _)| d.clone())
     }
 
+    /// `len` bytes of `data` from `offset`, counted as one Get Blob.
+    fn serve(&self, data: &Bytes, offset: u64, len: u64) -> Bytes {
+        let start = (offset as usize).min(data.len());
+        let end = (offset.saturating_add(len) as usize).min(data.len());
+        self.gets.fetch_add(1, Ordering::Relaxed);
+        self.bytes
+            .fetch_add((end - start) as u64, Ordering::Relaxed);
+        data.slice(start..end)
+    }
+
     /// Snapshots held (for assertions in tests).
     pub fn snapshot_count(&self) -> usize {
         self.snapshots
@@ -210,12 +220,7 @@ impl BlobStore for MemoryStore {
         if if_match.is_some_and(|e| e != p.etag) {
             return Err(BlobError::PreconditionFailed);
         }
-        let start = (offset as usize).min(data.len());
-        let end = (offset.saturating_add(len) as usize).min(data.len());
-        self.gets.fetch_add(1, Ordering::Relaxed);
-        self.bytes
-            .fetch_add((end - start) as u64, Ordering::Relaxed);
-        Ok(data.slice(start..end))
+        Ok(self.serve(data, offset, len))
     }
 
     async fn put(
@@ -380,12 +385,7 @@ impl BlobStore for MemoryStore {
         let data = snaps
             .get(&(container.into(), blob.into(), snapshot.into()))
             .ok_or(BlobError::NotFound)?;
-        let start = (offset as usize).min(data.len());
-        let end = (offset.saturating_add(len) as usize).min(data.len());
-        self.gets.fetch_add(1, Ordering::Relaxed);
-        self.bytes
-            .fetch_add((end - start) as u64, Ordering::Relaxed);
-        Ok(data.slice(start..end))
+        Ok(self.serve(data, offset, len))
     }
 
     async fn delete_snapshot(

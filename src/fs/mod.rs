@@ -14,6 +14,7 @@ pub mod inode;
 pub mod listing;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -754,9 +755,9 @@ impl<S: BlobStore> Namespace<S> {
                 }
                 if let Some(draft) = self.join_draft(ino) {
                     if truncate {
-                        draft.truncate(0).await?;
+                        self.with_budget(|| draft.truncate(0)).await?;
                     }
-                    return Ok(self.draft_handle(ino, draft, false));
+                    return Ok(self.draft_handle(ino, draft));
                 }
                 // Close-to-open: always ask storage, and pin what it says for every read.
                 let store = self.storage(acct)?.store.clone();
@@ -766,9 +767,9 @@ impl<S: BlobStore> Namespace<S> {
                     let draft = self.new_draft(acct, &container, &name, Some(&props))?;
                     let draft = self.register_draft(ino, draft);
                     if truncate {
-                        draft.truncate(0).await?;
+                        self.with_budget(|| draft.truncate(0)).await?;
                     }
-                    return Ok(self.draft_handle(ino, draft, false));
+                    return Ok(self.draft_handle(ino, draft));
                 }
                 keep_cache = self.opened_version(ino, &props.etag);
                 Handle::Blob {
@@ -841,10 +842,7 @@ impl<S: BlobStore> Namespace<S> {
     /// Registers a new draft for `ino` (or joins the one another open registered first).
     fn register_draft(&self, ino: u64, draft: Draft<S>) -> Arc<Draft<S>> {
         let parent = self.parent_of(ino);
-        let name = match self.key_of(ino) {
-            Ok(NodeKey::File { name, .. }) => name.rsplit('/').next().unwrap_or("").to_string(),
-            _ => String::new(),
-        };
+        let name = self.file_name(ino).unwrap_or_default();
         let mut drafts = lock(&self.drafts);
         if let Some(e) = drafts.get_mut(&ino) {
             e.handles += 1;
@@ -864,7 +862,8 @@ impl<S: BlobStore> Namespace<S> {
         draft
     }
 
-    fn draft_handle(&self, ino: u64, draft: Arc<Draft<S>>, keep_cache: bool) -> Opened {
+    /// A handle on a draft. The kernel drops its cached pages: they may predate the draft.
+    fn draft_handle(&self, ino: u64, draft: Arc<Draft<S>>) -> Opened {
         let fh = self.new_fh();
         let handle = Handle::Draft {
             ino,
@@ -874,8 +873,16 @@ impl<S: BlobStore> Namespace<S> {
         lock(&self.handles).insert(fh, Arc::new(handle));
         Opened {
             fh,
-            keep_cache,
+            keep_cache: false,
             direct_io: false,
+        }
+    }
+
+    /// The last path segment of file `ino`: its name in its directory.
+    fn file_name(&self, ino: u64) -> Option<String> {
+        match self.key_of(ino) {
+            Ok(NodeKey::File { name, .. }) => name.rsplit('/').next().map(str::to_owned),
+            _ => None,
         }
     }
 
@@ -944,14 +951,40 @@ impl<S: BlobStore> Namespace<S> {
             });
         }
         let draft = self.register_draft(ino, draft);
-        let opened = self.draft_handle(ino, draft, false);
+        let opened = self.draft_handle(ino, draft);
         Ok((self.getattr(ino).await?, opened))
     }
 
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<()> {
         match self.handle(fh)?.as_ref() {
-            Handle::Draft { draft, .. } => Ok(draft.write(offset, data).await?),
+            Handle::Draft { draft, .. } => {
+                Ok(self.with_budget(|| draft.write(offset, data)).await?)
+            }
             _ => Err(FsError::BadHandle),
+        }
+    }
+
+    /// Runs a draft operation. When it finds the budget held for a while, the cause may be
+    /// other open files' partly written blocks that nobody is filling (one program writing
+    /// to many files in turn): those are sent, which frees their memory, and the operation,
+    /// which can be redone, runs again.
+    async fn with_budget<T, F: Future<Output = std::result::Result<T, WriteError>>>(
+        &self,
+        mut op: impl FnMut() -> F,
+    ) -> std::result::Result<T, WriteError> {
+        loop {
+            match op().await {
+                Err(WriteError::NeedSpace) => {
+                    let drafts: Vec<_> = lock(&self.drafts)
+                        .values()
+                        .map(|e| e.draft.clone())
+                        .collect();
+                    for d in drafts {
+                        d.send_idle_blocks();
+                    }
+                }
+                r => return r,
+            }
         }
     }
 
@@ -971,43 +1004,28 @@ impl<S: BlobStore> Namespace<S> {
     }
 
     async fn commit(&self, ino: u64, draft: &Draft<S>, on_close: bool) -> Result<()> {
-        match draft.commit(on_close).await {
+        match self.with_budget(|| draft.commit(on_close)).await {
             Ok(Some(c)) => {
                 let mtime = draft.shown().1;
-                let parent = {
-                    let mut t = lock(&self.inodes);
-                    let parent = t.get(ino).map(|n| n.parent);
-                    if let Some(n) = t.get_mut(ino) {
-                        let mode = n.meta.as_ref().and_then(|m| m.mode);
-                        n.meta = Some(Meta {
-                            size: c.size,
-                            mtime,
-                            mode,
-                            fetched: Instant::now(),
-                        });
-                        // The kernel's pages are what this mount wrote: they may be kept.
-                        n.opened_etag = Some(c.etag);
-                    }
-                    parent
-                };
-                if let (Some(p), Ok(attr)) = (parent, self.getattr(ino).await) {
-                    let name = match self.key_of(ino) {
-                        Ok(NodeKey::File { name, .. }) => {
-                            name.rsplit('/').next().map(str::to_owned)
-                        }
-                        _ => None,
-                    };
-                    if let Some(name) = name {
-                        self.patch(p, &name, Some(attr));
-                    }
+                if let Some(n) = lock(&self.inodes).get_mut(ino) {
+                    let mode = n.meta.as_ref().and_then(|m| m.mode);
+                    n.meta = Some(Meta {
+                        size: c.size,
+                        mtime,
+                        mode,
+                        fetched: Instant::now(),
+                    });
+                    // The kernel's pages are what this mount wrote: they may be kept.
+                    n.opened_etag = Some(c.etag);
+                }
+                if let (Some(name), Ok(attr)) = (self.file_name(ino), self.getattr(ino).await) {
+                    self.patch(self.parent_of(ino), &name, Some(attr));
                 }
                 Ok(())
             }
             Ok(None) => Ok(()),
             Err(e) => {
-                if let Some(p) = lock(&self.inodes).get(ino).map(|n| n.parent) {
-                    self.changed(p);
-                }
+                self.changed(self.parent_of(ino));
                 Err(e.into())
             }
         }
@@ -1097,7 +1115,7 @@ impl<S: BlobStore> Namespace<S> {
             }
         };
         if let Some(size) = change.size {
-            draft.truncate(size).await?;
+            self.with_budget(|| draft.truncate(size)).await?;
         }
         if change.mtime.is_some() || change.mode.is_some() {
             draft.set_attrs(change.mtime, change.mode).await;
@@ -1108,8 +1126,9 @@ impl<S: BlobStore> Namespace<S> {
                 meta.mode = Some(m & 0o7777);
             }
         }
-        if self.draft_of(ino).is_none() {
-            // No open file: the change is committed now.
+        if !self.draft_of(ino).is_some_and(|d| Arc::ptr_eq(&d, &draft)) {
+            // Not the draft of an open file (or its last handle closed meanwhile): nobody
+            // else will commit this change.
             self.commit(ino, &draft, false).await?;
         }
         self.getattr(ino).await
@@ -1192,8 +1211,7 @@ impl<S: BlobStore> Namespace<S> {
         let page = page?;
         let legacy_marker = head.ok().filter(|p| p.is_folder_marker());
         let own_marker = page.blobs.iter().any(|b| b.name == dir);
-        let others = page.blobs.iter().filter(|b| b.name != dir).count() + page.prefixes.len();
-        if others > 0 || self.has_drafts_under(acct, &container, &dir) {
+        if holds_entries(&page, &dir) || self.has_drafts_under(acct, &container, &dir) {
             return Err(FsError::NotEmpty);
         }
         if !own_marker && legacy_marker.is_none() {
@@ -1351,8 +1369,7 @@ impl<S: BlobStore> Namespace<S> {
                     let page = store
                         .list(&container, &to, Some("/"), None, Some(2))
                         .await?;
-                    if page.prefixes.len() + page.blobs.iter().filter(|b| b.name != to).count() > 0
-                    {
+                    if holds_entries(&page, &to) {
                         return Err(FsError::NotEmpty);
                     }
                 }
@@ -1444,6 +1461,11 @@ pub struct SetAttr {
     pub size: Option<u64>,
     pub mtime: Option<SystemTime>,
     pub mode: Option<u16>,
+}
+
+/// Whether a listing of prefix `dir` holds anything besides the directory's own marker.
+fn holds_entries(page: &blob::ListPage, dir: &str) -> bool {
+    !page.prefixes.is_empty() || page.blobs.iter().any(|b| b.name != dir)
 }
 
 fn ignore_missing(r: std::result::Result<(), BlobError>) -> std::result::Result<(), BlobError> {

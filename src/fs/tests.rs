@@ -207,3 +207,47 @@ async fn files_being_written_are_listed_and_an_unlinked_one_is_not() {
     assert_eq!(ns.lookup(dir.ino, "new").await.unwrap().size, 6);
     assert_eq!(store.requests.load(Ordering::Relaxed), before);
 }
+
+#[tokio::test]
+async fn a_writer_is_not_starved_by_idle_files_holding_the_budget() {
+    let (store, _) = setup(5000);
+    store.create_container("c").await.unwrap();
+    let cfg = parse(
+        std::path::Path::new("t.toml"),
+        "[[account]]\nname = \"alpha\"\n[account.storage]\naccount = \"sto\"\nsas = \"sig=x\"\n",
+    )
+    .unwrap();
+    let opts = Options {
+        cache_size: crate::cache::MIN_BUDGET,
+        ..Options::default()
+    };
+    let ns = Namespace::new(
+        vec![Account::new(&cfg.accounts[0], Some(store.clone()))],
+        opts,
+        Default::default(),
+    );
+    let dir = walk(&ns, "alpha/storage/c").await.unwrap();
+    // One writer, round-robin over more open files than the budget has 4 MiB blocks: each
+    // file's first 1 MiB takes a whole block, and no file fills its block.
+    let chunk = vec![7u8; 1 << 20];
+    let mut handles = Vec::new();
+    for i in 0..8 {
+        let (_, o) = ns.create(dir.ino, &format!("f{i}"), 0o644).await.unwrap();
+        handles.push(o.fh);
+    }
+    let all = async {
+        for &fh in &handles {
+            ns.write(fh, 0, &chunk).await.unwrap();
+        }
+        for &fh in &handles {
+            ns.flush(fh, true).await.unwrap();
+            ns.release(fh).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), all)
+        .await
+        .expect("writers must not wait forever for budget held by idle files");
+    for i in 0..8 {
+        assert_eq!(store.content("c", &format!("f{i}")).unwrap().len(), 1 << 20);
+    }
+}

@@ -288,3 +288,12 @@ async fn an_edit_refused_after_a_replacement_keeps_the_whole_edited_file() {
     big.commit(true).await.unwrap();
     assert!(f.store.snapshot_count() == 0);
 }
+
+#[test]
+fn block_ids_have_the_length_reuse_checks_for() {
+    let raw = format!("batchfs-{:016x}-{:016x}", u64::MAX, 7u64);
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD.encode(raw).len(),
+        ID_LEN
+    );
+}

@@ -9,6 +9,9 @@ use serde_json::{Map, Value, json};
 use crate::config::AccountConfig;
 
 pub fn account_json(a: &AccountConfig) -> Vec<u8> {
+    if let Some(body) = &a.arm_body {
+        return pretty(body);
+    }
     let mut root = Map::new();
     if let (Some(sub), Some(rg)) = (&a.subscription_id, &a.resource_group) {
         root.insert(
@@ -37,7 +40,11 @@ pub fn account_json(a: &AccountConfig) -> Vec<u8> {
     if !props.is_empty() {
         root.insert("properties".into(), Value::Object(props));
     }
-    let mut out = serde_json::to_vec_pretty(&Value::Object(root)).unwrap_or_default();
+    pretty(&Value::Object(root))
+}
+
+fn pretty(v: &Value) -> Vec<u8> {
+    let mut out = serde_json::to_vec_pretty(v).unwrap_or_default();
     out.push(b'\n');
     out
 }
@@ -55,9 +62,7 @@ pub fn keys_json(a: &AccountConfig) -> Option<Vec<u8>> {
     if let Some(k) = &a.secondary_key {
         m.insert("secondary".into(), json!(k.expose()));
     }
-    let mut out = serde_json::to_vec_pretty(&Value::Object(m)).unwrap_or_default();
-    out.push(b'\n');
-    Some(out)
+    Some(pretty(&Value::Object(m)))
 }
 
 #[cfg(test)]

@@ -16,20 +16,49 @@ use base64::Engine;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::identity::{ARM_ENDPOINT, Identity};
 use crate::secret::Secret;
 
 pub const DEFAULT_PATH: &str = "/etc/batchfs/accounts.toml";
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Config {
     pub accounts: Vec<AccountConfig>,
+    /// `[discovery]`: accounts listed from Azure Resource Manager.
+    pub discovery: Option<DiscoveryConfig>,
     /// Things worth telling the user that do not stop the mount (e.g. a world-readable key).
     pub warnings: Vec<String>,
+}
+
+/// Where discovery looks for Batch accounts, and as whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveryConfig {
+    /// `None`: every subscription the identity can see.
+    pub subscription: Option<String>,
+    pub resource_group: Option<String>,
+    pub identity: Identity,
+    /// Azure Resource Manager endpoint, without a trailing slash.
+    pub resource_manager: String,
+}
+
+impl DiscoveryConfig {
+    pub fn new(subscription: Option<String>, resource_group: Option<String>) -> Self {
+        DiscoveryConfig {
+            subscription,
+            resource_group,
+            identity: Identity::Auto,
+            resource_manager: ARM_ENDPOINT.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct AccountConfig {
     pub name: String,
+    /// Where the account was described, for messages: `file:line` or the discovery scope.
+    pub source: String,
+    /// For a discovered account, the ARM GET body exactly as Azure returned it.
+    pub arm_body: Option<serde_json::Value>,
     /// Host only, as ARM's `accountEndpoint` shows it.
     pub endpoint: Option<String>,
     pub location: Option<String>,
@@ -71,6 +100,8 @@ impl StorageConfig {
 pub enum Credential {
     SharedKey(Secret),
     Sas(Secret),
+    /// Entra ID bearer tokens (storage scope) from this identity.
+    Identity(Identity),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +132,17 @@ impl std::error::Error for ConfigError {}
 struct RawFile {
     #[serde(default)]
     account: Vec<Spanned<RawAccount>>,
+    discovery: Option<Spanned<RawDiscovery>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDiscovery {
+    subscription: Field,
+    resource_group: Field,
+    identity: Field,
+    client_id: Field,
+    resource_manager: Field,
 }
 
 type Field = Option<Spanned<String>>;
@@ -136,6 +178,8 @@ struct RawStorage {
     sas: Field,
     sas_file: Field,
     sas_env: Field,
+    identity: Field,
+    client_id: Field,
     container: Field,
 }
 
@@ -194,8 +238,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         }
         accounts.push(a);
     }
+    let discovery = match raw.discovery {
+        Some(d) => {
+            let at = d.span().start;
+            Some(ctx.discovery(d.into_inner(), at)?)
+        }
+        None => None,
+    };
     Ok(Config {
         accounts,
+        discovery,
         warnings: Vec::new(),
     })
 }
@@ -268,6 +320,8 @@ impl Ctx<'_> {
             None => None,
         };
         Ok(AccountConfig {
+            source: format!("{}:{}", self.path.display(), self.line_of(at)),
+            arm_body: None,
             name: name.into_inner(),
             endpoint,
             location: raw.location.map(Spanned::into_inner),
@@ -299,32 +353,22 @@ impl Ctx<'_> {
             ));
         }
         let endpoint = match raw.endpoint {
-            Some(e) => {
-                let url = reqwest::Url::parse(e.get_ref()).map_err(|err| {
-                    self.field_err(&e, "storage.endpoint", format!("not a URL: {err}"))
-                })?;
-                if !matches!(url.scheme(), "http" | "https") || url.query().is_some() {
-                    return Err(self.field_err(
-                        &e,
-                        "storage.endpoint",
-                        "must be an http(s) URL without a query (put a SAS token in `sas`)",
-                    ));
-                }
-                e.get_ref().trim_end_matches('/').to_string()
-            }
+            Some(e) => self.http_url(&e, "storage.endpoint")?,
             None => format!("https://{}.blob.core.windows.net", account.get_ref()),
         };
         let key = self.secret(raw.key, raw.key_file, raw.key_env, "storage.key")?;
         let sas = self.secret(raw.sas, raw.sas_file, raw.sas_env, "storage.sas")?;
-        let credential = match (key, sas) {
-            (Some(_), Some(_)) => {
+        let identity = self.identity(raw.identity, raw.client_id, "storage")?;
+        let credential = match (key, sas, identity) {
+            (Some(_), Some(_), _) | (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
                 return Err(self.err(
                     at,
                     "storage.key",
-                    "give either a key or a SAS token, not both",
+                    "give one credential: a key, a SAS token or an identity",
                 ));
             }
-            (Some(k), None) => {
+            (None, None, Some(identity)) => Credential::Identity(identity),
+            (Some(k), None, None) => {
                 if base64::engine::general_purpose::STANDARD
                     .decode(k.expose())
                     .is_err()
@@ -333,12 +377,15 @@ impl Ctx<'_> {
                 }
                 Credential::SharedKey(k)
             }
-            (None, Some(s)) => Credential::Sas(Secret::new(s.expose().trim_start_matches('?'))),
-            (None, None) => {
+            (None, Some(s), None) => {
+                Credential::Sas(Secret::new(s.expose().trim_start_matches('?')))
+            }
+            (None, None, None) => {
                 return Err(self.err(
                     at,
                     "storage.key",
-                    "storage needs a credential: key, key_file, key_env, sas, sas_file or sas_env",
+                    "storage needs a credential: key, key_file, key_env, sas, sas_file, sas_env \
+                     or identity",
                 ));
             }
         };
@@ -362,6 +409,63 @@ impl Ctx<'_> {
             credential,
             container: raw.container.map(Spanned::into_inner),
         })
+    }
+
+    fn discovery(&self, raw: RawDiscovery, at: usize) -> Result<DiscoveryConfig, ConfigError> {
+        let mut d = DiscoveryConfig::new(
+            raw.subscription.map(Spanned::into_inner),
+            raw.resource_group.map(Spanned::into_inner),
+        );
+        if d.resource_group.is_some() && d.subscription.is_none() {
+            return Err(self.err(
+                at,
+                "discovery.resource_group",
+                "a resource group needs its `subscription`",
+            ));
+        }
+        d.identity = self
+            .identity(raw.identity, raw.client_id, "discovery")?
+            .unwrap_or(Identity::Auto);
+        if let Some(e) = raw.resource_manager {
+            d.resource_manager = self.http_url(&e, "discovery.resource_manager")?;
+        }
+        Ok(d)
+    }
+
+    /// `identity = "..."` with an optional `client_id` (of a user-assigned managed identity).
+    fn identity(
+        &self,
+        kind: Field,
+        client_id: Field,
+        section: &str,
+    ) -> Result<Option<Identity>, ConfigError> {
+        let Some(kind) = kind else {
+            return match client_id {
+                Some(c) => Err(self.field_err(
+                    &c,
+                    &format!("{section}.client_id"),
+                    "needs `identity = \"managed-identity\"`",
+                )),
+                None => Ok(None),
+            };
+        };
+        Identity::parse(kind.get_ref(), client_id.map(Spanned::into_inner))
+            .map(Some)
+            .map_err(|e| self.field_err(&kind, &format!("{section}.identity"), e))
+    }
+
+    /// An http(s) endpoint without a query, returned without a trailing slash.
+    fn http_url(&self, e: &Spanned<String>, field: &str) -> Result<String, ConfigError> {
+        let url = reqwest::Url::parse(e.get_ref())
+            .map_err(|err| self.field_err(e, field, format!("not a URL: {err}")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.query().is_some() {
+            return Err(self.field_err(
+                e,
+                field,
+                "must be an http(s) URL without a query (put a SAS token in `sas`)",
+            ));
+        }
+        Ok(e.get_ref().trim_end_matches('/').to_string())
     }
 
     /// Resolves one secret given inline, as a file or as an environment variable.
@@ -439,7 +543,7 @@ fn valid_container_name(s: &str) -> bool {
 }
 
 /// `https://x.batch.azure.com/` -> `x.batch.azure.com`, as ARM shows `accountEndpoint`.
-fn host_only(endpoint: &str) -> String {
+pub fn host_only(endpoint: &str) -> String {
     let s = endpoint.trim();
     let s = s
         .strip_prefix("https://")

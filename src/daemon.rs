@@ -8,6 +8,7 @@
 //! an unreachable endpoint stop the mount with a clear message instead of surfacing later as
 //! EIO in someone's job.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -19,9 +20,10 @@ use fuser::{Config as FuseConfig, MountOption, SessionACL};
 
 use crate::MountArgs;
 use crate::blob::{BlobError, BlobStore, HttpBlobStore, RetryPolicy};
-use crate::config::{self, AccountConfig};
+use crate::config::AccountConfig;
 use crate::fs::{Account, Namespace, Options};
 use crate::fuse::FuseFs;
+use crate::sources::{SourceArgs, Sources};
 use crate::stats::{STATS_FILE, Stats};
 
 const CHILD_ENV: &str = "BATCHFS_DAEMON_CHILD";
@@ -164,8 +166,8 @@ fn spill_dir(args: &MountArgs) -> Result<std::path::PathBuf, String> {
 fn run_mount(args: &MountArgs, mut notify: Option<&mut std::io::Stdout>) -> Res {
     tune_allocator();
     init_logging(args)?;
-    let cfg = config::load(&args.config).map_err(|e| e.to_string())?;
-    for w in &cfg.warnings {
+    let sources = Sources::new(&args.sources)?;
+    for w in sources.warnings() {
         tracing::warn!("{w}");
         match notify.as_deref_mut() {
             Some(n) => {
@@ -187,10 +189,16 @@ fn run_mount(args: &MountArgs, mut notify: Option<&mut std::io::Stdout>) -> Res 
         deadline: secs("--timeout", args.timeout)?,
         ..RetryPolicy::default()
     };
+    let refresh = secs("--refresh", args.refresh)?;
     let rt = runtime()?;
     let stats = Arc::new(Stats::default());
-    let accounts = rt.block_on(connect_all(&cfg.accounts, &policy, &stats))?;
+    let found = rt.block_on(sources.accounts())?;
+    let mut stores = Stores::new(policy, stats.clone());
+    let accounts = rt.block_on(connect_all(&found, &mut stores))?;
     let ns = Arc::new(Namespace::new(accounts, opts, stats));
+    if sources.discovers() && !refresh.is_zero() {
+        rt.spawn(refresh_accounts(sources, stores, ns.clone(), refresh));
+    }
 
     // SAFETY: getuid/getgid cannot fail and touch no memory.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
@@ -222,7 +230,7 @@ fn run_mount(args: &MountArgs, mut notify: Option<&mut std::io::Stdout>) -> Res 
     fuse_cfg.clone_fd = true;
     let mut session = fuser::Session::new(fs, &mountpoint, &fuse_cfg)
         .map_err(|e| format!("cannot mount at {}: {e}", mountpoint.display()))?;
-    tracing::info!(mountpoint = %mountpoint.display(), accounts = cfg.accounts.len(), "mounted");
+    tracing::info!(mountpoint = %mountpoint.display(), accounts = found.len(), "mounted");
 
     let unmounter = session.unmount_callable();
     rt.spawn(unmount_on_signal(unmounter, mountpoint.clone()));
@@ -381,25 +389,104 @@ pub fn unmount(path: &Path, lazy: bool) -> Res {
     })
 }
 
-/// Builds each account's storage client and checks it answers, all accounts at once.
+/// The storage client of each account, kept across discovery refreshes so that open files
+/// go on working when keys rotate.
+struct Stores {
+    /// Account name → (storage account and endpoint, client).
+    by_account: HashMap<String, (String, Arc<HttpBlobStore>)>,
+    policy: RetryPolicy,
+    stats: Arc<Stats>,
+}
+
+impl Stores {
+    fn new(policy: RetryPolicy, stats: Arc<Stats>) -> Self {
+        Stores {
+            by_account: HashMap::new(),
+            policy,
+            stats,
+        }
+    }
+
+    /// The account's client: the one it had if its storage is the same (now with the
+    /// credential `a` gives), or a new one.
+    fn client(&mut self, a: &AccountConfig) -> Result<Option<Arc<HttpBlobStore>>, String> {
+        let Some(s) = &a.storage else {
+            self.by_account.remove(&a.name);
+            return Ok(None);
+        };
+        let what = |e| format!("account {}: storage {}: {e}", a.name, s.account);
+        let id = format!("{} {}", s.account, s.endpoint);
+        if let Some((known, store)) = self.by_account.get(&a.name)
+            && *known == id
+        {
+            store.set_credential(&s.credential).map_err(what)?;
+            return Ok(Some(store.clone()));
+        }
+        let store = HttpBlobStore::new(s, self.policy.clone(), self.stats.clone()).map_err(what)?;
+        let store = Arc::new(store);
+        self.by_account.insert(a.name.clone(), (id, store.clone()));
+        Ok(Some(store))
+    }
+}
+
+/// Builds each account's storage client and checks it answers, all accounts at once. An
+/// account from the accounts file that does not answer stops the mount; a discovered one is
+/// shown anyway (one broken account among dozens must not keep the others away).
 async fn connect_all(
     accounts: &[AccountConfig],
-    policy: &RetryPolicy,
-    stats: &Arc<Stats>,
+    stores: &mut Stores,
 ) -> Result<Vec<Account<HttpBlobStore>>, String> {
-    let checks = accounts.iter().map(|a| async move {
-        let Some(s) = &a.storage else {
-            return Ok(Account::new(a, None));
-        };
-        let store = HttpBlobStore::new(s, policy.clone(), stats.clone())
-            .map_err(|e| format!("account {}: storage {}: {e}", a.name, s.account))?;
-        check_storage(a, &store).await?;
-        Ok(Account::new(a, Some(Arc::new(store))))
+    let mut clients = Vec::new();
+    for a in accounts {
+        clients.push(stores.client(a)?);
+    }
+    let checks = accounts.iter().zip(clients).map(|(a, store)| async move {
+        if let Some(store) = &store
+            && let Err(e) = check_storage(a, store.as_ref()).await
+        {
+            if a.arm_body.is_none() {
+                return Err(e);
+            }
+            tracing::warn!("{e}");
+        }
+        Ok(Account::new(a, store))
     });
     futures::future::join_all(checks)
         .await
         .into_iter()
         .collect()
+}
+
+/// Re-reads the accounts every `every`: new accounts appear, removed ones disappear and
+/// rotated keys are used from then on. A failed refresh keeps what the mount shows.
+async fn refresh_accounts(
+    sources: Sources,
+    mut stores: Stores,
+    ns: Arc<Namespace<HttpBlobStore>>,
+    every: Duration,
+) {
+    loop {
+        tokio::time::sleep(every).await;
+        let found = match sources.accounts().await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!("refreshing the accounts failed (keeping the current ones): {e}");
+                continue;
+            }
+        };
+        let mut accounts = Vec::new();
+        for a in &found {
+            match stores.client(a) {
+                Ok(store) => accounts.push(Account::new(a, store)),
+                Err(e) => tracing::warn!("{e}"),
+            }
+        }
+        stores
+            .by_account
+            .retain(|name, _| found.iter().any(|a| &a.name == name));
+        tracing::info!(accounts = accounts.len(), "accounts refreshed");
+        ns.set_accounts(accounts);
+    }
 }
 
 /// One cheap request that proves the endpoint answers and the credential is accepted.
@@ -434,14 +521,15 @@ async fn check_storage<S: BlobStore>(a: &AccountConfig, store: &S) -> Res {
     })
 }
 
-pub fn accounts(path: &Path) -> Res {
-    let cfg = config::load(path).map_err(|e| e.to_string())?;
-    for w in &cfg.warnings {
+pub fn accounts(args: &SourceArgs) -> Res {
+    let sources = Sources::new(args)?;
+    for w in sources.warnings() {
         eprintln!("batchfs: warning: {w}");
     }
     let rt = runtime()?;
     let policy = RetryPolicy::default();
-    let rows = rt.block_on(futures::future::join_all(cfg.accounts.iter().map(|a| {
+    let found = rt.block_on(sources.accounts())?;
+    let rows = rt.block_on(futures::future::join_all(found.iter().map(|a| {
         let policy = policy.clone();
         async move {
             let status = match &a.storage {

@@ -7,9 +7,12 @@ pub mod blob;
 pub mod cache;
 pub mod config;
 pub mod daemon;
+pub mod discovery;
 pub mod fs;
 pub mod fuse;
+pub mod identity;
 pub mod secret;
+pub mod sources;
 pub mod spill;
 pub mod stats;
 pub mod write;
@@ -20,9 +23,11 @@ use clap::Args;
 
 #[derive(Args, Debug, Clone)]
 pub struct MountArgs {
-    /// Accounts file (TOML).
-    #[arg(long, default_value = config::DEFAULT_PATH)]
-    pub config: PathBuf,
+    #[command(flatten)]
+    pub sources: sources::SourceArgs,
+    /// Seconds between discovery refreshes (new, removed and rotated accounts); 0: never.
+    #[arg(long, default_value_t = 300.0)]
+    pub refresh: f64,
     /// Stay in the foreground (for systemd and debugging); logs go to stderr.
     #[arg(long, short = 'f')]
     pub foreground: bool,

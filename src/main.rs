@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use batchfs::{MountArgs, config, daemon};
+use batchfs::sources::SourceArgs;
+use batchfs::{MountArgs, daemon};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -31,10 +32,7 @@ enum Command {
     /// Print the running counters of a mount (requests, bytes, cache hits, ...).
     Stats { mountpoint: PathBuf },
     /// List the configured accounts and check that their storage answers.
-    Accounts {
-        #[arg(long, default_value = config::DEFAULT_PATH)]
-        config: PathBuf,
-    },
+    Accounts(SourceArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,7 +40,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Mount(args) => daemon::mount(args),
         Command::Unmount { lazy, mountpoint } => daemon::unmount(&mountpoint, lazy),
-        Command::Accounts { config } => daemon::accounts(&config),
+        Command::Accounts(sources) => daemon::accounts(&sources),
         Command::Stats { mountpoint } => daemon::stats(&mountpoint),
     };
     match result {

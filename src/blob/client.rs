@@ -32,6 +32,7 @@ use super::xml::{
 };
 use super::{BlobError, BlobProps, BlobStore, Condition, ContainerInfo, ListPage};
 use crate::config::{Credential, StorageConfig};
+use crate::identity::{STORAGE_SCOPE, TokenSource};
 use crate::stats::Stats;
 
 const API_VERSION: &str = "2023-11-03";
@@ -72,7 +73,8 @@ pub struct HttpBlobStore {
     base: Url,
     /// Path part of the endpoint without trailing slash: `/devstoreaccount1` on Azurite, `` on Azure.
     base_path: String,
-    credential: Credential,
+    /// Replaced in place when discovery sees rotated keys, so open files keep working.
+    auth: std::sync::RwLock<Auth>,
     policy: RetryPolicy,
     health: std::sync::Mutex<Health>,
     stats: Arc<Stats>,
@@ -132,6 +134,30 @@ impl<'a> Op<'a> {
     }
 }
 
+/// How each request is authorized.
+#[derive(Clone)]
+enum Auth {
+    SharedKey(crate::secret::Secret),
+    Sas(crate::secret::Secret),
+    Bearer(Arc<TokenSource>),
+}
+
+impl Auth {
+    fn from(cred: &Credential, current: Option<&Auth>) -> Result<Auth, BlobError> {
+        Ok(match cred {
+            Credential::SharedKey(k) => Auth::SharedKey(k.clone()),
+            Credential::Sas(s) => Auth::Sas(s.clone()),
+            Credential::Identity(id) => match current {
+                // The same identity keeps its cached token.
+                Some(Auth::Bearer(t)) if t.identity() == id => Auth::Bearer(t.clone()),
+                _ => Auth::Bearer(Arc::new(
+                    TokenSource::new(id, STORAGE_SCOPE).map_err(BlobError::Token)?,
+                )),
+            },
+        })
+    }
+}
+
 /// Whether storage answers, as far as the last operations could tell.
 #[derive(Default)]
 struct Health {
@@ -172,11 +198,22 @@ impl HttpBlobStore {
             account: cfg.account.clone(),
             base,
             base_path,
-            credential: cfg.credential.clone(),
+            auth: std::sync::RwLock::new(Auth::from(&cfg.credential, None)?),
             policy,
             health: std::sync::Mutex::new(Health::default()),
             stats,
         })
+    }
+
+    /// Uses `cred` from the next request on (e.g. a rotated key).
+    pub fn set_credential(&self, cred: &Credential) -> Result<(), BlobError> {
+        let mut auth = self.auth.write().unwrap_or_else(|p| p.into_inner());
+        *auth = Auth::from(cred, Some(&auth))?;
+        Ok(())
+    }
+
+    fn auth(&self) -> Auth {
+        self.auth.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn path_of(&self, op: &Op<'_>) -> String {
@@ -299,13 +336,16 @@ impl HttpBlobStore {
         Duration::from_millis(ms)
     }
 
+    /// Failures without an HTTP answer (those with one were logged as they came).
     fn log_failure(&self, op: &Op<'_>, err: &BlobError, attempt: u32, will_retry: bool) {
         let container = op.container.unwrap_or("");
         let blob = op.blob.unwrap_or("");
         match err {
-            BlobError::NotFound | BlobError::PreconditionFailed | BlobError::Conflict(_) => {
-                tracing::debug!(op = op.name, container, blob, error = %err, "storage answered")
-            }
+            BlobError::NotFound
+            | BlobError::PreconditionFailed
+            | BlobError::Conflict(_)
+            | BlobError::Denied { .. }
+            | BlobError::Status { .. } => {}
             _ => tracing::warn!(
                 op = op.name,
                 account = %self.account,
@@ -340,11 +380,11 @@ impl HttpBlobStore {
             .map(|(k, v)| format!("{k}={}", urlencoding::encode(v)))
             .collect();
         let mut headers = HeaderMap::new();
-        match &self.credential {
-            Credential::SharedKey(key) => {
+        match self.auth() {
+            Auth::SharedKey(key) => {
                 let auth = authorization(
                     &self.account,
-                    key,
+                    &key,
                     &SignInput {
                         method: op.method.as_str(),
                         content_length: op.body.len() as u64,
@@ -357,9 +397,17 @@ impl HttpBlobStore {
                     },
                 )
                 .map_err(|e| Failure::Final(BlobError::BadResponse(e)))?;
-                headers.insert(reqwest::header::AUTHORIZATION, header_value(&auth)?);
+                headers.insert(reqwest::header::AUTHORIZATION, sensitive(&auth)?);
             }
-            Credential::Sas(sas) => query.push(sas.expose().to_string()),
+            Auth::Sas(sas) => query.push(sas.expose().to_string()),
+            Auth::Bearer(source) => {
+                let token = source
+                    .token()
+                    .await
+                    .map_err(|e| Failure::Final(BlobError::Token(e)))?;
+                let value = sensitive(&format!("Bearer {}", token.expose()))?;
+                headers.insert(reqwest::header::AUTHORIZATION, value);
+            }
         }
         for (k, v) in &ms_headers {
             let name = HeaderName::from_bytes(k.as_bytes())
@@ -425,7 +473,40 @@ impl HttpBlobStore {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        Err(classify(status, code, retry_after))
+        let failure = classify(status, code, retry_after);
+        self.log_status(op, &failure, header_str(&headers, "x-ms-request-id"));
+        Err(failure)
+    }
+
+    /// One line per request storage refused, with what support needs to trace it.
+    fn log_status(&self, op: &Op<'_>, failure: &Failure, request_id: &str) {
+        let (err, will_retry) = match failure {
+            Failure::Retry(e, _) => (e, true),
+            Failure::Final(e) => (e, false),
+        };
+        let (container, blob) = (op.container.unwrap_or(""), op.blob.unwrap_or(""));
+        let (status, code) = match err {
+            BlobError::NotFound | BlobError::PreconditionFailed | BlobError::Conflict(_) => {
+                // Expected answers (a lookup of a new name, a lost race): not failures.
+                tracing::debug!(op = op.name, container, blob, request_id, error = %err, "storage answered");
+                return;
+            }
+            BlobError::Denied { status, code } | BlobError::Status { status, code } => {
+                (*status, code.as_str())
+            }
+            _ => (0, ""),
+        };
+        tracing::warn!(
+            op = op.name,
+            account = %self.account,
+            container,
+            blob,
+            status,
+            code,
+            request_id,
+            will_retry,
+            "storage request failed"
+        );
     }
 }
 
@@ -457,6 +538,13 @@ fn transport(e: reqwest::Error) -> Failure {
 fn header_value(v: &str) -> Result<HeaderValue, Failure> {
     HeaderValue::from_str(v)
         .map_err(|_| Failure::Final(BlobError::BadResponse("header value".into())))
+}
+
+/// A header value HTTP libraries will not print in their debug output.
+fn sensitive(v: &str) -> Result<HeaderValue, Failure> {
+    let mut value = header_value(v)?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 fn header_str<'h>(h: &'h HeaderMap, name: &str) -> &'h str {
@@ -654,7 +742,7 @@ impl BlobStore for HttpBlobStore {
             self.base_path,
             encode_blob_name(src)
         ));
-        if let Credential::Sas(sas) = &self.credential {
+        if let Auth::Sas(sas) = self.auth() {
             source.set_query(Some(sas.expose()));
         }
         let op = Op::new("copy", Method::PUT, Some(container), Some(dst))

@@ -85,6 +85,8 @@ pub enum BlobError {
     Timeout(Duration),
     #[error("unexpected response: {0}")]
     BadResponse(String),
+    #[error("no Entra ID token: {0}")]
+    Token(String),
 }
 
 /// What the filesystem needs from one storage account.

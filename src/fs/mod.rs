@@ -16,7 +16,7 @@ pub mod listing;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -214,6 +214,8 @@ pub struct Account<S> {
     json: Arc<[u8]>,
     keys: Option<Arc<[u8]>>,
     storage: Option<Storage<S>>,
+    /// When this description of the account was made: the mtime of its files.
+    seen: SystemTime,
 }
 
 struct Storage<S> {
@@ -231,6 +233,7 @@ impl<S> Account<S> {
                 store,
                 pinned: cfg.storage.as_ref().and_then(|s| s.container.clone()),
             }),
+            seen: SystemTime::now(),
         }
     }
 }
@@ -270,7 +273,9 @@ pub struct Opened {
 }
 
 pub struct Namespace<S> {
-    accounts: Vec<Account<S>>,
+    /// Slot `i` is `NodeKey::Account(i)`; a removed account leaves an empty slot, so the
+    /// inodes of the others stay valid.
+    accounts: RwLock<Vec<Option<Arc<Account<S>>>>>,
     opts: Options,
     inodes: Mutex<Inodes>,
     listings: Mutex<HashMap<u64, (Instant, Arc<Listing>)>>,
@@ -298,7 +303,7 @@ impl<S: BlobStore> Namespace<S> {
                 stats.clone(),
             )),
             stats,
-            accounts,
+            accounts: RwLock::new(accounts.into_iter().map(|a| Some(Arc::new(a))).collect()),
             opts,
             inodes: Mutex::new(Inodes::default()),
             listings: Mutex::new(HashMap::new()),
@@ -326,10 +331,39 @@ impl<S: BlobStore> Namespace<S> {
             .ok_or(FsError::NotFound)
     }
 
-    fn storage(&self, acct: usize) -> Result<&Storage<S>> {
-        self.accounts
-            .get(acct)
-            .and_then(|a| a.storage.as_ref())
+    /// Shows `fresh` from now on: accounts of a known name are replaced in their slot,
+    /// new ones are added and those no longer in `fresh` disappear.
+    pub fn set_accounts(&self, fresh: Vec<Account<S>>) {
+        let mut slots = self.accounts.write().unwrap_or_else(|p| p.into_inner());
+        let mut fresh: Vec<Option<Account<S>>> = fresh.into_iter().map(Some).collect();
+        for slot in slots.iter_mut() {
+            let Some(current) = slot.as_ref() else {
+                continue;
+            };
+            let same = fresh
+                .iter_mut()
+                .find(|f| f.as_ref().is_some_and(|f| f.name == current.name));
+            *slot = same.and_then(Option::take).map(Arc::new);
+        }
+        slots.extend(fresh.into_iter().flatten().map(|a| Some(Arc::new(a))));
+    }
+
+    fn account(&self, i: usize) -> Result<Arc<Account<S>>> {
+        let slots = self.accounts.read().unwrap_or_else(|p| p.into_inner());
+        slots.get(i).cloned().flatten().ok_or(FsError::NotFound)
+    }
+
+    fn live_accounts(&self) -> Vec<(usize, Arc<Account<S>>)> {
+        let slots = self.accounts.read().unwrap_or_else(|p| p.into_inner());
+        let live = slots.iter().enumerate();
+        live.filter_map(|(i, a)| Some((i, a.clone()?))).collect()
+    }
+
+    fn store(&self, acct: usize) -> Result<Arc<S>> {
+        let a = self.account(acct)?;
+        a.storage
+            .as_ref()
+            .map(|s| s.store.clone())
             .ok_or(FsError::NotFound)
     }
 
@@ -380,16 +414,17 @@ impl<S: BlobStore> Namespace<S> {
             NodeKey::Containers(_) => self.dir_attr(ino, 0o755, None),
             NodeKey::Dir { .. } => self.dir_attr(ino, 0o755, dir_mtime),
             NodeKey::Stats => self.file_attr(ino, 0, SystemTime::now(), 0o444),
-            NodeKey::AccountJson(a) => self.file_attr(
-                ino,
-                self.accounts[*a].json.len() as u64,
-                self.mount_time,
-                0o444,
-            ),
-            NodeKey::Keys(a) => {
-                let len = self.accounts[*a].keys.as_ref().map_or(0, |k| k.len());
-                self.file_attr(ino, len as u64, self.mount_time, 0o400)
-            }
+            NodeKey::AccountJson(a) => match self.account(*a) {
+                Ok(a) => self.file_attr(ino, a.json.len() as u64, a.seen, 0o444),
+                Err(_) => self.file_attr(ino, 0, self.mount_time, 0o444),
+            },
+            NodeKey::Keys(a) => match self.account(*a) {
+                Ok(a) => {
+                    let len = a.keys.as_ref().map_or(0, |k| k.len());
+                    self.file_attr(ino, len as u64, a.seen, 0o400)
+                }
+                Err(_) => self.file_attr(ino, 0, self.mount_time, 0o400),
+            },
             NodeKey::File { .. } => {
                 let perm = meta.and_then(|m| m.mode).unwrap_or(0o644);
                 if let Some(d) = self.draft_of(ino) {
@@ -403,11 +438,11 @@ impl<S: BlobStore> Namespace<S> {
     }
 
     fn storage_root(&self, acct: usize) -> NodeKey {
-        match self.accounts[acct]
-            .storage
-            .as_ref()
-            .and_then(|s| s.pinned.clone())
-        {
+        let pinned = self.account(acct).ok().and_then(|a| {
+            let s = a.storage.as_ref()?;
+            s.pinned.clone()
+        });
+        match pinned {
             Some(container) => NodeKey::Dir {
                 acct,
                 container,
@@ -421,12 +456,12 @@ impl<S: BlobStore> Namespace<S> {
         let key = self.key_of(parent)?;
         let child = match &key {
             NodeKey::Root if name == STATS_FILE => NodeKey::Stats,
-            NodeKey::Root => match self.accounts.iter().position(|a| a.name == name) {
-                Some(i) => NodeKey::Account(i),
+            NodeKey::Root => match self.live_accounts().iter().find(|(_, a)| a.name == name) {
+                Some((i, _)) => NodeKey::Account(*i),
                 None => return Err(FsError::NotFound),
             },
             NodeKey::Account(i) => {
-                let a = &self.accounts[*i];
+                let a = self.account(*i)?;
                 match name {
                     "account.json" => NodeKey::AccountJson(*i),
                     "keys" if a.keys.is_some() => NodeKey::Keys(*i),
@@ -481,7 +516,7 @@ impl<S: BlobStore> Namespace<S> {
         prefix: &str,
         name: &str,
     ) -> Result<Attr> {
-        let store = &self.storage(acct)?.store;
+        let store = &self.store(acct)?;
         let full = format!("{prefix}{name}");
         let dir_prefix = format!("{full}/");
         let (head, list) = tokio::join!(
@@ -528,7 +563,7 @@ impl<S: BlobStore> Namespace<S> {
                 .is_none_or(|m| m.fetched.elapsed() >= self.opts.attr_ttl)
             && self.draft_of(ino).is_none()
         {
-            let props = self.storage(*acct)?.store.head(container, name).await?;
+            let props = self.store(*acct)?.head(container, name).await?;
             let meta = self.remember(ino, &props);
             return Ok(self.attr_from(ino, &key, Some(&meta), None));
         }
@@ -608,11 +643,13 @@ impl<S: BlobStore> Namespace<S> {
     async fn listing_locked(&self, ino: u64) -> Result<Arc<Listing>> {
         let key = self.key_of(ino)?;
         let entries = match &key {
-            NodeKey::Root => (0..self.accounts.len())
-                .map(|i| self.entry(&self.accounts[i].name, NodeKey::Account(i), ino, None))
+            NodeKey::Root => self
+                .live_accounts()
+                .into_iter()
+                .map(|(i, a)| self.entry(&a.name, NodeKey::Account(i), ino, None))
                 .collect(),
             NodeKey::Account(i) => {
-                let a = &self.accounts[*i];
+                let a = self.account(*i)?;
                 let mut v = vec![self.entry("account.json", NodeKey::AccountJson(*i), ino, None)];
                 if a.keys.is_some() {
                     v.push(self.entry("keys", NodeKey::Keys(*i), ino, None));
@@ -626,7 +663,7 @@ impl<S: BlobStore> Namespace<S> {
                 if let Some(e) = self.fresh_listing(ino) {
                     return Ok(e);
                 }
-                let containers = self.storage(*acct)?.store.list_containers().await?;
+                let containers = self.store(*acct)?.list_containers().await?;
                 let v = containers
                     .into_iter()
                     .map(|c| {
@@ -651,7 +688,7 @@ impl<S: BlobStore> Namespace<S> {
                 if let Some(e) = self.fresh_listing(ino) {
                     return Ok(e);
                 }
-                let store = &self.storage(*acct)?.store;
+                let store = &self.store(*acct)?;
                 let page = blob::list_all(store.as_ref(), container, prefix, Some("/")).await?;
                 let v = listing::entries(prefix, page)
                     .into_iter()
@@ -740,11 +777,18 @@ impl<S: BlobStore> Namespace<S> {
                 direct_io = true;
                 Handle::Static(self.stats.to_json().into_bytes().into())
             }
-            NodeKey::AccountJson(a) => Handle::Static(self.accounts[a].json.clone()),
-            NodeKey::Keys(a) => match &self.accounts[a].keys {
-                Some(k) => Handle::Static(k.clone()),
-                None => return Err(FsError::NotFound),
-            },
+            // Rotated keys keep their length: the kernel must not keep the old pages.
+            NodeKey::AccountJson(a) => {
+                keep_cache = false;
+                Handle::Static(self.account(a)?.json.clone())
+            }
+            NodeKey::Keys(a) => {
+                keep_cache = false;
+                match &self.account(a)?.keys {
+                    Some(k) => Handle::Static(k.clone()),
+                    None => return Err(FsError::NotFound),
+                }
+            }
             NodeKey::File {
                 acct,
                 container,
@@ -760,7 +804,7 @@ impl<S: BlobStore> Namespace<S> {
                     return Ok(self.draft_handle(ino, draft));
                 }
                 // Close-to-open: always ask storage, and pin what it says for every read.
-                let store = self.storage(acct)?.store.clone();
+                let store = self.store(acct)?;
                 let props = store.head(&container, &name).await?;
                 self.remember(ino, &props);
                 if write {
@@ -814,7 +858,7 @@ impl<S: BlobStore> Namespace<S> {
         base: Option<&BlobProps>,
     ) -> Result<Draft<S>> {
         Ok(Draft::new(
-            self.storage(acct)?.store.clone(),
+            self.store(acct)?,
             self.cache.clone(),
             self.stats.clone(),
             self.opts.spill_dir.clone(),
@@ -1109,7 +1153,7 @@ impl<S: BlobStore> Namespace<S> {
         let draft = match self.draft_of(ino) {
             Some(d) => d,
             None => {
-                let props = self.storage(acct)?.store.head(&container, &name).await?;
+                let props = self.store(acct)?.head(&container, &name).await?;
                 self.remember(ino, &props);
                 Arc::new(self.new_draft(acct, &container, &name, Some(&props))?)
             }
@@ -1140,7 +1184,7 @@ impl<S: BlobStore> Namespace<S> {
             if !valid_container(name) {
                 return Err(FsError::Invalid);
             }
-            match self.storage(acct)?.store.create_container(name).await {
+            match self.store(acct)?.create_container(name).await {
                 Err(BlobError::Conflict(_)) => return Err(FsError::Exists),
                 r => r?,
             }
@@ -1160,7 +1204,7 @@ impl<S: BlobStore> Namespace<S> {
         }
         let marker = format!("{prefix}{name}/");
         let metadata = [("hdi_isfolder".to_string(), "true".to_string())].into();
-        let store = &self.storage(acct)?.store;
+        let store = &self.store(acct)?;
         let put = store.put(
             &container,
             &marker,
@@ -1191,7 +1235,7 @@ impl<S: BlobStore> Namespace<S> {
     pub async fn rmdir(&self, parent: u64, name: &str) -> Result<()> {
         self.check_writable()?;
         if let NodeKey::Containers(acct) = self.key_of(parent)? {
-            let store = &self.storage(acct)?.store;
+            let store = &self.store(acct)?;
             let page = store.list(name, "", None, None, Some(1)).await?;
             if !page.blobs.is_empty() {
                 return Err(FsError::NotEmpty);
@@ -1202,7 +1246,7 @@ impl<S: BlobStore> Namespace<S> {
         }
         let (acct, container, prefix) = self.dir_target(parent)?;
         let dir = format!("{prefix}{name}/");
-        let store = &self.storage(acct)?.store;
+        let store = &self.store(acct)?;
         let legacy = format!("{prefix}{name}");
         let (page, head) = tokio::join!(
             store.list(&container, &dir, Some("/"), None, Some(2)),
@@ -1267,8 +1311,7 @@ impl<S: BlobStore> Namespace<S> {
         // A new file of this name is a new inode; the old one lives on for its open handles.
         lock(&self.inodes).detach(&key);
         let deleted = self
-            .storage(acct)?
-            .store
+            .store(acct)?
             .delete(&container, &full, blob::Condition::None)
             .await;
         match &deleted {
@@ -1308,7 +1351,7 @@ impl<S: BlobStore> Namespace<S> {
         if dst.is_some() && no_replace {
             return Err(FsError::Exists);
         }
-        let store = self.storage(acct)?.store.clone();
+        let store = self.store(acct)?;
         let (from, to) = (format!("{prefix}{name}"), format!("{prefix2}{new_name}"));
         match src.kind {
             Kind::File => {

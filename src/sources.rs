@@ -1,0 +1,188 @@
+//! Which accounts a mount shows: the accounts file, Azure Resource Manager discovery, and on
+//! a Batch compute node the node's own account (`AZ_BATCH_ACCOUNT_NAME`/`_URL`).
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::config::{self, AccountConfig, Config, DiscoveryConfig};
+use crate::discovery::{self, Arm};
+use crate::identity::Identity;
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct SourceArgs {
+    /// Accounts file (TOML). Default /etc/batchfs/accounts.toml; it may be absent when
+    /// --subscription or --node give the accounts.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Discover the Batch accounts of this subscription through Azure Resource Manager.
+    #[arg(long)]
+    pub subscription: Option<String>,
+    /// Only discover accounts in this resource group (needs --subscription).
+    #[arg(long, requires = "subscription")]
+    pub resource_group: Option<String>,
+    /// Entra ID identity for discovery: auto, managed-identity, azure-cli or service-principal.
+    #[arg(long)]
+    pub identity: Option<String>,
+    /// Client id of the user-assigned managed identity to use.
+    #[arg(long)]
+    pub client_id: Option<String>,
+    /// Azure Resource Manager endpoint (other clouds, or a test server).
+    #[arg(long)]
+    pub arm_endpoint: Option<String>,
+    /// On a Batch compute node: mount the node's own account (AZ_BATCH_ACCOUNT_NAME and
+    /// AZ_BATCH_ACCOUNT_URL), its storage from the accounts file or the node's identity.
+    #[arg(long)]
+    pub node: bool,
+}
+
+/// The node's account, from the variables Batch sets for every task.
+#[derive(Debug, Clone)]
+struct NodeAccount {
+    name: String,
+    endpoint: Option<String>,
+}
+
+pub struct Sources {
+    config: Config,
+    config_path: PathBuf,
+    arm: Option<Arm>,
+    node: Option<NodeAccount>,
+}
+
+impl Sources {
+    /// Reads the accounts file and the flags; nothing is asked of Azure yet.
+    pub fn new(args: &SourceArgs) -> Result<Sources, String> {
+        let explicit = args.config.is_some();
+        let config_path = args
+            .config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
+        let others = args.subscription.is_some() || args.node;
+        let config = if !explicit && others && !config_path.exists() {
+            Config::default()
+        } else {
+            config::load(&config_path).map_err(|e| e.to_string())?
+        };
+        let node = match args.node {
+            true => Some(node_account()?),
+            false => None,
+        };
+        let discovery = discovery_scope(args, config.discovery.clone(), node.is_some())?;
+        let arm = match &discovery {
+            Some(d) => Some(Arm::new(d).map_err(|e| format!("discovery: {e}"))?),
+            None => None,
+        };
+        if config.accounts.is_empty() && arm.is_none() {
+            return Err(format!(
+                "no accounts: {} lists none; add [[account]] or [discovery], or use \
+                 --subscription or --node",
+                config_path.display()
+            ));
+        }
+        Ok(Sources {
+            config,
+            config_path,
+            arm,
+            node,
+        })
+    }
+
+    pub fn warnings(&self) -> &[String] {
+        &self.config.warnings
+    }
+
+    /// Whether the accounts can change while mounted (discovery is in use).
+    pub fn discovers(&self) -> bool {
+        self.arm.is_some()
+    }
+
+    /// The accounts to show now.
+    pub async fn accounts(&self) -> Result<Vec<AccountConfig>, String> {
+        let Some(node) = &self.node else {
+            let found = match &self.arm {
+                Some(arm) => arm
+                    .discover(None)
+                    .await
+                    .map_err(|e| format!("discovery: {e}"))?,
+                None => Vec::new(),
+            };
+            return discovery::merge(&self.config.accounts, found);
+        };
+        if let Some(a) = self.config.accounts.iter().find(|a| a.name == node.name) {
+            let mut a = a.clone();
+            a.endpoint = a.endpoint.or_else(|| node.endpoint.clone());
+            return Ok(vec![a]);
+        }
+        let found = match &self.arm {
+            Some(arm) => arm.discover(Some(&node.name)).await,
+            None => Err("no discovery".into()),
+        };
+        match found {
+            Ok(v) if !v.is_empty() => Ok(v),
+            Ok(_) => Err(format!(
+                "--node: account {} is not in {} and the node's identity sees no Batch \
+                 account of that name",
+                node.name,
+                self.config_path.display()
+            )),
+            Err(e) => Err(format!(
+                "--node: account {} is not in {}, and discovery with the node's identity \
+                 failed: {e}",
+                node.name,
+                self.config_path.display()
+            )),
+        }
+    }
+}
+
+fn node_account() -> Result<NodeAccount, String> {
+    let name = std::env::var("AZ_BATCH_ACCOUNT_NAME")
+        .map_err(|_| "--node: AZ_BATCH_ACCOUNT_NAME is not set (not on a Batch node?)")?;
+    let name = name.trim().to_ascii_lowercase();
+    if !config::valid_account_name(&name) {
+        return Err(format!(
+            "--node: AZ_BATCH_ACCOUNT_NAME `{name}` is not a Batch account name"
+        ));
+    }
+    let endpoint = std::env::var("AZ_BATCH_ACCOUNT_URL")
+        .ok()
+        .map(|u| config::host_only(&u))
+        .filter(|u| !u.is_empty());
+    Ok(NodeAccount { name, endpoint })
+}
+
+/// Discovery settings: the file's `[discovery]`, overridden by flags. A node always may
+/// discover (with its own identity) in case the file does not describe its account.
+fn discovery_scope(
+    args: &SourceArgs,
+    from_file: Option<DiscoveryConfig>,
+    node: bool,
+) -> Result<Option<DiscoveryConfig>, String> {
+    let wanted = from_file.is_some()
+        || args.subscription.is_some()
+        || args.identity.is_some()
+        || args.arm_endpoint.is_some()
+        || node;
+    if !wanted {
+        return Ok(None);
+    }
+    let mut d = from_file.unwrap_or_else(|| DiscoveryConfig::new(None, None));
+    if let Some(s) = &args.subscription {
+        d.subscription = Some(s.clone());
+        d.resource_group = args.resource_group.clone();
+    }
+    if args.identity.is_some() || args.client_id.is_some() {
+        let kind = args.identity.as_deref().unwrap_or("auto");
+        d.identity = Identity::parse(kind, args.client_id.clone())
+            .map_err(|e| format!("--identity: {e}"))?;
+    }
+    if let Some(e) = &args.arm_endpoint {
+        let url = reqwest::Url::parse(e).map_err(|err| format!("--arm-endpoint {e}: {err}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("--arm-endpoint {e}: not an http(s) URL"));
+        }
+        d.resource_manager = e.trim_end_matches('/').to_string();
+    }
+    Ok(Some(d))
+}

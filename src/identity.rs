@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use azure_core::credentials::TokenCredential;
+use azure_core::http::RetryOptions;
 use azure_identity::{
     AzureCliCredential, ClientSecretCredential, ManagedIdentityCredential,
     ManagedIdentityCredentialOptions, UserAssignedId,
@@ -72,15 +73,23 @@ impl Identity {
         }
     }
 
+    /// Compares as configured (`Auto` stays `Auto`), for reusing a token source.
+    fn same_as(&self, other: &Identity) -> bool {
+        self == other || self.resolve() == other.resolve()
+    }
+
     fn credential(&self) -> Result<Arc<dyn TokenCredential>, String> {
         let resolved = self.resolve();
         let cred: Arc<dyn TokenCredential> = match &resolved {
             Identity::Managed(client_id) => {
-                ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
+                let mut options = ManagedIdentityCredentialOptions {
                     user_assigned_id: client_id.clone().map(UserAssignedId::ClientId),
                     ..Default::default()
-                }))
-                .map_err(|e| e.to_string())?
+                };
+                // Our own deadline bounds the fetch; a failing endpoint should say so now
+                // rather than after retries that outlast it.
+                options.client_options.retry = RetryOptions::none();
+                ManagedIdentityCredential::new(Some(options)).map_err(|e| e.to_string())?
             }
             Identity::Cli => AzureCliCredential::new(None).map_err(|e| e.to_string())?,
             Identity::ServicePrincipal => {
@@ -135,7 +144,8 @@ impl fmt::Debug for TokenSource {
 impl TokenSource {
     pub fn new(identity: &Identity, scope: &str) -> Result<Self, String> {
         Ok(TokenSource {
-            identity: identity.clone(),
+            // As resolved, so messages name the credential really in use.
+            identity: identity.resolve(),
             credential: identity
                 .credential()
                 .map_err(|e| format!("{identity}: {e}"))?,
@@ -144,8 +154,8 @@ impl TokenSource {
         })
     }
 
-    pub fn identity(&self) -> &Identity {
-        &self.identity
+    pub fn serves(&self, identity: &Identity) -> bool {
+        self.identity.same_as(identity)
     }
 
     /// A token valid for at least a few more minutes.

@@ -149,7 +149,7 @@ impl Auth {
             Credential::Sas(s) => Auth::Sas(s.clone()),
             Credential::Identity(id) => match current {
                 // The same identity keeps its cached token.
-                Some(Auth::Bearer(t)) if t.identity() == id => Auth::Bearer(t.clone()),
+                Some(Auth::Bearer(t)) if t.serves(id) => Auth::Bearer(t.clone()),
                 _ => Auth::Bearer(Arc::new(
                     TokenSource::new(id, STORAGE_SCOPE).map_err(BlobError::Token)?,
                 )),

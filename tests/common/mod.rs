@@ -11,6 +11,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub mod arm;
+
 use batchfs::blob::{BlobStore, Condition, HttpBlobStore, RetryPolicy};
 use batchfs::config::StorageConfig;
 use batchfs::secret::Secret;
@@ -42,8 +44,24 @@ pub struct Azurite {
     _dir: tempfile::TempDir,
 }
 
+/// How to run Azurite when the defaults (in memory, devstoreaccount1, HTTP) do not serve.
+#[derive(Default, Clone)]
+pub struct AzuriteOpts {
+    /// `AZURITE_ACCOUNTS`: `name:key1[:key2];...`.
+    pub accounts: Option<String>,
+    /// Keep data on disk here, so a restart (e.g. with other keys) keeps it.
+    pub location: Option<PathBuf>,
+    /// HTTPS with this certificate and key, and `--oauth basic`.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub port: Option<u16>,
+}
+
 impl Azurite {
     pub fn start() -> Azurite {
+        Azurite::start_with(&AzuriteOpts::default())
+    }
+
+    pub fn start_with(opts: &AzuriteOpts) -> Azurite {
         let main = azurite_main();
         assert!(
             main.exists(),
@@ -52,12 +70,23 @@ impl Azurite {
         );
         for _ in 0..5 {
             let dir = tempfile::tempdir().expect("tempdir");
-            let port = free_port();
-            let child = Command::new("node")
-                .arg(&main)
+            let port = opts.port.unwrap_or_else(free_port);
+            let mut cmd = Command::new("node");
+            cmd.arg(&main)
                 .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
-                .args(["--inMemoryPersistence", "--extentMemoryLimit", "4096"])
-                .args(["--skipApiVersionCheck", "--loose", "--disableTelemetry"])
+                .args(["--skipApiVersionCheck", "--loose", "--disableTelemetry"]);
+            match &opts.location {
+                Some(l) => cmd.arg("--location").arg(l),
+                None => cmd.args(["--inMemoryPersistence", "--extentMemoryLimit", "4096"]),
+            };
+            if let Some((cert, key)) = &opts.tls {
+                cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+                cmd.args(["--oauth", "basic"]);
+            }
+            if let Some(a) = &opts.accounts {
+                cmd.env("AZURITE_ACCOUNTS", a);
+            }
+            let child = cmd
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -79,6 +108,20 @@ impl Azurite {
             }
         }
         panic!("Azurite did not start");
+    }
+
+    /// Stops Azurite the way a service manager would (SIGTERM), so that its data on disk
+    /// is saved, and waits until it has exited.
+    pub fn stop(mut self) {
+        self.signal("TERM");
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("Azurite did not stop on SIGTERM");
     }
 
     pub fn endpoint(&self) -> String {
@@ -121,7 +164,11 @@ pub struct Seeder {
 
 impl Seeder {
     pub fn new(endpoint: &str) -> Seeder {
-        let cfg = StorageConfig::with_key(DEV_ACCOUNT, endpoint, Secret::new(DEV_KEY));
+        Seeder::for_account(DEV_ACCOUNT, endpoint, DEV_KEY)
+    }
+
+    pub fn for_account(account: &str, endpoint: &str, key: &str) -> Seeder {
+        let cfg = StorageConfig::with_key(account, endpoint, Secret::new(key));
         let store =
             HttpBlobStore::new(&cfg, RetryPolicy::default(), Default::default()).expect("client");
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -262,7 +309,13 @@ impl Mount {
     }
 
     pub fn mount_cmd(&self, extra: &[&str]) -> Output {
+        self.mount_env(extra, &[])
+    }
+
+    /// `batchfs mount` with extra flags and environment.
+    pub fn mount_env(&self, extra: &[&str], env: &[(String, String)]) -> Output {
         Command::new(BIN)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .arg("mount")
             .arg("--config")
             .arg(&self.config)

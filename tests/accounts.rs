@@ -1,0 +1,304 @@
+//! Where accounts come from: Azure Resource Manager discovery (against a local fake ARM),
+//! Entra ID tokens for storage (against Azurite over HTTPS with `--oauth basic`), and a
+//! compute node's own account.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::arm::{FakeArm, FakeBatch, FakeStorage, State};
+use common::*;
+use serde_json::Value;
+
+const SUB: &str = "11111111-2222-3333-4444-555555555555";
+const TOKEN: &str = "arm-token-secret-0d9c7e";
+
+fn key(tag: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(format!("batchfs-test-key-{tag}-{:0>40}", tag))
+}
+
+fn batch(name: &str, storage: Option<&str>) -> FakeBatch {
+    FakeBatch {
+        name: name.into(),
+        resource_group: "rg-render".into(),
+        storage: storage.map(str::to_string),
+        storage_mode: None,
+        modes: None,
+        primary: format!("batch-primary-{name}-secret1"),
+        secondary: format!("batch-secondary-{name}-secret2"),
+    }
+}
+
+/// A discovery setup: Azurite holding storage account `batchsto1` (key A), and a fake ARM
+/// with three Batch accounts: `render` linked to it, `plain` without storage and `aadonly`
+/// whose keys may not be read.
+struct World {
+    az: Option<Azurite>,
+    az_opts: AzuriteOpts,
+    _az_dir: tempfile::TempDir,
+    arm: FakeArm,
+}
+
+impl World {
+    fn new() -> World {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut opts = AzuriteOpts {
+            accounts: Some(format!("batchsto1:{}", key("A"))),
+            location: Some(dir.path().to_path_buf()),
+            ..Default::default()
+        };
+        let az = Azurite::start_with(&opts);
+        opts.port = Some(az.port);
+        let blob = format!("http://127.0.0.1:{}/batchsto1/", az.port);
+        let mut aad = batch("aadonly", None);
+        aad.modes = Some(vec!["AAD", "TaskAuthenticationToken"]);
+        let arm = FakeArm::start(State {
+            subscription: SUB.into(),
+            token: TOKEN.into(),
+            batch: vec![
+                batch("render", Some("batchsto1")),
+                batch("plain", None),
+                aad,
+            ],
+            storage: vec![FakeStorage {
+                name: "batchsto1".into(),
+                resource_group: "rg-render".into(),
+                blob_endpoint: blob,
+                keys: vec![
+                    ("key1".into(), key("R"), "READ".into()),
+                    ("key2".into(), key("A"), "FULL".into()),
+                ],
+            }],
+            ..Default::default()
+        });
+        World {
+            az: Some(az),
+            az_opts: opts,
+            _az_dir: dir,
+            arm,
+        }
+    }
+
+    fn seeder(&self, k: &str) -> Seeder {
+        let az = self.az.as_ref().expect("azurite runs");
+        Seeder::for_account(
+            "batchsto1",
+            &format!("http://127.0.0.1:{}/batchsto1", az.port),
+            &key(k),
+        )
+    }
+
+    fn mount(&self, config: &str, extra: &[&str]) -> Mount {
+        let m = Mount::prepare(config);
+        let mut args = vec![
+            "--arm-endpoint",
+            &*Box::leak(self.arm.endpoint().into_boxed_str()),
+        ];
+        args.extend_from_slice(extra);
+        let out = m.mount_env(&args, &self.arm.identity_env());
+        assert!(
+            out.status.success(),
+            "mount failed: {}\nlog:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            m.log_text()
+        );
+        m
+    }
+
+    fn no_violations(&self) {
+        let v = self.arm.with(|s| s.violations.clone());
+        assert!(v.is_empty(), "requests a real ARM would refuse: {v:#?}");
+    }
+}
+
+fn wait_for(m: &Mount, what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}; log:\n{}",
+            m.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn ls(m: &Mount, rel: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(m.p(rel))
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn discovery_shows_accounts_follows_rotation_and_removal() {
+    let mut w = World::new();
+    let seeder = w.seeder("A");
+    seeder.container("inputs");
+    seeder.put("inputs", "scene/frame1.exr", &b"frame one"[..]);
+    let config = "[[account]]\nname = \"fromfile\"\nprimary_key = \"ZmlsZS1rZXk=\"\n";
+    let m = w.mount(
+        config,
+        &[
+            "--subscription",
+            SUB,
+            "--refresh",
+            "1",
+            "--log-level",
+            "debug",
+        ],
+    );
+
+    // The tree: both sources, paged listing followed to the end.
+    assert_eq!(ls(&m, ""), ["aadonly", "fromfile", "plain", "render"]);
+    assert_eq!(ls(&m, "render"), ["account.json", "keys", "storage"]);
+    assert_eq!(ls(&m, "plain"), ["account.json", "keys"]);
+    assert_eq!(ls(&m, "aadonly"), ["account.json"], "keys are not read");
+    let shown: Value =
+        serde_json::from_slice(&std::fs::read(m.p("render/account.json")).unwrap()).unwrap();
+    assert_eq!(
+        shown,
+        w.arm.batch_body("render"),
+        "account.json is the ARM body"
+    );
+    let keys: Value = serde_json::from_slice(&std::fs::read(m.p("render/keys")).unwrap()).unwrap();
+    assert_eq!(keys["primary"], "batch-primary-render-secret1");
+    assert_eq!(
+        std::fs::read(m.p("render/storage/inputs/scene/frame1.exr")).unwrap(),
+        b"frame one"
+    );
+    ok(m.sh("echo written > render/storage/inputs/new.txt"));
+    assert_eq!(seeder.get("inputs", "new.txt"), b"written\n");
+    let resources = w.arm.with(|s| s.token_resources.clone());
+    assert!(
+        resources.iter().all(|r| r == &w.arm.endpoint()),
+        "{resources:?}"
+    );
+
+    // Keys rotate: Batch keys change, and the storage account's full key becomes key B,
+    // the only one Azurite accepts after its restart. An open file survives the switch.
+    let mut open = std::fs::File::open(m.p("render/storage/inputs/scene/frame1.exr")).unwrap();
+    w.arm.with(|s| {
+        s.batch[0].primary = "batch-primary-render-rotated".into();
+        s.storage[0].keys = vec![
+            ("key1".into(), key("B"), "Full".into()),
+            ("key2".into(), key("R"), "READ".into()),
+        ];
+    });
+    w.az.take().expect("azurite").stop();
+    w.az_opts.accounts = Some(format!("batchsto1:{}", key("B")));
+    w.az = Some(Azurite::start_with(&w.az_opts));
+    wait_for(&m, "rotated keys", || {
+        std::fs::read_to_string(m.p("render/keys")).is_ok_and(|k| k.contains("rotated"))
+    });
+    let mut text = String::new();
+    use std::io::Read;
+    wait_for(&m, "storage with the new key", || {
+        std::fs::read(m.p("render/storage/inputs/new.txt")).is_ok()
+    });
+    open.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "frame one");
+    ok(m.sh("echo after > render/storage/inputs/after.txt"));
+    assert_eq!(w.seeder("B").get("inputs", "after.txt"), b"after\n");
+
+    // An account deleted in Azure disappears; the others stay.
+    w.arm.with(|s| s.batch.retain(|b| b.name != "plain"));
+    wait_for(&m, "plain to disappear", || !m.p("plain").exists());
+    assert_eq!(ls(&m, ""), ["aadonly", "fromfile", "render"]);
+    assert!(m.p("render/storage/inputs/after.txt").exists());
+    w.no_violations();
+
+    // Nothing secret reached the log, even at debug level.
+    let log = m.log_text();
+    assert!(log.contains("accounts refreshed"), "{log}");
+    for secret in [
+        TOKEN,
+        common::arm::IDENTITY_HEADER,
+        &key("A"),
+        &key("B"),
+        "batch-primary-render",
+        "batch-secondary",
+        "ZmlsZS1rZXk=",
+    ] {
+        assert!(!log.contains(secret), "the log shows a secret: {secret}");
+    }
+}
+
+#[test]
+fn a_name_in_both_sources_is_an_error_naming_both() {
+    let w = World::new();
+    let m = Mount::prepare("\n[[account]]\nname = \"render\"\n");
+    let ep = w.arm.endpoint();
+    let out = m.mount_env(
+        &["--subscription", SUB, "--arm-endpoint", &ep],
+        &w.arm.identity_env(),
+    );
+    let err = fails(out);
+    assert!(err.contains("render"), "{err}");
+    assert!(err.contains("accounts.toml:2"), "{err}");
+    assert!(err.contains(&format!("subscription {SUB}")), "{err}");
+}
+
+#[test]
+fn a_failing_identity_stops_the_mount_with_a_clear_error() {
+    let w = World::new();
+    w.arm.with(|s| s.token_broken = true);
+    let m = Mount::prepare("");
+    let ep = w.arm.endpoint();
+    let start = Instant::now();
+    let err = fails(m.mount_env(
+        &["--subscription", SUB, "--arm-endpoint", &ep],
+        &w.arm.identity_env(),
+    ));
+    assert!(err.contains("managed identity"), "{err}");
+    assert!(!err.contains(common::arm::IDENTITY_HEADER), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(60));
+}
+
+#[test]
+fn node_mounts_its_own_account_found_through_its_identity() {
+    let w = World::new();
+    w.seeder("A").container("jobdata");
+    let m = Mount::prepare("");
+    let ep = w.arm.endpoint();
+    let mut env = w.arm.identity_env();
+    env.push(("AZ_BATCH_ACCOUNT_NAME".into(), "render".into()));
+    env.push((
+        "AZ_BATCH_ACCOUNT_URL".into(),
+        "https://render.westeurope.batch.azure.com".into(),
+    ));
+    ok(m.mount_env(&["--node", "--arm-endpoint", &ep], &env));
+    assert_eq!(ls(&m, ""), ["render"], "only the node's account");
+    assert_eq!(ls(&m, "render/storage"), ["jobdata"]);
+    let calls = w.arm.with(|s| s.calls.clone());
+    assert_eq!(
+        calls[0], "GET /subscriptions",
+        "found without a subscription: {calls:?}"
+    );
+    w.no_violations();
+}
+
+#[test]
+fn node_takes_storage_from_the_config_file() {
+    let az = Azurite::start();
+    az.store().container("shared");
+    let cfg = config_for(&az, "").replace("name = \"alpha\"", "name = \"nodeacct\"");
+    let m = Mount::prepare(&cfg);
+    let env = [
+        ("AZ_BATCH_ACCOUNT_NAME".to_string(), "nodeacct".to_string()),
+        (
+            "AZ_BATCH_ACCOUNT_URL".to_string(),
+            "https://nodeacct.westeurope.batch.azure.com".to_string(),
+        ),
+    ];
+    ok(m.mount_env(&["--node"], &env));
+    assert_eq!(ls(&m, ""), ["nodeacct"]);
+    assert_eq!(ls(&m, "nodeacct/storage"), ["shared"]);
+    let err = fails(m.mount_env(&["--node"], &[]));
+    assert!(err.contains("AZ_BATCH_ACCOUNT_NAME"), "{err}");
+}

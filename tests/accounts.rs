@@ -302,3 +302,108 @@ fn node_takes_storage_from_the_config_file() {
     let err = fails(m.mount_env(&["--node"], &[]));
     assert!(err.contains("AZ_BATCH_ACCOUNT_NAME"), "{err}");
 }
+
+/// A JWT of the shape Entra ID issues for storage; Azurite's `--oauth basic` checks its
+/// audience, issuer and lifetime (not its signature).
+fn storage_jwt() -> String {
+    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let header = serde_json::json!({"alg": "RS256", "typ": "JWT"});
+    let claims = serde_json::json!({
+        "aud": "https://storage.azure.com",
+        "iss": "https://sts.windows.net/ab1f708d-50f6-404c-a006-d71b2ac7a606/",
+        "iat": now - 60, "nbf": now - 60, "exp": now + 3600,
+        "oid": "5e0a6a5c-1111-2222-3333-444444444444",
+        "tid": "ab1f708d-50f6-404c-a006-d71b2ac7a606",
+    });
+    format!(
+        "{}.{}.c2lnbmF0dXJlLW5vdC1jaGVja2Vk",
+        b64(&header),
+        b64(&claims)
+    )
+}
+
+/// A CA and a certificate for 127.0.0.1 signed by it; returns (ca, cert, key).
+fn make_tls(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let script = r#"
+set -e
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=batchfs-test-ca \
+    -keyout ca.key -out ca.pem 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout key.pem -out req.csr 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' > ext.cnf
+openssl x509 -req -in req.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+    -extfile ext.cnf -out cert.pem 2>/dev/null
+"#;
+    ok(sh_in(dir, script));
+    (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    )
+}
+
+#[test]
+fn storage_with_entra_id_tokens_over_https() {
+    let tls_dir = tempfile::tempdir().unwrap();
+    let (ca, cert, tls_key) = make_tls(tls_dir.path());
+    let az = Azurite::start_with(&AzuriteOpts {
+        tls: Some((cert, tls_key)),
+        ..Default::default()
+    });
+    let jwt = storage_jwt();
+    let arm = FakeArm::start(State {
+        token: jwt.clone(),
+        // Shorter than batchfs's renewal margin: every request renews its token.
+        token_ttl: Some(120),
+        ..Default::default()
+    });
+    let endpoint = format!("https://127.0.0.1:{}/{DEV_ACCOUNT}", az.port);
+    let config = format!(
+        "[[account]]\nname = \"tokens\"\n[account.storage]\naccount = \"{DEV_ACCOUNT}\"\n\
+         endpoint = \"{endpoint}\"\nidentity = \"managed-identity\"\n"
+    );
+    let m = Mount::prepare(&config);
+    let mut env = arm.identity_env();
+    env.push(("SSL_CERT_FILE".into(), ca.display().to_string()));
+    ok(m.mount_env(&["--log-level", "debug"], &env));
+    ok(m.sh(
+        "mkdir tokens/storage/viatoken && echo hello > tokens/storage/viatoken/a.txt \
+         && mv tokens/storage/viatoken/a.txt tokens/storage/viatoken/b.txt",
+    ));
+    assert_eq!(
+        std::fs::read_to_string(m.p("tokens/storage/viatoken/b.txt")).unwrap(),
+        "hello\n"
+    );
+    assert_eq!(ls(&m, "tokens/storage/viatoken"), ["b.txt"]);
+    let resources = arm.with(|s| s.token_resources.clone());
+    assert!(!resources.is_empty(), "a token was fetched");
+    assert!(
+        resources.iter().all(|r| r == "https://storage.azure.com"),
+        "{resources:?}"
+    );
+    arm.with(|s| assert!(s.violations.is_empty(), "{:?}", s.violations));
+    let log = m.log_text();
+    let signature_free = jwt.rsplit_once('.').unwrap().0;
+    assert!(!log.contains(signature_free), "the log shows the token");
+    assert!(!log.contains(common::arm::IDENTITY_HEADER));
+
+    // The token endpoint fails: an operation gets EIO promptly, and a new mount says why
+    // and does not mount.
+    arm.with(|s| s.token_broken = true);
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_millis(1500)); // the listings expire
+    let err = fails(m.sh("ls tokens/storage/viatoken"));
+    assert!(err.contains("Input/output error"), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(25),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(m.log_text().contains("token"), "the log says why");
+    let other = Mount::prepare(&config);
+    let err = fails(other.mount_env(&[], &env));
+    assert!(err.contains("managed identity"), "{err}");
+}

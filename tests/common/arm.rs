@@ -52,6 +52,8 @@ pub struct State {
     pub calls: Vec<String>,
     /// Make the identity endpoint fail (500).
     pub token_broken: bool,
+    /// Seconds the tokens handed out are valid (default one hour).
+    pub token_ttl: Option<u64>,
 }
 
 pub struct FakeArm {
@@ -263,7 +265,7 @@ fn answer(s: &mut State, req: &Request, port: u16) -> (u16, Value) {
         s.token_resources.push(resource.clone());
         let expires = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() + 3600)
+            .map(|d| d.as_secs() + s.token_ttl.unwrap_or(3600))
             .unwrap_or(0);
         return (
             200,

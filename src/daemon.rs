@@ -31,7 +31,8 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Res = Result<(), String>;
 
-pub fn mount(args: MountArgs) -> Res {
+/// `argv`: the command line after the program name, for the daemon to be started with.
+pub fn mount(args: MountArgs, argv: &[std::ffi::OsString]) -> Res {
     if args.foreground {
         return run_mount(&args, None);
     }
@@ -43,14 +44,14 @@ pub fn mount(args: MountArgs) -> Res {
         }
         return result;
     }
-    spawn_daemon()
+    spawn_daemon(argv)
 }
 
 /// Starts the detached daemon and waits until it reports.
-fn spawn_daemon() -> Res {
+fn spawn_daemon(argv: &[std::ffi::OsString]) -> Res {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
     let mut child = Command::new(exe)
-        .args(std::env::args_os().skip(1))
+        .args(argv)
         .env(CHILD_ENV, "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -209,9 +210,17 @@ fn run_mount(args: &MountArgs, mut notify: Option<&mut std::io::Stdout>) -> Res 
         args.gid.unwrap_or(gid),
     );
     let mut fuse_cfg = FuseConfig::default();
+    // The mount table then shows type `fuse.batchfs`, which `umount -t`, `findmnt -t` and
+    // fstab expect. As root the mount is made directly and the kernel reads the subtype from
+    // the mount data; otherwise fusermount3 takes it as an option of its own.
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let subtype = match unsafe { libc::geteuid() } {
+        0 => MountOption::CUSTOM("subtype=batchfs".into()),
+        _ => MountOption::Subtype("batchfs".into()),
+    };
     fuse_cfg.mount_options = vec![
         MountOption::FSName("batchfs".into()),
-        MountOption::Subtype("batchfs".into()),
+        subtype,
         // The kernel enforces modes (keys is 0400 even with allow_other).
         MountOption::DefaultPermissions,
         MountOption::NoDev,
@@ -306,7 +315,7 @@ async fn unmount_on_signal(mut unmounter: fuser::SessionUnmounter, mountpoint: P
 fn check_mountpoint(path: &Path) -> Result<PathBuf, String> {
     let shown = path.display();
     match std::fs::metadata(path) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+        Err(e) if is_disconnected(e.raw_os_error()) => {
             tracing::warn!(mountpoint = %shown, "clearing a stale mount (transport endpoint is not connected)");
             fusermount(path, true)?;
         }
@@ -342,7 +351,13 @@ fn answers_enotconn(path: &Path) -> bool {
         let mut buf: libc::statfs = std::mem::zeroed();
         libc::statfs(c.as_ptr(), &mut buf)
     };
-    rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOTCONN)
+    rc != 0 && is_disconnected(std::io::Error::last_os_error().raw_os_error())
+}
+
+/// What a FUSE mount whose daemon is gone answers: ENOTCONN, or ECONNABORTED for requests
+/// that were in flight when it died.
+fn is_disconnected(errno: Option<i32>) -> bool {
+    matches!(errno, Some(libc::ENOTCONN | libc::ECONNABORTED))
 }
 
 fn is_mountpoint(abs: &Path) -> bool {

@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod discovery;
 pub mod fs;
 pub mod fuse;
+pub mod helper;
 pub mod identity;
 pub mod secret;
 pub mod sources;

@@ -1,10 +1,11 @@
 //! batchfs: Azure Batch accounts and their linked blob storage as one FUSE mount.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use batchfs::sources::SourceArgs;
-use batchfs::{MountArgs, daemon};
+use batchfs::{MountArgs, daemon, helper};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -36,9 +37,20 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut argv: Vec<OsString> = std::env::args_os().collect();
+    let lossy: Vec<String> = argv.iter().map(|a| a.to_string_lossy().into()).collect();
+    if helper::is_helper(&lossy) {
+        match helper::to_mount_args(&lossy) {
+            Ok(translated) => argv = translated.into_iter().map(OsString::from).collect(),
+            Err(e) => {
+                eprintln!("mount.fuse.batchfs: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let cli = Cli::parse_from(&argv);
     let result = match cli.command {
-        Command::Mount(args) => daemon::mount(args),
+        Command::Mount(args) => daemon::mount(args, &argv[1..]),
         Command::Unmount { lazy, mountpoint } => daemon::unmount(&mountpoint, lazy),
         Command::Accounts(sources) => daemon::accounts(&sources),
         Command::Stats { mountpoint } => daemon::stats(&mountpoint),

@@ -1,0 +1,151 @@
+//! Mounting the way Linux does it: `mount -t fuse.batchfs`, an fstab line, and a mountpoint
+//! left behind by a daemon that was killed.
+
+mod common;
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+const HELPER: &str = "/sbin/mount.fuse.batchfs";
+
+/// Points mount(8)'s helper for `fuse.batchfs` at the binary under test, as
+/// `scripts/install.sh` does for an installed one, and puts back what was there.
+struct Helper {
+    previous: Option<PathBuf>,
+}
+
+impl Helper {
+    fn install() -> Option<Helper> {
+        // SAFETY: geteuid cannot fail and touches no memory.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: mount(8) helpers can only be installed as root");
+            return None;
+        }
+        let path = Path::new(HELPER);
+        let previous = match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_symlink() => Some(std::fs::read_link(path).unwrap()),
+            Ok(_) => panic!("{HELPER} is a regular file; not replacing it"),
+            Err(_) => None,
+        };
+        let _ = std::fs::remove_file(path);
+        symlink(BIN, path).expect("install the helper");
+        Some(Helper { previous })
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(HELPER);
+        if let Some(p) = &self.previous {
+            let _ = symlink(p, HELPER);
+        }
+    }
+}
+
+fn fstype(mountpoint: &Path) -> String {
+    let out = Command::new("findmnt")
+        .args(["-n", "-o", "FSTYPE"])
+        .arg(mountpoint)
+        .output()
+        .expect("findmnt runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn mount_t_fuse_batchfs_fstab_and_a_stale_mountpoint() {
+    let Some(_helper) = Helper::install() else {
+        return;
+    };
+    let az = Azurite::start();
+    az.store().container("data");
+    az.store().put("data", "hello.txt", &b"hi\n"[..]);
+    let m = Mount::prepare(&config_for(&az, ""));
+    let opts = format!(
+        "config={},allow_other,log_file={},cache_size=64M",
+        m.config.display(),
+        m.log.display()
+    );
+
+    // mount -t with -o options.
+    ok(Command::new("mount")
+        .args(["-t", "fuse.batchfs", "none"])
+        .arg(&m.path)
+        .args(["-o", &opts])
+        .output()
+        .unwrap());
+    assert_eq!(fstype(&m.path), "fuse.batchfs");
+    assert_eq!(
+        std::fs::read(m.p("alpha/storage/data/hello.txt")).unwrap(),
+        b"hi\n"
+    );
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains(&*m.path.to_string_lossy()) && l.contains("allow_other")),
+        "allow_other reached the kernel"
+    );
+    ok(Command::new("umount").arg(&m.path).output().unwrap());
+    assert_eq!(fstype(&m.path), "");
+
+    // An fstab line (in a file of its own, so the system's fstab is untouched).
+    let fstab = m.dir.path().join("fstab");
+    std::fs::write(
+        &fstab,
+        format!(
+            "none {} fuse.batchfs ro,noauto,_netdev,x-systemd.automount,{opts} 0 0\n",
+            m.path.display()
+        ),
+    )
+    .unwrap();
+    ok(Command::new("mount")
+        .arg("-T")
+        .arg(&fstab)
+        .arg(&m.path)
+        .output()
+        .unwrap());
+    let err = fails(m.sh("touch alpha/storage/data/new.txt"));
+    assert!(err.contains("Read-only"), "ro reached the mount: {err}");
+
+    // The daemon dies: the mountpoint is left "not connected"; mounting again clears it.
+    let pid = m.daemon_pid();
+    ok(Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .output()
+        .unwrap());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let gone = std::fs::read_dir(m.p("alpha")).map(|_| ()).unwrap_err();
+    assert!(
+        matches!(
+            gone.raw_os_error(),
+            Some(libc::ENOTCONN | libc::ECONNABORTED)
+        ),
+        "{gone}"
+    );
+    ok(Command::new("mount")
+        .arg("-T")
+        .arg(&fstab)
+        .arg(&m.path)
+        .output()
+        .unwrap());
+    assert_eq!(
+        std::fs::read(m.p("alpha/storage/data/hello.txt")).unwrap(),
+        b"hi\n"
+    );
+    ok(Command::new("umount").arg(&m.path).output().unwrap());
+
+    // A mistyped option is named, and nothing is mounted.
+    let err = fails(
+        Command::new("mount")
+            .args(["-t", "fuse.batchfs", "none"])
+            .arg(&m.path)
+            .args(["-o", &format!("{opts},cache_sise=1G")])
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("cache_sise"), "{err}");
+    assert_eq!(fstype(&m.path), "");
+}

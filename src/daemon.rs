@@ -18,13 +18,13 @@ use std::time::Duration;
 
 use fuser::{Config as FuseConfig, MountOption, SessionACL};
 
-use crate::MountArgs;
 use crate::blob::{BlobError, BlobStore, HttpBlobStore, RetryPolicy};
 use crate::config::AccountConfig;
 use crate::fs::{Account, Namespace, Options};
 use crate::fuse::FuseFs;
 use crate::sources::{SourceArgs, Sources};
 use crate::stats::{STATS_FILE, Stats};
+use crate::{MountArgs, logging};
 
 const CHILD_ENV: &str = "BATCHFS_DAEMON_CHILD";
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -55,7 +55,7 @@ fn spawn_daemon(argv: &[std::ffi::OsString]) -> Res {
         .env(CHILD_ENV, "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(logging::daemon_stderr())
         // Its own process group: a Ctrl-C in the shell that ran `mount` must not kill it.
         .process_group(0)
         .spawn()
@@ -97,59 +97,6 @@ fn spawn_daemon(argv: &[std::ffi::OsString]) -> Res {
     }
 }
 
-fn init_logging(args: &MountArgs) -> Res {
-    use tracing_subscriber::filter::{LevelFilter, Targets};
-    use tracing_subscriber::fmt::writer::BoxMakeWriter;
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-
-    let level: tracing::Level = args.log_level.parse().map_err(|_| {
-        format!(
-            "--log-level {}: use error, warn, info, debug or trace",
-            args.log_level
-        )
-    })?;
-    let level = LevelFilter::from_level(level);
-    // The HTTP and TLS libraries log requests and headers at debug and trace, and headers
-    // carry keys and tokens: they never go below info, whatever --log-level says.
-    let libraries = match level {
-        LevelFilter::DEBUG | LevelFilter::TRACE => LevelFilter::INFO,
-        other => other,
-    };
-    let mut targets = Targets::new().with_default(level);
-    for lib in [
-        "hyper",
-        "hyper_util",
-        "reqwest",
-        "h2",
-        "rustls",
-        "tokio_rustls",
-    ] {
-        targets = targets.with_target(lib, libraries);
-    }
-    let (writer, ansi) = match &args.log_file {
-        Some(path) => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| format!("--log-file {}: {e}", path.display()))?;
-            (BoxMakeWriter::new(std::sync::Mutex::new(file)), false)
-        }
-        None => (BoxMakeWriter::new(std::io::stderr), true),
-    };
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_ansi(ansi)
-        .with_writer(writer);
-    tracing_subscriber::registry()
-        .with(fmt)
-        .with(targets)
-        .try_init()
-        .map_err(|e| format!("cannot start logging: {e}"))?;
-    std::panic::set_hook(Box::new(|info| tracing::error!("panic: {info}")));
-    Ok(())
-}
-
 fn secs(what: &str, v: f64) -> Result<Duration, String> {
     Duration::try_from_secs_f64(v).map_err(|_| format!("{what} {v}: not a number of seconds"))
 }
@@ -166,7 +113,7 @@ fn spill_dir(args: &MountArgs) -> Result<std::path::PathBuf, String> {
 
 fn run_mount(args: &MountArgs, mut notify: Option<&mut std::io::Stdout>) -> Res {
     tune_allocator();
-    init_logging(args)?;
+    logging::init(args)?;
     let sources = Sources::new(&args.sources)?;
     for w in sources.warnings() {
         tracing::warn!("{w}");

@@ -12,6 +12,7 @@ pub mod fs;
 pub mod fuse;
 pub mod helper;
 pub mod identity;
+pub mod logging;
 pub mod secret;
 pub mod sources;
 pub mod spill;

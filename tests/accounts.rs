@@ -407,3 +407,39 @@ fn storage_with_entra_id_tokens_over_https() {
     let err = fails(other.mount_env(&[], &env));
     assert!(err.contains("managed identity"), "{err}");
 }
+
+#[test]
+fn a_refused_request_is_one_log_line_with_its_request_id_and_no_secret() {
+    let az = Azurite::start();
+    az.store().container("data");
+    let sas = account_sas("rl");
+    let cfg =
+        config_for(&az, "").replace(&format!("key = \"{DEV_KEY}\""), &format!("sas = \"{sas}\""));
+    let m = Mount::start(&cfg, &["--log-level", "debug"]);
+    // cp reports a failed close; a shell's `>` does not.
+    fails(m.sh("echo x > /tmp/batchfs-refused.txt && cp /tmp/batchfs-refused.txt alpha/storage/data/refused.txt"));
+    let log = m.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("storage request failed") && l.contains("refused.txt"))
+        .unwrap_or_else(|| panic!("no line for the refused request:\n{log}"));
+    for field in [
+        "op=\"put\"",
+        "container=\"data\"",
+        "status=403",
+        "request_id=",
+    ] {
+        assert!(line.contains(field), "{field} missing: {line}");
+    }
+    let id = line.split("request_id=").nth(1).unwrap_or("");
+    assert!(id.len() > 8, "a request id: {line}");
+    let sig = sas.split("sig=").nth(1).unwrap();
+    for secret in [
+        sig,
+        &urlencoding::decode(sig).unwrap(),
+        DEV_KEY,
+        "cHJpbWFyeS1rZXk=",
+    ] {
+        assert!(!log.contains(secret), "the log shows a secret");
+    }
+}

@@ -272,8 +272,23 @@ fn node_mounts_its_own_account_found_through_its_identity() {
         "AZ_BATCH_ACCOUNT_URL".into(),
         "https://render.westeurope.batch.azure.com".into(),
     ));
-    ok(m.mount_env(&["--node", "--arm-endpoint", &ep], &env));
+    let pool_identity = "7d3c3c1e-0000-4000-8000-00000000beef";
+    ok(m.mount_env(
+        &[
+            "--node",
+            "--arm-endpoint",
+            &ep,
+            "--client-id",
+            pool_identity,
+        ],
+        &env,
+    ));
     assert_eq!(ls(&m, ""), ["render"], "only the node's account");
+    let ids = w.arm.with(|s| s.token_client_ids.clone());
+    assert!(
+        !ids.is_empty() && ids.iter().all(|i| i == pool_identity),
+        "{ids:?}"
+    );
     assert_eq!(ls(&m, "render/storage"), ["jobdata"]);
     let calls = w.arm.with(|s| s.calls.clone());
     assert_eq!(
@@ -442,4 +457,45 @@ fn a_refused_request_is_one_log_line_with_its_request_id_and_no_secret() {
     ] {
         assert!(!log.contains(secret), "the log shows a secret");
     }
+}
+
+#[test]
+fn discovery_with_the_azure_cli_login() {
+    let w = World::new();
+    let bin = tempfile::tempdir().unwrap();
+    let calls = bin.path().join("az-calls");
+    // A stand-in for `az` that answers `az account get-access-token` as Azure CLI 2.54+ does.
+    let script = format!(
+        "#!/bin/sh\necho \"$@\" >> {calls}\n\
+         printf '{{\"accessToken\": \"{TOKEN}\", \"expiresOn\": \"2099-01-01 00:00:00.000000\", \
+         \"expires_on\": 4070908800, \"subscription\": \"{SUB}\", \"tenant\": \"t\", \
+         \"tokenType\": \"Bearer\"}}\\n'\n",
+        calls = calls.display()
+    );
+    let az = bin.path().join("az");
+    std::fs::write(&az, script).unwrap();
+    std::fs::set_permissions(&az, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let m = Mount::prepare("");
+    let ep = w.arm.endpoint();
+    ok(m.mount_env(
+        &[
+            "--subscription",
+            SUB,
+            "--arm-endpoint",
+            &ep,
+            "--identity",
+            "azure-cli",
+        ],
+        &[("PATH".into(), path)],
+    ));
+    assert_eq!(ls(&m, ""), ["aadonly", "plain", "render"]);
+    let asked = std::fs::read_to_string(&calls).unwrap();
+    assert!(asked.contains("account get-access-token"), "{asked}");
+    assert!(asked.contains(&format!("--scope {ep}/.default")), "{asked}");
+    w.no_violations();
 }

@@ -47,6 +47,8 @@ pub struct State {
     pub token: String,
     /// Resources tokens were asked for (`resource=` of the identity endpoint).
     pub token_resources: Vec<String>,
+    /// `client_id=` of those requests (a user-assigned identity), empty when absent.
+    pub token_client_ids: Vec<String>,
     pub violations: Vec<String>,
     /// Method and path of every ARM call, in order.
     pub calls: Vec<String>,
@@ -263,6 +265,8 @@ fn answer(s: &mut State, req: &Request, port: u16) -> (u16, Value) {
         }
         let resource = req.query.get("resource").cloned().unwrap_or_default();
         s.token_resources.push(resource.clone());
+        let client_id = req.query.get("client_id").cloned().unwrap_or_default();
+        s.token_client_ids.push(client_id);
         let expires = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() + s.token_ttl.unwrap_or(3600))

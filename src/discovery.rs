@@ -23,6 +23,14 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// A `nextLink` chain longer than this is a server bug, not a subscription.
 const MAX_PAGES: usize = 1000;
 
+const MAX_ATTEMPTS: u32 = 4;
+
+enum Failed {
+    /// Worth another attempt, after the delay ARM asked for if it did.
+    Retry(String, Option<Duration>),
+    Final(String),
+}
+
 /// A client for Azure Resource Manager with the discovery identity's tokens.
 pub struct Arm {
     http: reqwest::Client,
@@ -49,22 +57,40 @@ impl Arm {
         })
     }
 
-    /// One call; `target` is an ARM path (`/subscriptions/...`) or a `nextLink` URL.
+    /// One call, retried while ARM throttles (429) or is briefly unavailable (5xx), as
+    /// its guidance asks: after `Retry-After` when given, with backoff otherwise.
+    /// `target` is an ARM path (`/subscriptions/...`) or a `nextLink` URL.
     async fn call(&self, method: Method, target: &str, api: &str) -> Result<Value, String> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.call_once(method.clone(), target, api).await {
+                Err(Failed::Retry(e, after)) if attempt < MAX_ATTEMPTS => {
+                    let wait = after.unwrap_or(Duration::from_secs(1 << attempt));
+                    tracing::debug!("{e}; retrying in {wait:?}");
+                    tokio::time::sleep(wait.min(Duration::from_secs(10))).await;
+                }
+                Err(Failed::Retry(e, _) | Failed::Final(e)) => return Err(e),
+                Ok(v) => return Ok(v),
+            }
+        }
+    }
+
+    async fn call_once(&self, method: Method, target: &str, api: &str) -> Result<Value, Failed> {
         let mut url = if target.starts_with("http") {
-            reqwest::Url::parse(target).map_err(|e| format!("bad nextLink: {e}"))?
+            reqwest::Url::parse(target).map_err(|e| Failed::Final(format!("bad nextLink: {e}")))?
         } else {
             reqwest::Url::parse(&format!("{}{target}", self.base))
-                .map_err(|e| format!("{target}: {e}"))?
+                .map_err(|e| Failed::Final(format!("{target}: {e}")))?
         };
         if !url.query_pairs().any(|(k, _)| k == "api-version") {
             url.query_pairs_mut().append_pair("api-version", api);
         }
         let what = format!("{method} {}", url.path());
-        let token = self.token.token().await?;
+        let token = self.token.token().await.map_err(Failed::Final)?;
         let mut auth =
             reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-                .map_err(|_| "the token is not a valid header value".to_string())?;
+                .map_err(|_| Failed::Final("the token is not a valid header value".into()))?;
         auth.set_sensitive(true);
         let mut req = self
             .http
@@ -76,8 +102,14 @@ impl Arm {
         let resp = req
             .send()
             .await
-            .map_err(|e| format!("{what}: {}", e.without_url()))?;
+            .map_err(|e| Failed::Retry(format!("{what}: {}", e.without_url()), None))?;
         let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok())
+            .map(Duration::from_secs);
         let request_id = resp
             .headers()
             .get("x-ms-request-id")
@@ -87,7 +119,7 @@ impl Arm {
         let body = resp
             .bytes()
             .await
-            .map_err(|e| format!("{what}: {}", e.without_url()))?;
+            .map_err(|e| Failed::Retry(format!("{what}: {}", e.without_url()), None))?;
         if !status.is_success() {
             let code = serde_json::from_slice::<Value>(&body)
                 .ok()
@@ -100,9 +132,13 @@ impl Arm {
                 request_id,
                 "resource manager request failed"
             );
-            return Err(format!("{what}: HTTP {} {code}", status.as_u16()));
+            let e = format!("{what}: HTTP {} {code}", status.as_u16());
+            return Err(match status.as_u16() {
+                429 | 500 | 502 | 503 | 504 => Failed::Retry(e, retry_after),
+                _ => Failed::Final(e),
+            });
         }
-        serde_json::from_slice(&body).map_err(|e| format!("{what}: not JSON: {e}"))
+        serde_json::from_slice(&body).map_err(|e| Failed::Final(format!("{what}: not JSON: {e}")))
     }
 
     /// Every item of a paged list, following `nextLink`.

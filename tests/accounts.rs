@@ -480,6 +480,8 @@ fn discovery_with_the_azure_cli_login() {
         bin.path().display(),
         std::env::var("PATH").unwrap_or_default()
     );
+    // Resource Manager throttles the first listing: batchfs waits as told and goes on.
+    w.arm.with(|s| s.throttle_once = true);
     let m = Mount::prepare("");
     let ep = w.arm.endpoint();
     ok(m.mount_env(
@@ -497,5 +499,9 @@ fn discovery_with_the_azure_cli_login() {
     let asked = std::fs::read_to_string(&calls).unwrap();
     assert!(asked.contains("account get-access-token"), "{asked}");
     assert!(asked.contains(&format!("--scope {ep}/.default")), "{asked}");
+    let calls = w.arm.with(|s| s.calls.clone());
+    let list = format!("GET /subscriptions/{SUB}/providers/Microsoft.Batch/batchAccounts");
+    assert_eq!(calls[0], list);
+    assert_eq!(calls[1], list, "retried after the 429: {calls:#?}");
     w.no_violations();
 }

@@ -343,7 +343,14 @@ impl<S: BlobStore> Namespace<S> {
             let same = fresh
                 .iter_mut()
                 .find(|f| f.as_ref().is_some_and(|f| f.name == current.name));
-            *slot = same.and_then(Option::take).map(Arc::new);
+            let next = same.and_then(Option::take).map(|mut a| {
+                // Unchanged files keep their mtime, so rsync and make see nothing new.
+                if a.json == current.json && a.keys == current.keys {
+                    a.seen = current.seen;
+                }
+                Arc::new(a)
+            });
+            *slot = next;
         }
         slots.extend(fresh.into_iter().flatten().map(|a| Some(Arc::new(a))));
     }

@@ -72,7 +72,7 @@ async fn layout_and_pagination() {
         names(&ns.listing(alpha.ino).await.unwrap()),
         ["account.json", "keys", "storage"]
     );
-    let beta = walk(&ns, "beta").await.unwrap();
+    walk(&ns, "beta").await.unwrap();
     assert_eq!(
         names(&ns.listing(beta.ino).await.unwrap()),
         ["account.json"]
@@ -250,4 +250,41 @@ async fn a_writer_is_not_starved_by_idle_files_holding_the_budget() {
     for i in 0..8 {
         assert_eq!(store.content("c", &format!("f{i}")).unwrap().len(), 1 << 20);
     }
+}
+
+#[tokio::test]
+async fn accounts_come_and_go_and_unchanged_files_keep_their_mtime() {
+    let (store, ns) = setup(10);
+    let cfg = |text: &str| parse(std::path::Path::new("t.toml"), text).unwrap();
+    let before = walk(&ns, "alpha/account.json").await.unwrap();
+    walk(&ns, "beta").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+
+    // alpha unchanged, beta gone, gamma new.
+    let next = cfg(
+        "[[account]]\nname = \"alpha\"\nprimary_key = \"k\"\n[account.storage]\naccount = \"sto\"\nsas = \"sig=x\"\n\
+         [[account]]\nname = \"gamma\"\n",
+    );
+    ns.set_accounts(vec![
+        Account::new(&next.accounts[0], Some(store.clone())),
+        Account::new(&next.accounts[1], None),
+    ]);
+    let after = walk(&ns, "alpha/account.json").await.unwrap();
+    assert_eq!((after.ino, after.mtime), (before.ino, before.mtime));
+    assert!(matches!(walk(&ns, "beta").await, Err(FsError::NotFound)));
+    walk(&ns, "gamma/account.json").await.unwrap();
+    let root = ns.listing(ROOT_INO).await.unwrap();
+    assert_eq!(names(&root), ["alpha", "gamma"]);
+
+    // A rotated key changes `keys` and its mtime.
+    let rotated = cfg(
+        "[[account]]\nname = \"alpha\"\nprimary_key = \"k2\"\n[account.storage]\naccount = \"sto\"\nsas = \"sig=x\"\n",
+    );
+    ns.set_accounts(vec![Account::new(
+        &rotated.accounts[0],
+        Some(store.clone()),
+    )]);
+    let keys = walk(&ns, "alpha/keys").await.unwrap();
+    assert!(keys.mtime > before.mtime);
+    assert!(matches!(walk(&ns, "gamma").await, Err(FsError::NotFound)));
 }

@@ -54,6 +54,8 @@ pub struct State {
     pub calls: Vec<String>,
     /// Make the identity endpoint fail (500).
     pub token_broken: bool,
+    /// Answer the next Batch account list with 429 and `Retry-After: 1`.
+    pub throttle_once: bool,
     /// Seconds the tokens handed out are valid (default one hour).
     pub token_ttl: Option<u64>,
 }
@@ -229,9 +231,14 @@ fn serve(conn: TcpStream, port: u16, state: &Mutex<State>) {
             answer(&mut s, &req, port)
         };
         let text = body.to_string();
+        let retry = if status == 429 {
+            "retry-after: 1\r\n"
+        } else {
+            ""
+        };
         let head = format!(
             "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-             x-ms-request-id: fake-{}\r\n\r\n",
+             x-ms-request-id: fake-{}\r\n{retry}\r\n",
             text.len(),
             rand_id()
         );
@@ -325,6 +332,9 @@ fn answer(s: &mut State, req: &Request, port: u16) -> (u16, Value) {
     if p == batch_list || in_rg.is_some() {
         if !want(s, "GET", BATCH_API) {
             return (400, error("InvalidApiVersionParameter"));
+        }
+        if std::mem::take(&mut s.throttle_once) {
+            return (429, error("TooManyRequests"));
         }
         // One account per page, so every listing follows nextLink.
         let page: usize = req

@@ -72,7 +72,7 @@ async fn layout_and_pagination() {
         names(&ns.listing(alpha.ino).await.unwrap()),
         ["account.json", "keys", "storage"]
     );
-    walk(&ns, "beta").await.unwrap();
+    let beta = walk(&ns, "beta").await.unwrap();
     assert_eq!(
         names(&ns.listing(beta.ino).await.unwrap()),
         ["account.json"]

@@ -28,6 +28,7 @@ use crate::{MountArgs, logging};
 
 const CHILD_ENV: &str = "BATCHFS_DAEMON_CHILD";
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+const MIN_EARLY_REFRESH: Duration = Duration::from_secs(10);
 
 type Res = Result<(), String>;
 
@@ -358,6 +359,8 @@ struct Stores {
     by_account: HashMap<String, (String, Arc<HttpBlobStore>)>,
     policy: RetryPolicy,
     stats: Arc<Stats>,
+    /// Signalled by any client whose credential storage refused.
+    denied: Arc<tokio::sync::Notify>,
 }
 
 impl Stores {
@@ -366,6 +369,7 @@ impl Stores {
             by_account: HashMap::new(),
             policy,
             stats,
+            denied: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -385,7 +389,7 @@ impl Stores {
             return Ok(Some(store.clone()));
         }
         let store = HttpBlobStore::new(s, self.policy.clone(), self.stats.clone()).map_err(what)?;
-        let store = Arc::new(store);
+        let store = Arc::new(store.notify_denied(self.denied.clone()));
         self.by_account.insert(a.name.clone(), (id, store.clone()));
         Ok(Some(store))
     }
@@ -419,16 +423,28 @@ async fn connect_all(
         .collect()
 }
 
-/// Re-reads the accounts every `every`: new accounts appear, removed ones disappear and
-/// rotated keys are used from then on. A failed refresh keeps what the mount shows.
+/// Re-reads the accounts every `every`, and soon after storage refuses a credential (a key
+/// rotated in Azure): new accounts appear, removed ones disappear and rotated keys are used
+/// from then on. A failed refresh keeps what the mount shows.
 async fn refresh_accounts(
     sources: Sources,
     mut stores: Stores,
     ns: Arc<Namespace<HttpBlobStore>>,
     every: Duration,
 ) {
+    let denied = stores.denied.clone();
+    let mut last = tokio::time::Instant::now();
     loop {
-        tokio::time::sleep(every).await;
+        tokio::select! {
+            _ = tokio::time::sleep_until(last + every) => {}
+            _ = denied.notified() => {
+                // At most one early refresh per MIN_EARLY_REFRESH: a credential that is
+                // simply wrong must not turn every failed request into ARM traffic.
+                tokio::time::sleep_until(last + MIN_EARLY_REFRESH).await;
+                tracing::info!("storage refused a credential: refreshing the accounts now");
+            }
+        }
+        last = tokio::time::Instant::now();
         let found = match sources.accounts().await {
             Ok(found) => found,
             Err(e) => {

@@ -505,3 +505,36 @@ fn discovery_with_the_azure_cli_login() {
     assert_eq!(calls[1], list, "retried after the 429: {calls:#?}");
     w.no_violations();
 }
+
+#[test]
+fn a_refused_key_makes_the_mount_fetch_rotated_keys_at_once() {
+    let mut w = World::new();
+    let seeder = w.seeder("A");
+    seeder.container("inputs");
+    seeder.put("inputs", "a.txt", &b"before"[..]);
+    // A refresh interval far longer than the test: only the refusal can bring the new key.
+    let m = w.mount("", &["--subscription", SUB, "--refresh", "600"]);
+    assert_eq!(
+        std::fs::read(m.p("render/storage/inputs/a.txt")).unwrap(),
+        b"before"
+    );
+    w.arm.with(|s| {
+        s.storage[0].keys = vec![("key1".into(), key("B"), "FULL".into())];
+    });
+    w.az.take().expect("azurite").stop();
+    w.az_opts.accounts = Some(format!("batchsto1:{}", key("B")));
+    w.az = Some(Azurite::start_with(&w.az_opts));
+    w.seeder("B").put("inputs", "b.txt", &b"after"[..]);
+    std::thread::sleep(Duration::from_millis(1500)); // the cached listing expires
+    let start = Instant::now();
+    wait_for(&m, "the rotated key", || {
+        std::fs::read(m.p("render/storage/inputs/b.txt")).is_ok_and(|d| d == b"after")
+    });
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(m.log_text().contains("storage refused a credential"));
+    w.no_violations();
+}

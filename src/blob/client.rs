@@ -77,6 +77,9 @@ pub struct HttpBlobStore {
     auth: std::sync::RwLock<Auth>,
     policy: RetryPolicy,
     health: std::sync::Mutex<Health>,
+    /// Told when storage refuses the credential, so that keys rotated in Azure are fetched
+    /// now rather than at the next scheduled refresh.
+    on_denied: Option<Arc<tokio::sync::Notify>>,
     stats: Arc<Stats>,
 }
 
@@ -201,8 +204,15 @@ impl HttpBlobStore {
             auth: std::sync::RwLock::new(Auth::from(&cfg.credential, None)?),
             policy,
             health: std::sync::Mutex::new(Health::default()),
+            on_denied: None,
             stats,
         })
+    }
+
+    /// Signals `notify` whenever storage refuses this client's credential.
+    pub fn notify_denied(mut self, notify: Arc<tokio::sync::Notify>) -> Self {
+        self.on_denied = Some(notify);
+        self
     }
 
     /// Uses `cred` from the next request on (e.g. a rotated key).
@@ -474,6 +484,9 @@ impl HttpBlobStore {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
         let failure = classify(status, code, retry_after);
+        if let (Failure::Final(BlobError::Denied { .. }), Some(n)) = (&failure, &self.on_denied) {
+            n.notify_one();
+        }
         self.log_status(op, &failure, header_str(&headers, "x-ms-request-id"));
         Err(failure)
     }

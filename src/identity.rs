@@ -79,18 +79,20 @@ impl Identity {
     }
 
     fn credential(&self) -> Result<Arc<dyn TokenCredential>, String> {
-        let resolved = self.resolve();
-        let cred: Arc<dyn TokenCredential> = match &resolved {
-            Identity::Managed(client_id) => {
-                let mut options = ManagedIdentityCredentialOptions {
-                    user_assigned_id: client_id.clone().map(UserAssignedId::ClientId),
-                    ..Default::default()
-                };
-                // Our own deadline bounds the fetch; a failing endpoint should say so now
-                // rather than after retries that outlast it.
-                options.client_options.retry = RetryOptions::none();
-                ManagedIdentityCredential::new(Some(options)).map_err(|e| e.to_string())?
-            }
+        let managed = |client_id: Option<String>| {
+            let mut options = ManagedIdentityCredentialOptions {
+                user_assigned_id: client_id.map(UserAssignedId::ClientId),
+                ..Default::default()
+            };
+            // Our own deadline bounds the fetch; a failing endpoint should say so now
+            // rather than after retries that outlast it.
+            options.client_options.retry = RetryOptions::none();
+            ManagedIdentityCredential::new(Some(options)).map_err(|e| e.to_string())
+        };
+        let cred: Arc<dyn TokenCredential> = match self.resolve() {
+            Identity::Managed(client_id) => managed(client_id)?,
+            // `resolve` never gives Auto back; IMDS would be its last resort anyway.
+            Identity::Auto => managed(None)?,
             Identity::Cli => AzureCliCredential::new(None).map_err(|e| e.to_string())?,
             Identity::ServicePrincipal => {
                 let var = |v: &str| {
@@ -104,7 +106,6 @@ impl Identity {
                 )
                 .map_err(|e| e.to_string())?
             }
-            Identity::Auto => unreachable!("resolved above"),
         };
         Ok(cred)
     }

@@ -40,6 +40,9 @@ pub fn init(args: &MountArgs) -> Result<(), String> {
         "h2",
         "rustls",
         "tokio_rustls",
+        "azure_core",
+        "azure_identity",
+        "typespec_client_core",
     ] {
         targets = targets.with_target(lib, libraries);
     }

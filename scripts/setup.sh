@@ -20,8 +20,10 @@ command -v diff >/dev/null || missing+=(diffutils)
 command -v rsync >/dev/null || missing+=(rsync)
 command -v tar >/dev/null || missing+=(tar)
 command -v cc >/dev/null || missing+=(gcc)
-# The Entra ID test runs Azurite over HTTPS with a certificate it makes.
+# The Entra ID tests run Azurite and a stand-in token endpoint over HTTPS, with a
+# certificate they make.
 command -v openssl >/dev/null || missing+=(openssl)
+command -v python3 >/dev/null || missing+=(python3)
 # `mount -t fuse.batchfs` goes through mount(8).
 command -v mount >/dev/null || missing+=(mount)
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -141,7 +141,20 @@ fn discovery_shows_accounts_follows_rotation_and_removal() {
     let seeder = w.seeder("A");
     seeder.container("inputs");
     seeder.put("inputs", "scene/frame1.exr", &b"frame one"[..]);
-    let config = "[[account]]\nname = \"fromfile\"\nprimary_key = \"ZmlsZS1rZXk=\"\n";
+    // One run that uses keys (discovered), a SAS (from the file) and tokens (for ARM).
+    let sas = batchfs::blob::auth::account_sas(
+        "batchsto1",
+        &batchfs::secret::Secret::new(key("A")),
+        "rl",
+        "2099-01-01T00:00:00Z",
+    )
+    .unwrap();
+    let config = format!(
+        "[[account]]\nname = \"fromfile\"\nprimary_key = \"ZmlsZS1rZXk=\"\n\
+         [account.storage]\naccount = \"batchsto1\"\nendpoint = \"{}\"\nsas = \"{sas}\"\n",
+        format_args!("http://127.0.0.1:{}/batchsto1", w.az.as_ref().unwrap().port)
+    );
+    let config = config.as_str();
     let m = w.mount(
         config,
         &[
@@ -156,6 +169,11 @@ fn discovery_shows_accounts_follows_rotation_and_removal() {
 
     // The tree: both sources, paged listing followed to the end.
     assert_eq!(ls(&m, ""), ["aadonly", "fromfile", "plain", "render"]);
+    assert_eq!(
+        std::fs::read(m.p("fromfile/storage/inputs/scene/frame1.exr")).unwrap(),
+        b"frame one",
+        "read with the SAS"
+    );
     assert_eq!(ls(&m, "render"), ["account.json", "keys", "storage"]);
     assert_eq!(ls(&m, "plain"), ["account.json", "keys"]);
     assert_eq!(ls(&m, "aadonly"), ["account.json"], "keys are not read");
@@ -224,6 +242,8 @@ fn discovery_shows_accounts_follows_rotation_and_removal() {
         "batch-primary-render",
         "batch-secondary",
         "ZmlsZS1rZXk=",
+        sas.split("sig=").nth(1).unwrap(),
+        &urlencoding::decode(sas.split("sig=").nth(1).unwrap()).unwrap(),
     ] {
         assert!(!log.contains(secret), "the log shows a secret: {secret}");
     }
@@ -537,4 +557,90 @@ fn a_refused_key_makes_the_mount_fetch_rotated_keys_at_once() {
     );
     assert!(m.log_text().contains("storage refused a credential"));
     w.no_violations();
+}
+
+/// A stand-in for the Entra ID token endpoint (`/{tenant}/oauth2/v2.0/token`) over HTTPS,
+/// which only gives `token` for the client credentials it was told; returns its port.
+fn fake_entra(
+    dir: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    token: &str,
+) -> (std::process::Child, u16) {
+    let script = r#"
+import http.server, json, ssl, sys, urllib.parse
+cert, key, token, log = sys.argv[1:5]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        form = urllib.parse.parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
+        ok = (self.path == "/tenant-1/oauth2/v2.0/token"
+              and form.get("grant_type") == ["client_credentials"]
+              and form.get("client_id") == ["app-1"]
+              and form.get("client_secret") == ["sp-secret-7f3a"])
+        with open(log, "a") as f:
+            f.write(json.dumps({"ok": ok, "scope": form.get("scope")}) + "\n")
+        body = json.dumps({"token_type": "Bearer", "expires_in": 3600, "ext_expires_in": 3600,
+                           "access_token": token} if ok else {"error": "invalid_client"}).encode()
+        self.send_response(200 if ok else 401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+s.socket = ctx.wrap_socket(s.socket, server_side=True)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+    let mut child = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args([cert, key])
+        .arg(token)
+        .arg(dir.join("entra-requests"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs (scripts/setup.sh installs it)");
+    let mut line = String::new();
+    use std::io::BufRead;
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (
+        child,
+        line.trim().parse().expect("the token endpoint's port"),
+    )
+}
+
+#[test]
+fn discovery_as_a_service_principal() {
+    let w = World::new();
+    let tls_dir = tempfile::tempdir().unwrap();
+    let (ca, cert, tls_key) = make_tls(tls_dir.path());
+    let (mut entra, port) = fake_entra(tls_dir.path(), &cert, &tls_key, TOKEN);
+    let env: Vec<(String, String)> = [
+        ("AZURE_TENANT_ID", "tenant-1".to_string()),
+        ("AZURE_CLIENT_ID", "app-1".to_string()),
+        ("AZURE_CLIENT_SECRET", "sp-secret-7f3a".to_string()),
+        ("AZURE_AUTHORITY_HOST", format!("https://127.0.0.1:{port}")),
+        ("SSL_CERT_FILE", ca.display().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let m = Mount::prepare("");
+    let ep = w.arm.endpoint();
+    // `auto` picks the service principal because the three variables are set.
+    let out = m.mount_env(&["--subscription", SUB, "--arm-endpoint", &ep], &env);
+    let _ = entra.kill();
+    ok(out);
+    assert_eq!(ls(&m, ""), ["aadonly", "plain", "render"]);
+    let asked = std::fs::read_to_string(tls_dir.path().join("entra-requests")).unwrap();
+    assert!(asked.contains(r#""ok": true"#), "{asked}");
+    assert!(asked.contains(&format!("{ep}/.default")), "{asked}");
+    w.no_violations();
+    assert!(!m.log_text().contains("sp-secret-7f3a"));
 }

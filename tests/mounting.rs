@@ -149,3 +149,58 @@ fn mount_t_fuse_batchfs_fstab_and_a_stale_mountpoint() {
     assert!(err.contains("cache_sise"), "{err}");
     assert_eq!(fstype(&m.path), "");
 }
+
+#[test]
+fn under_systemd_logs_carry_journald_priorities() {
+    use std::os::unix::fs::MetadataExt;
+    let az = Azurite::start();
+    let m = Mount::prepare(&config_for(&az, ""));
+    let stderr_path = m.dir.path().join("journal-stream");
+    let stderr = std::fs::File::create(&stderr_path).unwrap();
+    let meta = stderr.metadata().unwrap();
+    // What systemd sets for a service whose stderr is the journal: that stream's dev:inode.
+    let mut daemon = Command::new(BIN)
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .args(["mount", "--foreground", "--config"])
+        .arg(&m.config)
+        .arg(&m.path)
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while fstype(&m.path) != "fuse.batchfs" {
+        assert!(start.elapsed().as_secs() < 20, "not mounted");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    fails(m.sh("cat alpha/storage/no-such-container/x"));
+    ok(Command::new(BIN)
+        .arg("unmount")
+        .arg(&m.path)
+        .output()
+        .unwrap());
+    daemon.wait().unwrap();
+    let text = std::fs::read_to_string(&stderr_path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("<6>") && l.contains("mounted")),
+        "{text}"
+    );
+    for l in &lines {
+        let p = l.get(..3).unwrap_or("");
+        assert!(
+            matches!(p, "<3>" | "<4>" | "<6>" | "<7>"),
+            "no priority: {l}"
+        );
+        // journald stamps lines itself: the level comes first, no time, no colour codes.
+        let rest = l[3..].trim_start();
+        assert!(
+            ["ERROR", "WARN", "INFO", "DEBUG"]
+                .iter()
+                .any(|lv| rest.starts_with(lv)),
+            "not level-first: {l}"
+        );
+        assert!(!l.contains('\u{1b}'), "colour codes: {l}");
+    }
+}

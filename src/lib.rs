@@ -45,7 +45,8 @@ pub struct MountArgs {
     /// error, warn, info, debug or trace.
     #[arg(long, default_value = "info")]
     pub log_level: String,
-    /// Append logs to this file (in the background, logs go nowhere without it).
+    /// Append logs to this file. Otherwise logs go to stderr: the journal under systemd, and
+    /// nowhere for a daemon started in the background from a shell.
     #[arg(long)]
     pub log_file: Option<PathBuf>,
     /// Seconds a file's size and mtime from storage are trusted.

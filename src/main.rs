@@ -21,7 +21,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Mount every configured account under MOUNTPOINT.
+    /// Mount the Batch accounts (accounts file, discovery or the node's own) under MOUNTPOINT.
     Mount(MountArgs),
     /// Unmount a batchfs mount.
     Unmount {
@@ -32,7 +32,7 @@ enum Command {
     },
     /// Print the running counters of a mount (requests, bytes, cache hits, ...).
     Stats { mountpoint: PathBuf },
-    /// List the configured accounts and check that their storage answers.
+    /// List the accounts (from the same sources as mount) and check that their storage answers.
     Accounts(SourceArgs),
 }
 

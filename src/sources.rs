@@ -59,7 +59,14 @@ impl Sources {
             .clone()
             .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
         let others = args.subscription.is_some() || args.node;
-        let config = if !explicit && others && !config_path.exists() {
+        let config = if !explicit && !config_path.exists() {
+            if !others {
+                return Err(format!(
+                    "{} does not exist: write an accounts file there (or name one with \
+                     --config), or find accounts with --subscription or --node",
+                    config_path.display()
+                ));
+            }
             Config::default()
         } else {
             config::load(&config_path).map_err(|e| e.to_string())?

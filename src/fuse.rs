@@ -165,7 +165,10 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
         let (ns, ttl, uid, gid) = (self.ns.clone(), self.ttl(), self.uid, self.gid);
         self.rt.spawn(async move {
             match ns.lookup(parent.0, &name).await {
-                Ok(a) => reply.entry(&ttl, &file_attr(&a, uid, gid), Generation(0)),
+                Ok(mut a) => {
+                    a.ino = ns.pin(parent.0, &name, &a);
+                    reply.entry(&ttl, &file_attr(&a, uid, gid), Generation(0))
+                }
                 Err(FsError::NotFound) => {
                     // A negative entry (inode 0): the kernel remembers the miss for the
                     // listing TTL instead of asking again for every `stat` of the name.
@@ -295,7 +298,11 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
         };
         let (ns, ttl, uid, gid) = (self.ns.clone(), self.ttl(), self.uid, self.gid);
         let mode = (mode & !umask & 0o7777) as u16;
-        let work = async move { ns.create(parent.0, &name, mode).await };
+        let work = async move {
+            let (mut a, o) = ns.create(parent.0, &name, mode).await?;
+            a.ino = ns.pin(parent.0, &name, &a);
+            Ok((a, o))
+        };
         self.answer("create", parent.0, work, move |r| match r {
             Ok((a, o)) => reply.created(
                 &ttl,
@@ -388,7 +395,11 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
         self.answer(
             "mkdir",
             parent.0,
-            async move { ns.mkdir(parent.0, &name).await },
+            async move {
+                let mut a = ns.mkdir(parent.0, &name).await?;
+                a.ino = ns.pin(parent.0, &name, &a);
+                Ok(a)
+            },
             move |r| match r {
                 Ok(a) => reply.entry(&ttl, &file_attr(&a, uid, gid), Generation(0)),
                 Err(e) => reply.error(e),
@@ -454,6 +465,11 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
             },
             empty(reply),
         );
+    }
+
+    // fuser's default batch_forget calls this for each inode of a batch.
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.ns.forget(ino.0, nlookup);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -529,14 +545,24 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
             .into_iter()
             .chain(entries.entries.iter().map(|e| (e.name.as_str(), &e.attr)));
         for (i, (name, attr)) in all.enumerate().skip(offset as usize) {
-            if reply.add(
+            // The kernel takes a reference to every entry but the dots; the count goes up
+            // first so a forget racing this answer cannot drop the node under it.
+            let mut attr = attr.clone();
+            if i >= 2 {
+                attr.ino = self.ns.pin(ino.0, name, &attr);
+            }
+            let full = reply.add(
                 INodeNo(attr.ino),
                 i as u64 + 1,
                 name,
                 &ttl,
-                &self.attr(attr),
+                &self.attr(&attr),
                 Generation(0),
-            ) {
+            );
+            if full {
+                if i >= 2 {
+                    self.ns.forget(attr.ino, 1);
+                }
                 break;
             }
         }

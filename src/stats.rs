@@ -44,6 +44,7 @@ counters! {
     prefetched_pages: "pages fetched ahead of the reader",
     evictions: "pages evicted to stay within the cache budget",
     cache_bytes: "bytes held or reserved by the page cache now",
+    inodes: "files and directories the mount remembers now (those the kernel holds)",
 }
 
 impl Stats {

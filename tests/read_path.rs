@@ -442,3 +442,50 @@ fn sas_token_credentials_work_and_never_leak() {
     let err = fails(m2.mount_cmd(&[]));
     assert!(err.contains("credentials rejected"), "{err}");
 }
+
+/// What the kernel forgets, the mount forgets: a walk over many files does not leave the
+/// daemon holding a node for each of them, and forgotten files come back intact.
+#[test]
+fn forgotten_inodes_are_dropped_and_come_back() {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: dropping the kernel's caches needs root");
+        return;
+    }
+    let az = Azurite::start();
+    let s = az.store();
+    s.container("many");
+    let names: Vec<String> = (0..2000).map(|i| format!("d/f{i:04}")).collect();
+    s.put_many("many", names, b"twelve bytes");
+    let m = Mount::start(&config_for(&az, ""), &[]);
+    let listed = ok(m.sh("ls -l alpha/storage/many/d | grep -c ' f'"));
+    assert_eq!(listed.trim(), "2000");
+    let held = m.stats()["inodes"];
+    assert!(held >= 2000, "{held}");
+
+    // The kernel drops its dentries and inodes, and sends FORGET for each.
+    let start = Instant::now();
+    loop {
+        ok(sh_in(
+            std::path::Path::new("/"),
+            "sync; echo 2 > /proc/sys/vm/drop_caches",
+        ));
+        let now = m.stats()["inodes"];
+        if now < 100 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "still {now} inodes after dropping caches"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // Everything is still there, with the right sizes and content.
+    let sizes = ok(m.sh("stat -c %s alpha/storage/many/d/* | sort | uniq -c"));
+    assert_eq!(sizes.trim(), "2000 12");
+    assert_eq!(
+        std::fs::read(m.p("alpha/storage/many/d/f1234")).unwrap(),
+        b"twelve bytes"
+    );
+}

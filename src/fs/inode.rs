@@ -82,6 +82,9 @@ pub struct Node {
     pub dir_mtime: Option<SystemTime>,
     /// The ETag the last `open` saw: the kernel may keep cached pages while it is unchanged.
     pub opened_etag: Option<String>,
+    /// References the kernel holds (entries it was given, less those it forgot). A node at
+    /// zero is dropped when the kernel forgets it, so a long walk does not grow the table.
+    pub lookups: u64,
 }
 
 #[derive(Debug)]
@@ -107,6 +110,7 @@ impl Default for Inodes {
                 meta: None,
                 dir_mtime: None,
                 opened_etag: None,
+                lookups: 0,
             },
         );
         t
@@ -130,9 +134,44 @@ impl Inodes {
                 meta: None,
                 dir_mtime: None,
                 opened_etag: None,
+                lookups: 0,
             },
         );
         ino
+    }
+
+    /// Counts a reference the kernel is about to be given to `ino`. False if `ino` is gone
+    /// (the kernel forgot it while an answer naming it was on its way).
+    pub fn pin(&mut self, ino: u64) -> bool {
+        match self.nodes.get_mut(&ino) {
+            Some(n) => {
+                n.lookups += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The kernel dropped `n` references to `ino`; the node goes once none are left.
+    /// Returns whether it went.
+    pub fn forget(&mut self, ino: u64, n: u64) -> bool {
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return false;
+        };
+        node.lookups = node.lookups.saturating_sub(n);
+        if node.lookups > 0 || ino == ROOT_INO {
+            return false;
+        }
+        if let Some(node) = self.nodes.remove(&ino)
+            && self.by_key.get(&node.key) == Some(&ino)
+        {
+            self.by_key.remove(&node.key);
+        }
+        true
+    }
+
+    pub fn count(&self) -> usize {
+        self.nodes.len()
     }
 
     /// The inode of `key`, if it has one.
@@ -211,11 +250,6 @@ impl Inodes {
     pub fn get_mut(&mut self, ino: u64) -> Option<&mut Node> {
         self.nodes.get_mut(&ino)
     }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.nodes.len()
-    }
 }
 
 #[cfg(test)]
@@ -239,6 +273,24 @@ mod tests {
         assert_eq!(t.ino(f, ROOT_INO), fi);
         assert_ne!(t.ino(d, ROOT_INO), fi);
         assert_eq!(t.ino(NodeKey::Root, 5), ROOT_INO);
-        assert_eq!(t.len(), 3);
+        assert_eq!(t.count(), 3);
+    }
+
+    #[test]
+    fn forgotten_nodes_go_and_come_back_with_new_numbers() {
+        let mut t = Inodes::default();
+        let f = NodeKey::File {
+            acct: 0,
+            container: "c".into(),
+            name: "a".into(),
+        };
+        let fi = t.ino(f.clone(), ROOT_INO);
+        assert!(t.pin(fi) && t.pin(fi));
+        assert!(!t.forget(fi, 1), "one reference left");
+        assert!(t.forget(fi, 1));
+        assert_eq!((t.find(&f), t.count()), (None, 1));
+        assert!(!t.pin(fi));
+        assert!(t.ino(f, ROOT_INO) > fi, "numbers are not reused");
+        assert!(!t.forget(ROOT_INO, 5), "the root stays");
     }
 }

@@ -289,6 +289,29 @@ pub struct Namespace<S> {
     mount_time: SystemTime,
 }
 
+/// The entry `name` of the directory `prefix` (empty, or ending in `/`) in a container; with
+/// an empty `name`, the container itself.
+fn in_dir(acct: usize, container: &str, prefix: &str, name: &str, is_dir: bool) -> NodeKey {
+    let container = container.to_string();
+    match is_dir {
+        true if name.is_empty() => NodeKey::Dir {
+            acct,
+            container,
+            prefix: prefix.to_string(),
+        },
+        true => NodeKey::Dir {
+            acct,
+            container,
+            prefix: format!("{prefix}{name}/"),
+        },
+        false => NodeKey::File {
+            acct,
+            container,
+            name: format!("{prefix}{name}"),
+        },
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic elsewhere must not take the whole mount down with poisoned locks.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -700,18 +723,8 @@ impl<S: BlobStore> Namespace<S> {
                 let v = listing::entries(prefix, page)
                     .into_iter()
                     .map(|(name, kind)| {
-                        let key = match &kind {
-                            EntryKind::Dir { .. } => NodeKey::Dir {
-                                acct: *acct,
-                                container: container.clone(),
-                                prefix: format!("{prefix}{name}/"),
-                            },
-                            EntryKind::File(_) => NodeKey::File {
-                                acct: *acct,
-                                container: container.clone(),
-                                name: format!("{prefix}{name}"),
-                            },
-                        };
+                        let is_dir = matches!(kind, EntryKind::Dir { .. });
+                        let key = in_dir(*acct, container, prefix, &name, is_dir);
                         self.entry(&name, key, ino, Some(&kind))
                     })
                     .collect();
@@ -742,6 +755,71 @@ impl<S: BlobStore> Namespace<S> {
             listings.retain(|_, (at, _)| at.elapsed() < keep);
         }
         entries
+    }
+
+    /// The kernel is about to be given an entry for `name` in `parent` (lookup, create,
+    /// mkdir, readdirplus): counts the reference and returns the inode number to give. A node
+    /// the kernel forgot while this answer was on its way is brought back, under the number
+    /// its name has now, so the kernel never holds a number this table does not know.
+    pub fn pin(&self, parent: u64, name: &str, attr: &Attr) -> u64 {
+        if lock(&self.inodes).pin(attr.ino) {
+            return attr.ino;
+        }
+        let Some(key) = self
+            .key_of(parent)
+            .ok()
+            .and_then(|p| self.child_key(&p, name, attr.kind))
+        else {
+            return attr.ino;
+        };
+        let mut t = lock(&self.inodes);
+        let ino = t.ino(key, parent);
+        t.pin(ino);
+        ino
+    }
+
+    /// The kernel dropped `n` references to `ino`. Once it holds none the node goes, with
+    /// what is kept for it, unless a file being written still needs it.
+    pub fn forget(&self, ino: u64, n: u64) {
+        if lock(&self.drafts).contains_key(&ino) {
+            if let Some(node) = lock(&self.inodes).get_mut(ino) {
+                node.lookups = node.lookups.saturating_sub(n);
+            }
+            return;
+        }
+        if lock(&self.inodes).forget(ino, n) {
+            lock(&self.listings).remove(&ino);
+            lock(&self.list_gates).remove(&ino);
+        }
+    }
+
+    /// How many nodes the table holds (for the counters).
+    pub fn inode_count(&self) -> usize {
+        lock(&self.inodes).count()
+    }
+
+    fn child_key(&self, parent: &NodeKey, name: &str, kind: Kind) -> Option<NodeKey> {
+        let is_dir = kind == Kind::Dir;
+        Some(match parent {
+            NodeKey::Root if name == STATS_FILE => NodeKey::Stats,
+            NodeKey::Root => {
+                let live = self.live_accounts();
+                NodeKey::Account(live.iter().find(|(_, a)| a.name == name)?.0)
+            }
+            NodeKey::Account(i) => match name {
+                "account.json" => NodeKey::AccountJson(*i),
+                "keys" => NodeKey::Keys(*i),
+                "storage" => self.storage_root(*i),
+                _ => return None,
+            },
+            NodeKey::Containers(acct) => in_dir(*acct, name, "", "", true),
+            NodeKey::Dir {
+                acct,
+                container,
+                prefix,
+            } => in_dir(*acct, container, prefix, name, is_dir),
+            _ => return None,
+        })
     }
 
     /// The parent directory's inode (for `..`).
@@ -782,6 +860,8 @@ impl<S: BlobStore> Namespace<S> {
             }
             NodeKey::Stats => {
                 direct_io = true;
+                let inodes = self.inode_count() as u64;
+                self.stats.inodes.store(inodes, Ordering::Relaxed);
                 Handle::Static(self.stats.to_json().into_bytes().into())
             }
             // Rotated keys keep their length: the kernel must not keep the old pages.

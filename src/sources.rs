@@ -58,7 +58,11 @@ impl Sources {
             .config
             .clone()
             .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
-        let others = args.subscription.is_some() || args.node;
+        // Any discovery flag means the accounts may come from Azure alone.
+        let others = args.subscription.is_some()
+            || args.identity.is_some()
+            || args.arm_endpoint.is_some()
+            || args.node;
         let config = if !explicit && !config_path.exists() {
             if !others {
                 return Err(format!(

@@ -24,6 +24,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_PAGES: usize = 1000;
 
 const MAX_ATTEMPTS: u32 = 4;
+/// Less than the 120 s `batchfs mount` waits for its daemon to be ready.
+const DISCOVERY_DEADLINE: Duration = Duration::from_secs(90);
 
 enum Failed {
     /// Worth another attempt, after the delay ARM asked for if it did.
@@ -170,7 +172,19 @@ impl Arm {
     }
 
     /// The Batch accounts in scope, each with its keys and storage; `only` keeps one name.
+    /// Bounded as a whole, so a mount says why within the time its caller waits for it.
     pub async fn discover(&self, only: Option<&str>) -> Result<Vec<AccountConfig>, String> {
+        match tokio::time::timeout(DISCOVERY_DEADLINE, self.discover_unbounded(only)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "Resource Manager at {} did not answer within {} s",
+                self.base,
+                DISCOVERY_DEADLINE.as_secs()
+            )),
+        }
+    }
+
+    async fn discover_unbounded(&self, only: Option<&str>) -> Result<Vec<AccountConfig>, String> {
         let subscriptions = match &self.scope.subscription {
             Some(s) => vec![s.clone()],
             None => self

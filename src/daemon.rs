@@ -388,8 +388,14 @@ impl Stores {
             store.set_credential(&s.credential).map_err(what)?;
             return Ok(Some(store.clone()));
         }
-        let store = HttpBlobStore::new(s, self.policy.clone(), self.stats.clone()).map_err(what)?;
-        let store = Arc::new(store.notify_denied(self.denied.clone()));
+        let mut store =
+            HttpBlobStore::new(s, self.policy.clone(), self.stats.clone()).map_err(what)?;
+        // Only discovered keys can change on a refresh; a refused key from the accounts
+        // file is the file's to fix.
+        if a.arm_body.is_some() {
+            store = store.notify_denied(self.denied.clone());
+        }
+        let store = Arc::new(store);
         self.by_account.insert(a.name.clone(), (id, store.clone()));
         Ok(Some(store))
     }

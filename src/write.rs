@@ -937,13 +937,25 @@ impl<S: BlobStore> Draft<S> {
                     )
                     .await
             } else {
+                // A few blocks in flight while the next are read: a large sibling should not
+                // take a round trip per block. Uploads also count against `--max-requests`.
+                let mut uploads = tokio::task::JoinSet::new();
                 for i in 0..n {
                     let id = self.block_id(st);
                     let data = Bytes::from(self.load(st, i).await?);
-                    self.cache
-                        .with_permit(self.store.put_block(&st.container, &sibling, &id, data))
-                        .await?;
-                    contents.push(id);
+                    contents.push(id.clone());
+                    let (store, cache) = (self.store.clone(), self.cache.clone());
+                    let (container, name) = (st.container.clone(), sibling.clone());
+                    uploads.spawn(async move {
+                        let put = store.put_block(&container, &name, &id, data);
+                        cache.with_permit(put).await
+                    });
+                    while uploads.len() >= SIBLING_UPLOADS {
+                        joined(uploads.join_next().await)?;
+                    }
+                }
+                while let Some(done) = uploads.join_next().await {
+                    joined(Some(done))?;
                 }
                 self.store
                     .put_block_list(
@@ -961,6 +973,22 @@ impl<S: BlobStore> Draft<S> {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+}
+
+/// Blocks of a conflict sibling uploaded at once (each holds a 4 MiB buffer meanwhile).
+const SIBLING_UPLOADS: usize = 4;
+
+/// The outcome of one finished upload task; a task that vanished is an I/O error.
+fn joined(
+    done: Option<Result<Result<(), BlobError>, tokio::task::JoinError>>,
+) -> Result<(), WriteError> {
+    match done {
+        None | Some(Ok(Ok(()))) => Ok(()),
+        Some(Ok(Err(e))) => Err(e.into()),
+        Some(Err(e)) => Err(WriteError::Storage(BlobError::Transport(format!(
+            "an upload task ended: {e}"
+        )))),
     }
 }
 

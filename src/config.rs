@@ -59,6 +59,8 @@ pub struct AccountConfig {
     pub source: String,
     /// For a discovered account, the ARM GET body exactly as Azure returned it.
     pub arm_body: Option<serde_json::Value>,
+    /// Parts discovery failed to read this time (as opposed to parts the account lacks).
+    pub unread: Unread,
     /// Host only, as ARM's `accountEndpoint` shows it.
     pub endpoint: Option<String>,
     pub location: Option<String>,
@@ -68,6 +70,12 @@ pub struct AccountConfig {
     pub primary_key: Option<Secret>,
     pub secondary_key: Option<Secret>,
     pub storage: Option<StorageConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Unread {
+    pub keys: bool,
+    pub storage: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -322,6 +330,7 @@ impl Ctx<'_> {
         Ok(AccountConfig {
             source: format!("{}:{}", self.path.display(), self.line_of(at)),
             arm_body: None,
+            unread: Unread::default(),
             name: name.into_inner(),
             endpoint,
             location: raw.location.map(Spanned::into_inner),

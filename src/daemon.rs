@@ -20,6 +20,7 @@ use fuser::{Config as FuseConfig, MountOption, SessionACL};
 
 use crate::blob::{BlobError, BlobStore, HttpBlobStore, RetryPolicy};
 use crate::config::AccountConfig;
+use crate::discovery;
 use crate::fs::{Account, Namespace, Options};
 use crate::fuse::FuseFs;
 use crate::sources::{SourceArgs, Sources};
@@ -146,7 +147,13 @@ fn run_mount(args: &MountArgs, mut notify: Option<&mut std::io::Stdout>) -> Res 
     let accounts = rt.block_on(connect_all(&found, &mut stores))?;
     let ns = Arc::new(Namespace::new(accounts, opts, stats));
     if sources.discovers() && !refresh.is_zero() {
-        rt.spawn(refresh_accounts(sources, stores, ns.clone(), refresh));
+        rt.spawn(refresh_accounts(
+            sources,
+            found.clone(),
+            stores,
+            ns.clone(),
+            refresh,
+        ));
     }
 
     // SAFETY: getuid/getgid cannot fail and touch no memory.
@@ -434,12 +441,14 @@ async fn connect_all(
 /// from then on. A failed refresh keeps what the mount shows.
 async fn refresh_accounts(
     sources: Sources,
+    shown: Vec<AccountConfig>,
     mut stores: Stores,
     ns: Arc<Namespace<HttpBlobStore>>,
     every: Duration,
 ) {
     let denied = stores.denied.clone();
     let mut last = tokio::time::Instant::now();
+    let mut previous = shown;
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(last + every) => {}
@@ -452,7 +461,11 @@ async fn refresh_accounts(
         }
         last = tokio::time::Instant::now();
         let found = match sources.accounts().await {
-            Ok(found) => found,
+            Ok(mut found) => {
+                discovery::keep_known(&mut found, &previous);
+                previous = found.clone();
+                found
+            }
             Err(e) => {
                 tracing::warn!("refreshing the accounts failed (keeping the current ones): {e}");
                 continue;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::config::{AccountConfig, Credential, DiscoveryConfig, StorageConfig};
+use crate::config::{AccountConfig, Credential, DiscoveryConfig, StorageConfig, Unread};
 use crate::identity::TokenSource;
 use crate::secret::Secret;
 
@@ -219,6 +219,7 @@ impl Arm {
         let id = body["id"].as_str()?.to_string();
         let props = &body["properties"];
         let (mut primary_key, mut secondary_key) = (None, None);
+        let mut unread = Unread::default();
         if allows_shared_key(props) {
             match self
                 .call(Method::POST, &format!("{id}/listKeys"), BATCH_API)
@@ -228,7 +229,10 @@ impl Arm {
                     primary_key = secret(&keys["primary"]);
                     secondary_key = secret(&keys["secondary"]);
                 }
-                Err(e) => tracing::warn!(account = %name, "no keys: {e}"),
+                Err(e) => {
+                    tracing::warn!(account = %name, "cannot read the keys: {e}");
+                    unread.keys = true;
+                }
             }
         } else {
             tracing::info!(
@@ -240,7 +244,8 @@ impl Arm {
             Some(sid) => match self.storage(props, sid).await {
                 Ok(s) => Some(s),
                 Err(e) => {
-                    tracing::warn!(account = %name, storage = sid, "storage not shown: {e}");
+                    tracing::warn!(account = %name, storage = sid, "cannot read the storage account: {e}");
+                    unread.storage = true;
                     None
                 }
             },
@@ -260,6 +265,7 @@ impl Arm {
             endpoint: props["accountEndpoint"].as_str().map(str::to_string),
             location: body["location"].as_str().map(str::to_string),
             arm_body: Some(body.clone()),
+            unread,
             name,
             subscription_id,
             resource_group,
@@ -320,6 +326,27 @@ fn allows_shared_key(props: &Value) -> bool {
 
 fn secret(v: &Value) -> Option<Secret> {
     v.as_str().filter(|s| !s.is_empty()).map(Secret::new)
+}
+
+/// Keeps what an earlier discovery read where this one could not read it: a Resource
+/// Manager hiccup or a role assignment in flux must not make `keys` or `storage/` vanish
+/// until the next refresh. What an account really lacks is not carried over.
+pub fn keep_known(found: &mut [AccountConfig], previous: &[AccountConfig]) {
+    for a in found.iter_mut() {
+        let Some(prev) = previous.iter().find(|p| p.name == a.name) else {
+            continue;
+        };
+        if a.unread.keys && a.primary_key.is_none() && a.secondary_key.is_none() {
+            a.primary_key = prev.primary_key.clone();
+            a.secondary_key = prev.secondary_key.clone();
+        }
+        if a.unread.storage && a.storage.is_none() {
+            a.storage = prev.storage.clone();
+        }
+        if a.unread != Unread::default() {
+            tracing::warn!(account = %a.name, "keeping what the last refresh read");
+        }
+    }
 }
 
 /// Config accounts and discovered ones in one list; one name from two sources is an error

@@ -644,3 +644,28 @@ fn discovery_as_a_service_principal() {
     w.no_violations();
     assert!(!m.log_text().contains("sp-secret-7f3a"));
 }
+
+#[test]
+fn keys_that_cannot_be_read_on_a_refresh_stay_as_they_were() {
+    let w = World::new();
+    w.seeder("A").container("inputs");
+    w.seeder("A").put("inputs", "a.txt", &b"still here"[..]);
+    let m = w.mount("", &["--subscription", SUB, "--refresh", "1"]);
+    assert_eq!(ls(&m, "render"), ["account.json", "keys", "storage"]);
+    // The identity loses the right to list keys: refreshes cannot read them any more.
+    w.arm.with(|s| s.list_keys_denied = true);
+    wait_for(&m, "a refresh without keys", || {
+        m.log_text().contains("keeping what the last refresh read")
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(ls(&m, "render"), ["account.json", "keys", "storage"]);
+    assert!(
+        std::fs::read_to_string(m.p("render/keys"))
+            .unwrap()
+            .contains("batch-primary-render-secret1")
+    );
+    assert_eq!(
+        std::fs::read(m.p("render/storage/inputs/a.txt")).unwrap(),
+        b"still here"
+    );
+}

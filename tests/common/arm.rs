@@ -54,6 +54,8 @@ pub struct State {
     pub calls: Vec<String>,
     /// Make the identity endpoint fail (500).
     pub token_broken: bool,
+    /// Refuse every `listKeys` (403), as when a role assignment is taken away.
+    pub list_keys_denied: bool,
     /// Answer the next Batch account list with 429 and `Retry-After: 1`.
     pub throttle_once: bool,
     /// Seconds the tokens handed out are valid (default one hour).
@@ -310,6 +312,9 @@ fn answer(s: &mut State, req: &Request, port: u16) -> (u16, Value) {
         ok
     };
     let p = req.path.as_str();
+    if p.ends_with("/listKeys") && s.list_keys_denied {
+        return (403, error("AuthorizationFailed"));
+    }
     if p == "/subscriptions" {
         if !want(s, "GET", SUBSCRIPTIONS_API) {
             return (400, error("InvalidApiVersionParameter"));

@@ -408,6 +408,17 @@ impl Stores {
     }
 }
 
+impl Stores {
+    /// The client, or none (logged) for an account whose storage cannot have one: the
+    /// account is still shown, without `storage/`, instead of vanishing.
+    fn client_or_none(&mut self, a: &AccountConfig) -> Option<Arc<HttpBlobStore>> {
+        self.client(a).unwrap_or_else(|e| {
+            tracing::warn!("{e}");
+            None
+        })
+    }
+}
+
 /// Builds each account's storage client and checks it answers, all accounts at once. An
 /// account from the accounts file that does not answer stops the mount; a discovered one is
 /// shown anyway (one broken account among dozens must not keep the others away).
@@ -417,7 +428,10 @@ async fn connect_all(
 ) -> Result<Vec<Account<HttpBlobStore>>, String> {
     let mut clients = Vec::new();
     for a in accounts {
-        clients.push(stores.client(a)?);
+        clients.push(match a.arm_body {
+            None => stores.client(a)?,
+            Some(_) => stores.client_or_none(a),
+        });
     }
     let checks = accounts.iter().zip(clients).map(|(a, store)| async move {
         if let Some(store) = &store
@@ -473,10 +487,7 @@ async fn refresh_accounts(
         };
         let mut accounts = Vec::new();
         for a in &found {
-            match stores.client(a) {
-                Ok(store) => accounts.push(Account::new(a, store)),
-                Err(e) => tracing::warn!("{e}"),
-            }
+            accounts.push(Account::new(a, stores.client_or_none(a)));
         }
         stores
             .by_account

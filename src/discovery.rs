@@ -260,11 +260,13 @@ impl Arm {
                 _ => {}
             }
         }
+        let endpoint = props["accountEndpoint"].as_str().map(str::to_string);
+        let location = body["location"].as_str().map(str::to_string);
         Some(AccountConfig {
             source: self.scope_label(),
-            endpoint: props["accountEndpoint"].as_str().map(str::to_string),
-            location: body["location"].as_str().map(str::to_string),
-            arm_body: Some(body.clone()),
+            endpoint,
+            location,
+            arm_body: Some(body),
             unread,
             name,
             subscription_id,

@@ -67,7 +67,7 @@ pub fn init(args: &MountArgs) -> Result<(), String> {
     let registry = tracing_subscriber::registry().with(targets);
     let started = if journal {
         // journald stamps each line itself and reads its priority from a `<N>` prefix.
-        let fmt = fmt.without_time().event_format(Journald(
+        let fmt = fmt.event_format(Journald(
             tracing_subscriber::fmt::format()
                 .without_time()
                 .with_ansi(false),

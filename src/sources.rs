@@ -103,9 +103,14 @@ impl Sources {
         &self.config.warnings
     }
 
-    /// Whether the accounts can change while mounted (discovery is in use).
+    /// Whether the accounts can change while mounted: discovery is in use, and not just
+    /// standing by for a node whose account the accounts file describes.
     pub fn discovers(&self) -> bool {
-        self.arm.is_some()
+        let node_from_file = self
+            .node
+            .as_ref()
+            .is_some_and(|n| self.config.accounts.iter().any(|a| a.name == n.name));
+        self.arm.is_some() && !node_from_file
     }
 
     /// The accounts to show now.

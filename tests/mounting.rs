@@ -45,6 +45,16 @@ impl Drop for Helper {
     }
 }
 
+/// `mount -T FSTAB MOUNTPOINT`: mount(8) with a line from an fstab of the test's own.
+fn mount_fstab(fstab: &Path, mountpoint: &Path) -> std::process::Output {
+    Command::new("mount")
+        .arg("-T")
+        .arg(fstab)
+        .arg(mountpoint)
+        .output()
+        .expect("mount runs")
+}
+
 fn fstype(mountpoint: &Path) -> String {
     let out = Command::new("findmnt")
         .args(["-n", "-o", "FSTYPE"])
@@ -101,12 +111,7 @@ fn mount_t_fuse_batchfs_fstab_and_a_stale_mountpoint() {
         ),
     )
     .unwrap();
-    ok(Command::new("mount")
-        .arg("-T")
-        .arg(&fstab)
-        .arg(&m.path)
-        .output()
-        .unwrap());
+    ok(mount_fstab(&fstab, &m.path));
     let err = fails(m.sh("touch alpha/storage/data/new.txt"));
     assert!(err.contains("Read-only"), "ro reached the mount: {err}");
 
@@ -125,12 +130,7 @@ fn mount_t_fuse_batchfs_fstab_and_a_stale_mountpoint() {
         ),
         "{gone}"
     );
-    ok(Command::new("mount")
-        .arg("-T")
-        .arg(&fstab)
-        .arg(&m.path)
-        .output()
-        .unwrap());
+    ok(mount_fstab(&fstab, &m.path));
     assert_eq!(
         std::fs::read(m.p("alpha/storage/data/hello.txt")).unwrap(),
         b"hi\n"

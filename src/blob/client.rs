@@ -138,7 +138,6 @@ impl<'a> Op<'a> {
 }
 
 /// How each request is authorized.
-#[derive(Clone)]
 enum Auth {
     SharedKey(crate::secret::Secret),
     Sas(crate::secret::Secret),
@@ -222,8 +221,8 @@ impl HttpBlobStore {
         Ok(())
     }
 
-    fn auth(&self) -> Auth {
-        self.auth.read().unwrap_or_else(|p| p.into_inner()).clone()
+    fn auth(&self) -> std::sync::RwLockReadGuard<'_, Auth> {
+        self.auth.read().unwrap_or_else(|p| p.into_inner())
     }
 
     fn path_of(&self, op: &Op<'_>) -> String {
@@ -390,11 +389,12 @@ impl HttpBlobStore {
             .map(|(k, v)| format!("{k}={}", urlencoding::encode(v)))
             .collect();
         let mut headers = HeaderMap::new();
-        match self.auth() {
+        // Signed under the read lock; only a token source is taken out, to await its token.
+        let bearer = match &*self.auth() {
             Auth::SharedKey(key) => {
                 let auth = authorization(
                     &self.account,
-                    &key,
+                    key,
                     &SignInput {
                         method: op.method.as_str(),
                         content_length: op.body.len() as u64,
@@ -408,16 +408,21 @@ impl HttpBlobStore {
                 )
                 .map_err(|e| Failure::Final(BlobError::BadResponse(e)))?;
                 headers.insert(reqwest::header::AUTHORIZATION, sensitive(&auth)?);
+                None
             }
-            Auth::Sas(sas) => query.push(sas.expose().to_string()),
-            Auth::Bearer(source) => {
-                let token = source
-                    .token()
-                    .await
-                    .map_err(|e| Failure::Final(BlobError::Token(e)))?;
-                let value = sensitive(&format!("Bearer {}", token.expose()))?;
-                headers.insert(reqwest::header::AUTHORIZATION, value);
+            Auth::Sas(sas) => {
+                query.push(sas.expose().to_string());
+                None
             }
+            Auth::Bearer(source) => Some(source.clone()),
+        };
+        if let Some(source) = bearer {
+            let token = source
+                .token()
+                .await
+                .map_err(|e| Failure::Final(BlobError::Token(e)))?;
+            let value = sensitive(&format!("Bearer {}", token.expose()))?;
+            headers.insert(reqwest::header::AUTHORIZATION, value);
         }
         for (k, v) in &ms_headers {
             let name = HeaderName::from_bytes(k.as_bytes())
@@ -755,7 +760,7 @@ impl BlobStore for HttpBlobStore {
             self.base_path,
             encode_blob_name(src)
         ));
-        if let Auth::Sas(sas) = self.auth() {
+        if let Auth::Sas(sas) = &*self.auth() {
             source.set_query(Some(sas.expose()));
         }
         let op = Op::new("copy", Method::PUT, Some(container), Some(dst))

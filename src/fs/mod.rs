@@ -485,19 +485,8 @@ impl<S: BlobStore> Namespace<S> {
     pub async fn lookup(&self, parent: u64, name: &str) -> Result<Attr> {
         let key = self.key_of(parent)?;
         let child = match &key {
-            NodeKey::Root if name == STATS_FILE => NodeKey::Stats,
-            NodeKey::Root => match self.live_accounts().iter().find(|(_, a)| a.name == name) {
-                Some((i, _)) => NodeKey::Account(*i),
-                None => return Err(FsError::NotFound),
-            },
-            NodeKey::Account(i) => {
-                let a = self.account(*i)?;
-                match name {
-                    "account.json" => NodeKey::AccountJson(*i),
-                    "keys" if a.keys.is_some() => NodeKey::Keys(*i),
-                    "storage" if a.storage.is_some() => self.storage_root(*i),
-                    _ => return Err(FsError::NotFound),
-                }
+            NodeKey::Root | NodeKey::Account(_) => {
+                self.fixed_child(&key, name).ok_or(FsError::NotFound)?
             }
             NodeKey::Containers(_) => {
                 let entries = self.listing(parent).await?;
@@ -509,11 +498,7 @@ impl<S: BlobStore> Namespace<S> {
                 prefix,
             } => {
                 // A file being written here exists for this mount before its first commit.
-                let pending = NodeKey::File {
-                    acct: *acct,
-                    container: container.clone(),
-                    name: format!("{prefix}{name}"),
-                };
+                let pending = in_dir(*acct, container, prefix, name, false);
                 let pending = lock(&self.inodes).find(&pending);
                 let shown = |i: &u64| lock(&self.drafts).get(i).is_some_and(|e| !e.unlinked);
                 if let Some(ino) = pending.filter(shown) {
@@ -780,6 +765,7 @@ impl<S: BlobStore> Namespace<S> {
 
     /// The kernel dropped `n` references to `ino`. Once it holds none the node goes, with
     /// what is kept for it, unless a file being written still needs it.
+    /// With `n` 0: drops a node whose references went while a draft still needed it.
     pub fn forget(&self, ino: u64, n: u64) {
         if lock(&self.drafts).contains_key(&ino) {
             if let Some(node) = lock(&self.inodes).get_mut(ino) {
@@ -798,20 +784,31 @@ impl<S: BlobStore> Namespace<S> {
         lock(&self.inodes).count()
     }
 
-    fn child_key(&self, parent: &NodeKey, name: &str, kind: Kind) -> Option<NodeKey> {
-        let is_dir = kind == Kind::Dir;
+    /// The child `name` of the root or of an account directory, whose contents are fixed.
+    fn fixed_child(&self, parent: &NodeKey, name: &str) -> Option<NodeKey> {
         Some(match parent {
             NodeKey::Root if name == STATS_FILE => NodeKey::Stats,
             NodeKey::Root => {
                 let live = self.live_accounts();
                 NodeKey::Account(live.iter().find(|(_, a)| a.name == name)?.0)
             }
-            NodeKey::Account(i) => match name {
-                "account.json" => NodeKey::AccountJson(*i),
-                "keys" => NodeKey::Keys(*i),
-                "storage" => self.storage_root(*i),
-                _ => return None,
-            },
+            NodeKey::Account(i) => {
+                let a = self.account(*i).ok()?;
+                match name {
+                    "account.json" => NodeKey::AccountJson(*i),
+                    "keys" if a.keys.is_some() => NodeKey::Keys(*i),
+                    "storage" if a.storage.is_some() => self.storage_root(*i),
+                    _ => return None,
+                }
+            }
+            _ => return None,
+        })
+    }
+
+    fn child_key(&self, parent: &NodeKey, name: &str, kind: Kind) -> Option<NodeKey> {
+        let is_dir = kind == Kind::Dir;
+        Some(match parent {
+            NodeKey::Root | NodeKey::Account(_) => self.fixed_child(parent, name)?,
             NodeKey::Containers(acct) => in_dir(*acct, name, "", "", true),
             NodeKey::Dir {
                 acct,
@@ -1217,6 +1214,8 @@ impl<S: BlobStore> Namespace<S> {
         {
             tracing::error!(ino, error = %e, "a change made as the file closed could not be committed");
         }
+        // The kernel may have forgotten the file while this last close was committing.
+        self.forget(*ino, 0);
     }
 
     pub async fn setattr(&self, ino: u64, change: SetAttr) -> Result<Attr> {

@@ -13,7 +13,7 @@ missing=()
 command -v fusermount3 >/dev/null || missing+=(fuse3)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
-command -v setpriv >/dev/null || missing+=(util-linux)
+{ command -v setpriv && command -v findmnt; } >/dev/null || missing+=(util-linux)
 command -v pgrep >/dev/null || missing+=(procps)
 command -v diff >/dev/null || missing+=(diffutils)
 # The write-path tests run these as a user would.

@@ -134,6 +134,7 @@ fn run_mount(args: &MountArgs, mut notify: Option<&mut std::io::Stdout>) -> Res 
         max_requests: args.max_requests.max(1),
         read_only: args.read_only,
         spill_dir: spill_dir(args)?,
+        timeout: secs("--timeout", args.timeout)?,
     };
     let policy = RetryPolicy {
         deadline: secs("--timeout", args.timeout)?,
@@ -553,10 +554,10 @@ pub fn accounts(args: &SourceArgs) -> Res {
             (a, status)
         }
     })));
-    println!(
+    let mut lines = vec![format!(
         "{:<24} {:<32} {:<20} {:<6} STORAGE",
         "ACCOUNT", "STORAGE ACCOUNT", "CONTAINER", "KEYS"
-    );
+    )];
     let mut failed = 0;
     for (a, status) in &rows {
         let storage = a
@@ -579,11 +580,12 @@ pub fn accounts(args: &SourceArgs) -> Res {
         if status.starts_with("error") {
             failed += 1;
         }
-        println!(
+        lines.push(format!(
             "{:<24} {:<32} {:<20} {:<6} {status}",
             a.name, storage, container, keys
-        );
+        ));
     }
+    print_lines(lines)?;
     if failed > 0 {
         return Err(format!("{failed} storage account(s) did not answer"));
     }
@@ -599,8 +601,20 @@ pub fn stats(path: &Path) -> Res {
     })?;
     let map: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(&text).map_err(|e| format!("bad stats: {e}"))?;
-    for (k, v) in map {
-        println!("{k:<20} {v}");
+    print_lines(map.iter().map(|(k, v)| format!("{k:<20} {v}")))
+}
+
+/// Prints to stdout. A reader that went away (`| head`, `| true`) is not an error, and never
+/// a panic as `println!` would make it.
+fn print_lines(lines: impl IntoIterator<Item = String>) -> Res {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = lines
+        .into_iter()
+        .try_for_each(|l| writeln!(out, "{l}"))
+        .and_then(|()| out.flush());
+    match written {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(format!("stdout: {e}")),
+        _ => Ok(()),
     }
-    Ok(())
 }

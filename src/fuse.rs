@@ -17,6 +17,7 @@ use fuser::{
 
 use crate::blob::{BlobError, BlobStore};
 use crate::fs::{Attr, FsError, Kind, Namespace, SetAttr};
+use crate::write::AttrChange;
 
 /// Largest read and write the kernel is asked to send.
 pub const MAX_IO: u32 = 1024 * 1024;
@@ -60,21 +61,21 @@ impl<S: BlobStore> FuseFs<S> {
 }
 
 pub fn file_attr(a: &Attr, uid: u32, gid: u32) -> FileAttr {
-    let (kind, nlink) = match a.kind {
-        Kind::Dir => (FileType::Directory, 2),
-        Kind::File => (FileType::RegularFile, 1),
+    let kind = match a.kind {
+        Kind::Dir => FileType::Directory,
+        Kind::File => FileType::RegularFile,
     };
     FileAttr {
         ino: INodeNo(a.ino),
         size: a.size,
         blocks: a.size.div_ceil(512),
-        atime: a.mtime,
+        atime: a.atime,
         mtime: a.mtime,
         ctime: a.mtime,
         crtime: a.mtime,
         kind,
         perm: a.perm,
-        nlink,
+        nlink: a.nlink,
         uid,
         gid,
         rdev: 0,
@@ -98,6 +99,7 @@ pub fn errno(e: &FsError) -> Errno {
         FsError::Exists => Errno::EEXIST,
         FsError::NotEmpty => Errno::ENOTEMPTY,
         FsError::Invalid => Errno::EINVAL,
+        FsError::NameTooLong => Errno::ENAMETOOLONG,
         FsError::TooLarge => Errno::EFBIG,
         FsError::CrossDevice => Errno::EXDEV,
         FsError::Busy(_) => Errno::EBUSY,
@@ -251,7 +253,7 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
         self.answer(
             "flush",
             ino.0,
-            async move { ns.flush(fh.0, true).await },
+            async move { ns.flush(fh.0).await },
             empty(reply),
         );
     }
@@ -261,7 +263,7 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
         self.answer(
             "fsync",
             ino.0,
-            async move { ns.flush(fh.0, false).await },
+            async move { ns.flush(fh.0).await },
             empty(reply),
         );
     }
@@ -327,16 +329,21 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        // On this thread, straight from the kernel's buffer: a write is a copy into the
-        // file's draft, and when it must wait (for budget, or to read back a block it
-        // patches) that wait is the backpressure the writer should feel.
-        match self.rt.block_on(self.ns.write(fh.0, offset, data)) {
-            Ok(()) => reply.written(data.len() as u32),
-            Err(e) => {
-                log_error("write", ino.0, &e);
-                reply.error(errno(&e))
-            }
-        }
+        // On the runtime like every other call: a writer that waits (for budget, or to read
+        // back a block it patches) feels the backpressure in its own syscall, while the fuser
+        // threads go on serving `ls` and reads of cached files. The kernel sends at most one
+        // write per writing thread at a time, so the copies in flight are few.
+        let (ns, data) = (self.ns.clone(), data.to_vec());
+        let len = data.len() as u32;
+        self.answer(
+            "write",
+            ino.0,
+            async move { ns.write(fh.0, offset, &data).await },
+            move |r| match r {
+                Ok(()) => reply.written(len),
+                Err(e) => reply.error(e),
+            },
+        );
     }
 
     fn setattr(
@@ -347,7 +354,7 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
         uid: Option<u32>,
         gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<std::time::SystemTime>,
         _fh: Option<FileHandle>,
@@ -362,13 +369,17 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
         if uid.is_some_and(|u| u != self.uid) || gid.is_some_and(|g| g != self.gid) {
             return reply.error(Errno::EPERM);
         }
+        let time = |t: TimeOrNow| match t {
+            TimeOrNow::SpecificTime(t) => t,
+            TimeOrNow::Now => std::time::SystemTime::now(),
+        };
         let change = SetAttr {
             size,
-            mtime: mtime.map(|t| match t {
-                TimeOrNow::SpecificTime(t) => t,
-                TimeOrNow::Now => std::time::SystemTime::now(),
-            }),
-            mode: mode.map(|m| (m & 0o7777) as u16),
+            attrs: AttrChange {
+                mtime: mtime.map(time),
+                atime: atime.map(time),
+                mode: mode.map(|m| (m & 0o7777) as u16),
+            },
         };
         let (ns, ttl, uid, gid) = (self.ns.clone(), self.ttl(), self.uid, self.gid);
         self.answer(
@@ -384,10 +395,11 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
         _req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        mode: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
+        let mode = (mode & !umask & 0o7777) as u16;
         let Some(name) = name.to_str().map(str::to_owned) else {
             return reply.error(Errno::EINVAL);
         };
@@ -396,7 +408,7 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
             "mkdir",
             parent.0,
             async move {
-                let mut a = ns.mkdir(parent.0, &name).await?;
+                let mut a = ns.mkdir(parent.0, &name, mode).await?;
                 a.ino = ns.pin(parent.0, &name, &a);
                 Ok(a)
             },
@@ -502,7 +514,7 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
         let all = dots
             .iter()
             .map(|&(i, n)| (i, FileType::Directory, n))
-            .chain(entries.entries.iter().map(|e| {
+            .chain(entries.entries().map(|e| {
                 let kind = self.attr(&e.attr).kind;
                 (e.attr.ino, kind, e.name.as_str())
             }));
@@ -534,7 +546,9 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
             kind: Kind::Dir,
             size: 0,
             mtime: std::time::UNIX_EPOCH,
+            atime: std::time::UNIX_EPOCH,
             perm: 0o755,
+            nlink: 1,
         };
         let parent = Attr {
             ino: self.ns.parent_of(ino.0),
@@ -543,7 +557,7 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
         let dots = [(".", &self_attr), ("..", &parent)];
         let all = dots
             .into_iter()
-            .chain(entries.entries.iter().map(|e| (e.name.as_str(), &e.attr)));
+            .chain(entries.entries().map(|e| (e.name.as_str(), &e.attr)));
         for (i, (name, attr)) in all.enumerate().skip(offset as usize) {
             // The kernel takes a reference to every entry but the dots; the count goes up
             // first so a forget racing this answer cannot drop the node under it.

@@ -23,12 +23,13 @@
 //!
 //! Every commit is conditional: `If-Match` the base's ETag, or `If-None-Match: *` for a new
 //! file. If someone else committed first, nothing of theirs is overwritten: the draft is
-//! written to a sibling blob named `<name>.conflict-<UTC time>-<host>` and the commit fails,
+//! written to a sibling blob named `<name>.conflict-<YYYYMMDDTHHMMSSZ>-<host>` and the commit fails,
 //! which the application sees as an error from `close` or `fsync`. Uncommitted blocks are
 //! invisible to readers and expire on their own, so a crash or a failed upload leaves the
 //! previously committed blob as it was.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex as StdMutex;
@@ -38,7 +39,7 @@ use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::watch;
 
-use crate::blob::{BlobError, BlobProps, BlobStore, Condition};
+use crate::blob::{BlobError, BlobProps, BlobStore, Condition, meta};
 use crate::cache::{BlobRef, Cache, Readahead};
 use crate::spill::Spill;
 use crate::stats::Stats;
@@ -53,9 +54,6 @@ const MIN_RESERVE: usize = 64 << 10;
 pub const PRESSURE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 /// A write at least this large at the start of a block takes the whole block at once.
 const SEQUENTIAL_HINT: usize = 128 << 10;
-/// Metadata keys for what POSIX keeps and blobs do not.
-pub const META_MTIME: &str = "mtime";
-pub const META_MODE: &str = "mode";
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -85,6 +83,14 @@ pub struct Target {
     pub name: String,
 }
 
+/// Times and mode bits `setattr` changes.
+#[derive(Debug, Default, Clone)]
+pub struct AttrChange {
+    pub mtime: Option<SystemTime>,
+    pub atime: Option<SystemTime>,
+    pub mode: Option<u16>,
+}
+
 /// What a successful commit made.
 #[derive(Debug, Clone)]
 pub struct Committed {
@@ -92,7 +98,42 @@ pub struct Committed {
     pub size: u64,
 }
 
-type UploadResult = Result<bool, (BlobError, Bytes)>;
+type UploadResult = Result<bool, Arc<FailedUpload>>;
+
+/// An upload that failed: its bytes, and the budget they still hold. Whoever turns it back
+/// into a dirty block takes the budget along; if nobody does (the draft was dropped), the
+/// budget is given back when the last reference goes.
+struct FailedUpload {
+    error: BlobError,
+    data: Bytes,
+    reserved: std::sync::atomic::AtomicU64,
+    cache: Arc<Cache>,
+    stats: Arc<Stats>,
+}
+
+impl FailedUpload {
+    fn take_reservation(&self) -> u64 {
+        self.reserved.swap(0, std::sync::atomic::Ordering::AcqRel)
+    }
+}
+
+impl Drop for FailedUpload {
+    fn drop(&mut self) {
+        let left = self.take_reservation();
+        if left > 0 {
+            self.cache.release(left);
+            Stats::sub(&self.stats.dirty_bytes, left);
+        }
+    }
+}
+
+/// Size, modification and access time as the application sees them now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shown {
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub atime: SystemTime,
+}
 
 enum Block {
     /// The block's content from its start; shorter than the block means zeros follow.
@@ -130,10 +171,11 @@ struct State {
     metadata: BTreeMap<String, String>,
     data_dirty: bool,
     meta_dirty: bool,
-    /// Written to (or attributes set) since the last commit, as opposed to only truncated.
-    written: bool,
     unlinked: bool,
     failed: bool,
+    /// The last commit failed (storage, not a conflict): a close must not commit behind the
+    /// back of a caller that was told it failed.
+    commit_failed: bool,
     spill: Option<Arc<Spill>>,
     /// A snapshot of the base, taken when an edit first relies on more than one block of it:
     /// a conflict sibling can then be made whole even after the base was replaced.
@@ -141,6 +183,7 @@ struct State {
     snapshot_tried: bool,
     next_id: u64,
     mtime: SystemTime,
+    atime: SystemTime,
 }
 
 pub struct Draft<S> {
@@ -153,7 +196,7 @@ pub struct Draft<S> {
     state: tokio::sync::Mutex<State>,
     /// Size and mtime as of the last change, readable without waiting for the state lock
     /// (getattr must not wait behind a write that waits for budget).
-    shown: StdMutex<(u64, SystemTime)>,
+    shown: StdMutex<Shown>,
 }
 
 impl<S: BlobStore> Draft<S> {
@@ -172,7 +215,8 @@ impl<S: BlobStore> Draft<S> {
             name,
         } = target;
         let size = base.map_or(0, |b| b.size);
-        let mtime = base.map_or_else(SystemTime::now, blob_mtime);
+        let mtime = base.map_or_else(SystemTime::now, meta::mtime);
+        let atime = base.map_or(mtime, meta::atime);
         Draft {
             store,
             cache,
@@ -195,26 +239,31 @@ impl<S: BlobStore> Draft<S> {
                 // A new file exists once it is closed, even if nothing was written.
                 data_dirty: base.is_none(),
                 meta_dirty: false,
-                written: false,
                 unlinked: false,
                 failed: false,
+                commit_failed: false,
                 spill: None,
                 snapshot: None,
                 snapshot_tried: false,
                 next_id: 0,
                 mtime,
+                atime,
             }),
-            shown: StdMutex::new((size, mtime)),
+            shown: StdMutex::new(Shown { size, mtime, atime }),
         }
     }
 
     /// Size and modification time as the application sees them now.
-    pub fn shown(&self) -> (u64, SystemTime) {
+    pub fn shown(&self) -> Shown {
         *self.shown.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn show(&self, st: &State) {
-        *self.shown.lock().unwrap_or_else(|p| p.into_inner()) = (st.size, st.mtime);
+        *self.shown.lock().unwrap_or_else(|p| p.into_inner()) = Shown {
+            size: st.size,
+            mtime: st.mtime,
+            atime: st.atime,
+        };
     }
 
     pub async fn write(&self, offset: u64, data: &[u8]) -> Result<(), WriteError> {
@@ -265,9 +314,8 @@ impl<S: BlobStore> Draft<S> {
         }
         st.size = st.size.max(end);
         st.data_dirty = true;
-        st.written = true;
         st.mtime = SystemTime::now();
-        st.metadata.remove(META_MTIME);
+        meta::remove(&mut st.metadata, meta::MTIME);
         // Upload the blocks the writer has filled and moved past.
         for i in first..=last {
             let full = matches!(st.blocks.get(&i), Some(Block::Dirty { buf, .. }) if buf.len() as u64 == BLOCK);
@@ -472,12 +520,19 @@ impl<S: BlobStore> Draft<S> {
                     cache.release(cache.keep_spare(data, reserved));
                     Ok(spilled)
                 }
-                Err(e) => {
-                    cache.release(reserved);
-                    Err((e, data))
-                }
+                // The bytes stay, and so does the budget they hold: memory must not grow
+                // past the budget while storage is down.
+                Err(error) => Err(Arc::new(FailedUpload {
+                    error,
+                    data,
+                    reserved: reserved.into(),
+                    cache: cache.clone(),
+                    stats: stats.clone(),
+                })),
             };
-            Stats::sub(&stats.dirty_bytes, reserved);
+            if result.is_ok() {
+                Stats::sub(&stats.dirty_bytes, reserved);
+            }
             let _ = tx.send(Some(result));
         });
     }
@@ -498,17 +553,17 @@ impl<S: BlobStore> Draft<S> {
                 st.blocks.insert(i, Block::Staged { id, len, spilled });
                 Ok(())
             }
-            Some(Err((e, data))) => {
-                // Keep the bytes (outside the budget: they are already in memory) so a
-                // later flush can try again.
+            Some(Err(failed)) => {
+                // The bytes become dirty again, with their budget, so a later flush can try
+                // again.
                 st.blocks.insert(
                     i,
                     Block::Dirty {
-                        buf: BytesMut::from(&data[..]),
-                        reserved: 0,
+                        buf: BytesMut::from(&failed.data[..]),
+                        reserved: failed.take_reservation(),
                     },
                 );
-                Err(e.into())
+                Err(failed.error.clone().into())
             }
             None => Err(BlobError::BadResponse("upload abandoned".into()).into()),
         }
@@ -660,35 +715,110 @@ impl<S: BlobStore> Draft<S> {
         st.size = size;
         st.data_dirty = true;
         st.mtime = SystemTime::now();
-        st.metadata.remove(META_MTIME);
+        meta::remove(&mut st.metadata, meta::MTIME);
         self.show(&st);
         Ok(())
     }
 
-    /// Sets the modification time and/or mode bits, kept in metadata at the next commit.
-    pub async fn set_attrs(&self, mtime: Option<SystemTime>, mode: Option<u16>) {
+    /// Sets times and/or mode bits, kept in metadata at the next commit.
+    pub async fn set_attrs(&self, change: &AttrChange) {
         let mut st = self.state.lock().await;
-        if let Some(t) = mtime {
-            st.mtime = t;
-            st.metadata.insert(META_MTIME.into(), format_mtime(t));
+        if let Some(t) = change.mtime {
+            st.mtime = meta::round_trip(t);
+            meta::set(&mut st.metadata, meta::MTIME, meta::format_time(t));
         }
-        if let Some(m) = mode {
-            st.metadata
-                .insert(META_MODE.into(), format!("{:o}", m & 0o7777));
+        if let Some(t) = change.atime {
+            st.atime = meta::round_trip(t);
+            meta::set(&mut st.metadata, meta::ATIME, meta::format_time(t));
+        }
+        if let Some(m) = change.mode {
+            meta::set(&mut st.metadata, meta::MODE, meta::format_mode(m));
         }
         st.meta_dirty = true;
-        st.written = true;
         self.show(&st);
     }
 
-    /// The file was unlinked while open: nothing is to be committed.
-    pub async fn unlink(&self) {
+    /// The file is about to be unlinked while open: nothing is to be committed, but its open
+    /// handles keep reading and writing it until the last close (POSIX temporary files). What
+    /// only storage holds, the untouched parts of the base, is copied to the spill file first;
+    /// if that fails, the unlink must not go ahead.
+    pub async fn unlink(&self) -> Result<(), WriteError> {
         let mut st = self.state.lock().await;
+        for i in 0..st.size.div_ceil(BLOCK) {
+            if st.blocks.contains_key(&i) || i * BLOCK >= st.base_len {
+                continue;
+            }
+            let data = self.load(&mut st, i).await?;
+            let len = data.len() as u64;
+            let f = self
+                .spill_file(&mut st)
+                .ok_or_else(|| WriteError::Spill("no spill file for an unlinked file".into()))?;
+            tokio::task::spawn_blocking(move || f.write_at(&data, i * BLOCK))
+                .await
+                .map_err(|e| WriteError::Spill(e.to_string()))?
+                .map_err(|e| WriteError::Spill(e.to_string()))?;
+            let id = String::new();
+            st.blocks.insert(
+                i,
+                Block::Staged {
+                    id,
+                    len,
+                    spilled: true,
+                },
+            );
+        }
         st.unlinked = true;
+        Ok(())
+    }
+
+    /// The last handle of an unlinked file closed: its data goes.
+    pub async fn abandon(&self) {
+        let mut st = self.state.lock().await;
         self.discard(&mut st);
     }
 
+    /// Whether the last commit failed (and nothing committed since).
+    pub async fn commit_failed(&self) -> bool {
+        self.state.lock().await.commit_failed
+    }
+
+    /// Keeps what the draft holds in a local file under `dir`, for a commit that failed and
+    /// must not be retried behind the caller's back. Parts only storage held and that cannot be
+    /// read now are left as holes; returns the file and whether it is complete.
+    pub async fn save_local(&self, dir: &std::path::Path) -> Result<(PathBuf, bool), WriteError> {
+        let mut st = self.state.lock().await;
+        let dir = dir.join("batchfs-unsaved");
+        let name = format!(
+            "{}--{}.{}",
+            st.container,
+            st.name.replace('/', "%2F"),
+            meta::sortable_stamp(SystemTime::now())
+        );
+        let path = dir.join(name);
+        let spill_err = |e: std::io::Error| WriteError::Spill(format!("{}: {e}", path.display()));
+        std::fs::create_dir_all(&dir).map_err(spill_err)?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(spill_err)?;
+        file.set_len(st.size).map_err(spill_err)?;
+        let mut complete = true;
+        for i in 0..st.size.div_ceil(BLOCK) {
+            match self.load(&mut st, i).await {
+                Ok(data) => {
+                    use std::os::unix::fs::FileExt;
+                    file.write_all_at(&data, i * BLOCK).map_err(spill_err)?;
+                }
+                Err(_) => complete = false,
+            }
+        }
+        Ok((path, complete))
+    }
+
     fn discard(&self, st: &mut State) {
+        // Failed uploads give their budget back when dropped.
         for (_, b) in std::mem::take(&mut st.blocks) {
             if let Block::Dirty { reserved, .. } = b {
                 self.unreserve(reserved);
@@ -696,7 +826,6 @@ impl<S: BlobStore> Draft<S> {
         }
         st.data_dirty = false;
         st.meta_dirty = false;
-        st.written = false;
         if let Some(f) = &st.spill {
             f.clear();
         }
@@ -717,21 +846,25 @@ impl<S: BlobStore> Draft<S> {
         (st.data_dirty || st.meta_dirty) && !st.unlinked
     }
 
-    /// Commits the draft if it changed; `None` if there was nothing to commit.
-    ///
-    /// `on_close` is for `flush`, which comes with every close of a descriptor, including
-    /// the one `dd` and shells close right after opening with `O_TRUNC` and duplicating it:
-    /// a truncation of an existing blob with nothing written yet is left for a later flush
-    /// or the release, so the old content is not replaced by an empty file mid-copy.
-    pub async fn commit(&self, on_close: bool) -> Result<Option<Committed>, WriteError> {
+    /// Commits the draft if it changed; `None` if there was nothing to commit. A bare
+    /// truncation is a change like any other: when `close` returns, storage has it.
+    pub async fn commit(&self) -> Result<Option<Committed>, WriteError> {
         let mut st = self.state.lock().await;
+        let r = self.commit_locked(&mut st).await;
+        st.commit_failed = match &r {
+            Ok(_) | Err(WriteError::Conflict(_) | WriteError::Lost(_) | WriteError::Failed) => {
+                false
+            }
+            Err(_) => true,
+        };
+        r
+    }
+
+    async fn commit_locked(&self, st: &mut State) -> Result<Option<Committed>, WriteError> {
         if st.failed {
             return Err(WriteError::Failed);
         }
         if st.unlinked || !(st.data_dirty || st.meta_dirty) {
-            return Ok(None);
-        }
-        if on_close && !st.written && st.base.is_some() {
             return Ok(None);
         }
         tracing::debug!(container = %st.container, blob = %st.name, size = st.size, "commit");
@@ -739,17 +872,21 @@ impl<S: BlobStore> Draft<S> {
             Some(b) => Condition::IfMatch(b.etag.clone()),
             None => Condition::IfNoneMatchAny,
         };
-        if !st.metadata.contains_key(META_MTIME) && !st.data_dirty {
+        if meta::get(&st.metadata, meta::MTIME).is_none() && !st.data_dirty {
             let t = st.mtime;
-            st.metadata.insert(META_MTIME.into(), format_mtime(t));
+            meta::set(&mut st.metadata, meta::MTIME, meta::format_time(t));
         }
+        // Each commit carries its own id, so that a commit whose reply was lost is recognised
+        // when the retry that follows is refused.
+        let commit_id = format!("{:016x}", rand::random::<u64>());
+        meta::set(&mut st.metadata, meta::COMMIT, commit_id.clone());
         let result = if !st.data_dirty && st.base.is_some() {
             self.store
                 .set_metadata(&st.container, &st.name, &st.metadata, cond)
                 .await
                 .map(|etag| (etag, st.base.as_ref().and_then(|b| b.committed.clone())))
         } else if st.size <= BLOCK {
-            let data = Bytes::from(self.load(&mut st, 0).await?);
+            let data = Bytes::from(self.load(st, 0).await?);
             let r = self
                 .cache
                 .with_permit(
@@ -759,7 +896,7 @@ impl<S: BlobStore> Draft<S> {
                 .await;
             r.map(|etag| (etag, Some(Vec::new())))
         } else {
-            match self.stage_all(&mut st).await {
+            match self.stage_all(st).await {
                 Ok(list) => {
                     let ids: Vec<String> = list.iter().map(|(id, _)| id.clone()).collect();
                     self.store
@@ -771,6 +908,13 @@ impl<S: BlobStore> Draft<S> {
                 Err(e) => return Err(e),
             }
         };
+        let result = match result {
+            Err(e) if changed_elsewhere(&e) => match self.own_commit(st, &commit_id).await {
+                Some(etag) => Ok((etag, None)),
+                None => Err(e),
+            },
+            r => r,
+        };
         match result {
             Ok((etag, committed)) => {
                 Stats::add(&self.stats.commits, 1);
@@ -781,16 +925,16 @@ impl<S: BlobStore> Draft<S> {
                     committed,
                 });
                 st.base_len = size;
-                self.discard(&mut st);
-                self.drop_snapshot(&mut st).await;
+                self.discard(st);
+                self.drop_snapshot(st).await;
                 Ok(Some(Committed { etag, size }))
             }
             Err(e) if changed_elsewhere(&e) => {
                 Stats::add(&self.stats.conflicts, 1);
-                let saved = self.save_conflict(&mut st).await;
+                let saved = self.save_conflict(st).await;
                 st.failed = true;
-                self.discard(&mut st);
-                self.drop_snapshot(&mut st).await;
+                self.discard(st);
+                self.drop_snapshot(st).await;
                 match saved {
                     Ok(sibling) => {
                         tracing::error!(
@@ -816,6 +960,14 @@ impl<S: BlobStore> Draft<S> {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The blob's ETag if its current version is the commit `id` of this draft: the commit
+    /// went through and only its reply was lost.
+    async fn own_commit(&self, st: &State, id: &str) -> Option<String> {
+        let props = self.store.head(&st.container, &st.name).await.ok()?;
+        let own = meta::get(&props.metadata, meta::COMMIT) == Some(id) && props.size == st.size;
+        own.then_some(props.etag)
     }
 
     /// Stages every block that is not already in storage; returns the block list in order.
@@ -907,11 +1059,7 @@ impl<S: BlobStore> Draft<S> {
     /// Writes the whole draft to a new sibling blob; returns its name.
     async fn save_conflict(&self, st: &mut State) -> Result<String, WriteError> {
         let host = hostname();
-        let stamp = httpdate::fmt_http_date(SystemTime::now());
-        let stamp: String = stamp
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric())
-            .collect();
+        let stamp = meta::sortable_stamp(SystemTime::now());
         let original = st.name.clone();
         let mut attempt = 0;
         loop {
@@ -1013,41 +1161,23 @@ fn len_of(size: u64, i: u64) -> u64 {
     size.saturating_sub(i * BLOCK).min(BLOCK)
 }
 
-/// The modification time a blob shows: its `mtime` metadata if set, else Last-Modified.
-pub fn blob_mtime(p: &BlobProps) -> SystemTime {
-    p.metadata
-        .get(META_MTIME)
-        .and_then(|s| parse_mtime(s))
-        .unwrap_or(p.last_modified)
-}
-
-/// The mode bits a blob shows, from its `mode` metadata.
-pub fn blob_mode(p: &BlobProps) -> Option<u16> {
-    p.metadata
-        .get(META_MODE)
-        .and_then(|m| u16::from_str_radix(m, 8).ok())
-        .map(|m| m & 0o7777)
-}
-
-/// `mtime` metadata is seconds and nanoseconds since the epoch: `1700000000.123456789`.
-pub fn format_mtime(t: SystemTime) -> String {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
-}
-
-fn parse_mtime(s: &str) -> Option<SystemTime> {
-    let (secs, nanos) = s.split_once('.').unwrap_or((s, "0"));
-    let secs: u64 = secs.parse().ok()?;
-    let nanos: u32 = format!("{nanos:0<9}").get(..9)?.parse().ok()?;
-    Some(SystemTime::UNIX_EPOCH + std::time::Duration::new(secs, nanos))
-}
-
+/// This machine's name, for conflict siblings (a syscall, not a file read on a runtime thread).
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "host".into())
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it or
+    // truncates, and the last byte is never written below.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) };
+    let len = buf.iter().position(|b| *b == 0).unwrap_or(0);
+    let name = String::from_utf8_lossy(&buf[..len]);
+    let name: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.')
+        .collect();
+    if rc != 0 || name.is_empty() {
+        "host".into()
+    } else {
+        name
+    }
 }
 
 #[cfg(test)]

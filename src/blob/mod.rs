@@ -7,7 +7,11 @@
 
 pub mod auth;
 pub mod client;
+#[cfg(test)]
+pub mod faulty;
+#[cfg(test)]
 pub mod memory;
+pub mod meta;
 mod xml;
 
 use std::collections::BTreeMap;
@@ -31,9 +35,7 @@ impl BlobProps {
     /// The directory-marker convention of blobfuse, Storage Explorer and ADLS: a zero-length
     /// blob with metadata `hdi_isfolder=true`.
     pub fn is_folder_marker(&self) -> bool {
-        self.metadata
-            .iter()
-            .any(|(k, v)| k.eq_ignore_ascii_case("hdi_isfolder") && v.eq_ignore_ascii_case("true"))
+        meta::is_folder(&self.metadata)
     }
 }
 

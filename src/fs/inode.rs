@@ -63,11 +63,31 @@ impl NodeKey {
     }
 }
 
+/// What is known of a directory's times and mode: from its marker blob (or a container's
+/// Last-Modified), or set through this mount.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DirMeta {
+    pub mtime: Option<SystemTime>,
+    pub atime: Option<SystemTime>,
+    pub mode: Option<u16>,
+}
+
+impl DirMeta {
+    /// Takes what storage says now, except that times only move forward: a listing from
+    /// storage does not undo a change of entries this mount made a moment ago.
+    pub fn merge(&mut self, from_storage: &DirMeta) {
+        self.mode = from_storage.mode.or(self.mode);
+        self.mtime = self.mtime.max(from_storage.mtime);
+        self.atime = self.atime.max(from_storage.atime);
+    }
+}
+
 /// What the last answer from storage said about a file, and when.
 #[derive(Debug, Clone)]
 pub struct Meta {
     pub size: u64,
     pub mtime: SystemTime,
+    pub atime: SystemTime,
     /// Mode bits kept in metadata, if any.
     pub mode: Option<u16>,
     pub fetched: Instant,
@@ -78,8 +98,8 @@ pub struct Node {
     pub key: NodeKey,
     pub parent: u64,
     pub meta: Option<Meta>,
-    /// Last-Modified for directories that have one (containers, marker blobs).
-    pub dir_mtime: Option<SystemTime>,
+    /// A directory's times and mode, where known.
+    pub dir: DirMeta,
     /// The ETag the last `open` saw: the kernel may keep cached pages while it is unchanged.
     pub opened_etag: Option<String>,
     /// References the kernel holds (entries it was given, less those it forgot). A node at
@@ -108,7 +128,7 @@ impl Default for Inodes {
                 key: NodeKey::Root,
                 parent: ROOT_INO,
                 meta: None,
-                dir_mtime: None,
+                dir: DirMeta::default(),
                 opened_etag: None,
                 lookups: 0,
             },
@@ -132,7 +152,7 @@ impl Inodes {
                 key,
                 parent,
                 meta: None,
-                dir_mtime: None,
+                dir: DirMeta::default(),
                 opened_etag: None,
                 lookups: 0,
             },

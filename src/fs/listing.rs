@@ -7,20 +7,32 @@
 //! and the blob stays reachable through any other tool. A zero-length blob with metadata
 //! `hdi_isfolder=true` is a directory (the marker other Azure tools write for empty ones).
 
+use super::inode::DirMeta;
+use crate::blob::{BlobProps, ListPage, meta};
 use std::collections::BTreeMap;
-use std::time::SystemTime;
-
-use crate::blob::{BlobProps, ListPage};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryKind {
-    Dir { mtime: Option<SystemTime> },
+    /// Times and mode come from the directory's marker blob, when it has one.
+    Dir(DirMeta),
     File(BlobProps),
 }
 
 /// Whether one path segment taken from a blob name can be a file name.
 pub fn valid_name(seg: &str) -> bool {
-    !seg.is_empty() && seg != "." && seg != ".." && seg.len() <= 255 && !seg.contains('\0')
+    !seg.is_empty() && seg != "." && seg != ".." && seg.len() <= MAX_NAME && !seg.contains('\0')
+}
+
+/// The longest file name, in bytes (NAME_MAX).
+pub const MAX_NAME: usize = 255;
+
+/// A directory's times and mode from its marker blob.
+pub fn dir_meta(marker: &BlobProps) -> DirMeta {
+    DirMeta {
+        mtime: Some(meta::mtime(marker)),
+        atime: Some(meta::atime(marker)),
+        mode: meta::mode(&marker.metadata),
+    }
 }
 
 /// Entries of the directory `prefix` (empty or ending in `/`), sorted by name.
@@ -32,7 +44,7 @@ pub fn entries(prefix: &str, page: ListPage) -> BTreeMap<String, EntryKind> {
         };
         let seg = rest.strip_suffix('/').unwrap_or(rest);
         if valid_name(seg) {
-            out.insert(seg.to_string(), EntryKind::Dir { mtime: None });
+            out.insert(seg.to_string(), EntryKind::Dir(DirMeta::default()));
         } else {
             tracing::info!(prefix = %p, "skipping a prefix that cannot be a directory name");
         }
@@ -51,20 +63,15 @@ pub fn entries(prefix: &str, page: ListPage) -> BTreeMap<String, EntryKind> {
         }
         let marker = b.props.is_folder_marker();
         match out.get_mut(seg) {
-            Some(EntryKind::Dir { mtime }) => {
+            Some(EntryKind::Dir(dir)) => {
                 if marker {
-                    *mtime = Some(b.props.last_modified);
+                    *dir = dir_meta(&b.props);
                 } else {
                     tracing::info!(blob = %b.name, "blob is hidden by a directory of the same name");
                 }
             }
             _ if marker => {
-                out.insert(
-                    seg.to_string(),
-                    EntryKind::Dir {
-                        mtime: Some(b.props.last_modified),
-                    },
-                );
+                out.insert(seg.to_string(), EntryKind::Dir(dir_meta(&b.props)));
             }
             _ => {
                 out.insert(seg.to_string(), EntryKind::File(b.props));
@@ -76,6 +83,8 @@ pub fn entries(prefix: &str, page: ListPage) -> BTreeMap<String, EntryKind> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::SystemTime;
+
     use super::*;
     use crate::blob::BlobItem;
 
@@ -113,7 +122,7 @@ mod tests {
         let names: Vec<_> = e.keys().cloned().collect();
         assert_eq!(names, vec!["a", "m", "x"]);
         assert!(matches!(e["a"], EntryKind::File(_)));
-        assert!(matches!(e["m"], EntryKind::Dir { .. }));
-        assert!(matches!(e["x"], EntryKind::Dir { .. }));
+        assert!(matches!(e["m"], EntryKind::Dir(_)));
+        assert!(matches!(e["x"], EntryKind::Dir(_)));
     }
 }

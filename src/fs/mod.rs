@@ -10,6 +10,8 @@
 //! (HEAD), so a new open sees the latest committed blob; every read of that handle is pinned
 //! to the ETag seen at open.
 
+pub mod dircache;
+pub mod drafts;
 pub mod inode;
 pub mod listing;
 
@@ -22,12 +24,15 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 
 use crate::account;
-use crate::blob::{self, BlobError, BlobProps, BlobStore};
+use crate::blob::{self, BlobError, BlobProps, BlobStore, meta};
 use crate::cache::{BlobRef, Cache, Readahead};
 use crate::config::AccountConfig;
 use crate::stats::{STATS_FILE, Stats};
-use crate::write::{self, Draft, WriteError};
-use inode::{Inodes, Meta, NodeKey, ROOT_INO};
+use crate::write::{self, AttrChange, Draft, WriteError};
+use dircache::DirCache;
+pub use dircache::{Entry, Listing};
+use drafts::{Closed, Drafts};
+use inode::{DirMeta, Inodes, Meta, NodeKey, ROOT_INO};
 use listing::EntryKind;
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +59,8 @@ pub enum FsError {
     NotEmpty,
     #[error("invalid name or argument")]
     Invalid,
+    #[error("file name too long")]
+    NameTooLong,
     #[error("file too large")]
     TooLarge,
     #[error("not on the same container")]
@@ -91,11 +98,6 @@ impl From<BlobError> for FsError {
 
 pub type Result<T> = std::result::Result<T, FsError>;
 
-/// A listing this recent (or ten listing TTLs, if longer) is refreshed on a lookup miss ...
-const RELIST_WINDOW: Duration = Duration::from_secs(10);
-/// ... if it held at most this many entries (four list pages).
-const RELIST_MAX_ENTRIES: usize = 20_000;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Dir,
@@ -108,7 +110,12 @@ pub struct Attr {
     pub kind: Kind,
     pub size: u64,
     pub mtime: SystemTime,
+    pub atime: SystemTime,
     pub perm: u16,
+    /// 1, or 0 for a file unlinked while open. Directories say 1 too: their count of
+    /// subdirectories is not known without listing them (btrfs and most FUSE filesystems do
+    /// the same, and `find` knows what 1 means).
+    pub nlink: u32,
 }
 
 impl Attr {
@@ -119,63 +126,10 @@ impl Attr {
             kind: Kind::File,
             size: 0,
             mtime: SystemTime::UNIX_EPOCH,
+            atime: SystemTime::UNIX_EPOCH,
             perm: 0,
+            nlink: 1,
         }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Entry {
-    pub name: String,
-    pub attr: Attr,
-}
-
-/// A directory's entries in order, with an index by name for lookups.
-#[derive(Debug, Default, Clone)]
-pub struct Listing {
-    pub entries: Vec<Entry>,
-    index: HashMap<String, usize>,
-}
-
-impl Listing {
-    fn new(entries: Vec<Entry>) -> Self {
-        let index = entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.name.clone(), i))
-            .collect();
-        Listing { entries, index }
-    }
-
-    fn upsert(&mut self, name: &str, attr: Attr) {
-        match self.index.get(name) {
-            Some(&i) => self.entries[i].attr = attr,
-            None => {
-                self.index.insert(name.to_string(), self.entries.len());
-                self.entries.push(Entry {
-                    name: name.to_string(),
-                    attr,
-                });
-            }
-        }
-    }
-
-    fn remove(&mut self, name: &str) {
-        if let Some(i) = self.index.remove(name) {
-            self.entries.remove(i);
-            for e in &self.entries[i..] {
-                if let Some(j) = self.index.get_mut(&e.name) {
-                    *j -= 1;
-                }
-            }
-        }
-    }
-
-    fn find(&self, name: &str) -> Result<Attr> {
-        self.index
-            .get(name)
-            .map(|&i| self.entries[i].attr.clone())
-            .ok_or(FsError::NotFound)
     }
 }
 
@@ -193,6 +147,9 @@ pub struct Options {
     pub read_only: bool,
     /// Where blocks of files being written are kept until their commit.
     pub spill_dir: std::path::PathBuf,
+    /// Bound on waits that are not storage requests (a writer waiting for budget held by
+    /// uploads that cannot finish): past it the caller gets EIO.
+    pub timeout: Duration,
 }
 
 impl Default for Options {
@@ -204,6 +161,7 @@ impl Default for Options {
             max_requests: 16,
             read_only: false,
             spill_dir: std::env::temp_dir(),
+            timeout: Duration::from_secs(20),
         }
     }
 }
@@ -252,16 +210,6 @@ enum Handle<S> {
     },
 }
 
-/// A draft and what refers to it.
-struct DraftEntry<S> {
-    draft: Arc<Draft<S>>,
-    handles: usize,
-    parent: u64,
-    name: String,
-    /// Unlinked while open: still usable through its handles, shown nowhere.
-    unlinked: bool,
-}
-
 /// What `open` gives the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Opened {
@@ -278,13 +226,12 @@ pub struct Namespace<S> {
     accounts: RwLock<Vec<Option<Arc<Account<S>>>>>,
     opts: Options,
     inodes: Mutex<Inodes>,
-    listings: Mutex<HashMap<u64, (Instant, Arc<Listing>)>>,
+    dirs: DirCache,
     handles: Mutex<HashMap<u64, Arc<Handle<S>>>>,
     cache: Arc<Cache>,
     stats: Arc<Stats>,
     dir_handles: Mutex<HashMap<u64, Arc<Listing>>>,
-    drafts: Mutex<HashMap<u64, DraftEntry<S>>>,
-    list_gates: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+    drafts: Drafts<Draft<S>>,
     next_fh: AtomicU64,
     mount_time: SystemTime,
 }
@@ -327,13 +274,12 @@ impl<S: BlobStore> Namespace<S> {
             )),
             stats,
             accounts: RwLock::new(accounts.into_iter().map(|a| Some(Arc::new(a))).collect()),
+            dirs: DirCache::new(opts.dir_ttl),
             opts,
             inodes: Mutex::new(Inodes::default()),
-            listings: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             dir_handles: Mutex::new(HashMap::new()),
-            drafts: Mutex::new(HashMap::new()),
-            list_gates: Mutex::new(HashMap::new()),
+            drafts: Drafts::default(),
             next_fh: AtomicU64::new(1),
             mount_time: SystemTime::now(),
         }
@@ -398,12 +344,15 @@ impl<S: BlobStore> Namespace<S> {
     }
 
     fn dir_attr(&self, ino: u64, perm: u16, mtime: Option<SystemTime>) -> Attr {
+        let mtime = mtime.unwrap_or(self.mount_time);
         Attr {
             ino,
             kind: Kind::Dir,
             size: 0,
-            mtime: mtime.unwrap_or(self.mount_time),
+            mtime,
+            atime: mtime,
             perm,
+            nlink: 1,
         }
     }
 
@@ -413,7 +362,9 @@ impl<S: BlobStore> Namespace<S> {
             kind: Kind::File,
             size,
             mtime,
+            atime: mtime,
             perm,
+            nlink: 1,
         }
     }
 
@@ -421,28 +372,30 @@ impl<S: BlobStore> Namespace<S> {
     fn node(&self, key: NodeKey, parent: u64, kind: Option<&EntryKind>) -> Attr {
         let mut t = lock(&self.inodes);
         let ino = t.ino(key.clone(), parent);
-        let node = t.get_mut(ino).expect("just inserted");
+        let Some(node) = t.get_mut(ino) else {
+            drop(t);
+            return self.attr_from(ino, &key, None, DirMeta::default());
+        };
         match kind {
-            Some(EntryKind::File(p)) => node.meta = Some(meta_of(p)),
-            Some(EntryKind::Dir { mtime: Some(m) }) => node.dir_mtime = Some(*m),
+            // A file this mount is writing shows what the draft holds, not an older listing.
+            Some(EntryKind::File(p)) if !self.drafts.contains(ino) => node.meta = Some(meta_of(p)),
+            Some(EntryKind::Dir(d)) => node.dir.merge(d),
             _ => {}
         }
-        let (meta, dir_mtime) = (node.meta.clone(), node.dir_mtime);
+        let (meta, dir) = (node.meta.clone(), node.dir);
         drop(t);
-        self.attr_from(ino, &key, meta.as_ref(), dir_mtime)
+        self.attr_from(ino, &key, meta.as_ref(), dir)
     }
 
-    fn attr_from(
-        &self,
-        ino: u64,
-        key: &NodeKey,
-        meta: Option<&Meta>,
-        dir_mtime: Option<SystemTime>,
-    ) -> Attr {
+    fn attr_from(&self, ino: u64, key: &NodeKey, meta: Option<&Meta>, dir: DirMeta) -> Attr {
         match key {
             NodeKey::Root | NodeKey::Account(_) => self.dir_attr(ino, 0o555, None),
             NodeKey::Containers(_) => self.dir_attr(ino, 0o755, None),
-            NodeKey::Dir { .. } => self.dir_attr(ino, 0o755, dir_mtime),
+            NodeKey::Dir { .. } => {
+                let mut a = self.dir_attr(ino, dir.mode.unwrap_or(0o755), dir.mtime);
+                a.atime = dir.atime.unwrap_or(a.mtime);
+                a
+            }
             NodeKey::Stats => self.file_attr(ino, 0, SystemTime::now(), 0o444),
             NodeKey::AccountJson(a) => match self.account(*a) {
                 Ok(a) => self.file_attr(ino, a.json.len() as u64, a.seen, 0o444),
@@ -457,12 +410,17 @@ impl<S: BlobStore> Namespace<S> {
             },
             NodeKey::File { .. } => {
                 let perm = meta.and_then(|m| m.mode).unwrap_or(0o644);
-                if let Some(d) = self.draft_of(ino) {
-                    let (size, mtime) = d.shown();
-                    return self.file_attr(ino, size, mtime, perm);
+                if let Some(d) = self.drafts.get(ino) {
+                    let shown = d.shown();
+                    let mut a = self.file_attr(ino, shown.size, shown.mtime, perm);
+                    a.atime = shown.atime;
+                    a.nlink = u32::from(self.drafts.shown(ino));
+                    return a;
                 }
                 let (size, mtime) = meta.map_or((0, self.mount_time), |m| (m.size, m.mtime));
-                self.file_attr(ino, size, mtime, perm)
+                let mut a = self.file_attr(ino, size, mtime, perm);
+                a.atime = meta.map_or(mtime, |m| m.atime);
+                a
             }
         }
     }
@@ -483,6 +441,9 @@ impl<S: BlobStore> Namespace<S> {
     }
 
     pub async fn lookup(&self, parent: u64, name: &str) -> Result<Attr> {
+        if name.len() > listing::MAX_NAME {
+            return Err(FsError::NameTooLong);
+        }
         let key = self.key_of(parent)?;
         let child = match &key {
             NodeKey::Root | NodeKey::Account(_) => {
@@ -490,7 +451,7 @@ impl<S: BlobStore> Namespace<S> {
             }
             NodeKey::Containers(_) => {
                 let entries = self.listing(parent).await?;
-                return entries.find(name);
+                return entries.find(name).cloned().ok_or(FsError::NotFound);
             }
             NodeKey::Dir {
                 acct,
@@ -500,15 +461,15 @@ impl<S: BlobStore> Namespace<S> {
                 // A file being written here exists for this mount before its first commit.
                 let pending = in_dir(*acct, container, prefix, name, false);
                 let pending = lock(&self.inodes).find(&pending);
-                let shown = |i: &u64| lock(&self.drafts).get(i).is_some_and(|e| !e.unlinked);
-                if let Some(ino) = pending.filter(shown) {
+                if let Some(ino) = pending.filter(|i| self.drafts.shown(*i)) {
                     return self.getattr(ino).await;
                 }
-                if let Some(entries) = self.fresh_listing(parent) {
-                    return entries.find(name);
+                let found = |l: Arc<Listing>| l.find(name).cloned().ok_or(FsError::NotFound);
+                if let Some(entries) = self.dirs.fresh(parent) {
+                    return found(entries);
                 }
-                if self.worth_relisting(parent) {
-                    return self.listing(parent).await?.find(name);
+                if self.dirs.worth_relisting(parent) {
+                    return found(self.listing(parent).await?);
                 }
                 if !listing::valid_name(name) {
                     return Err(FsError::NotFound);
@@ -549,9 +510,7 @@ impl<S: BlobStore> Namespace<S> {
         }
         let props = head?;
         if props.is_folder_marker() {
-            let kind = EntryKind::Dir {
-                mtime: Some(props.last_modified),
-            };
+            let kind = EntryKind::Dir(listing::dir_meta(&props));
             return Ok(self.node(dir_key, parent, Some(&kind)));
         }
         let key = NodeKey::File {
@@ -563,10 +522,10 @@ impl<S: BlobStore> Namespace<S> {
     }
 
     pub async fn getattr(&self, ino: u64) -> Result<Attr> {
-        let (key, meta, dir_mtime) = {
+        let (key, meta, dir) = {
             let t = lock(&self.inodes);
             let n = t.get(ino).ok_or(FsError::NotFound)?;
-            (n.key.clone(), n.meta.clone(), n.dir_mtime)
+            (n.key.clone(), n.meta.clone(), n.dir)
         };
         if let NodeKey::File {
             acct,
@@ -576,13 +535,13 @@ impl<S: BlobStore> Namespace<S> {
             && meta
                 .as_ref()
                 .is_none_or(|m| m.fetched.elapsed() >= self.opts.attr_ttl)
-            && self.draft_of(ino).is_none()
+            && !self.drafts.contains(ino)
         {
             let props = self.store(*acct)?.head(container, name).await?;
             let meta = self.remember(ino, &props);
-            return Ok(self.attr_from(ino, &key, Some(&meta), None));
+            return Ok(self.attr_from(ino, &key, Some(&meta), dir));
         }
-        Ok(self.attr_from(ino, &key, meta.as_ref(), dir_mtime))
+        Ok(self.attr_from(ino, &key, meta.as_ref(), dir))
     }
 
     fn remember(&self, ino: u64, props: &BlobProps) -> Meta {
@@ -593,53 +552,23 @@ impl<S: BlobStore> Namespace<S> {
         meta
     }
 
-    fn fresh_listing(&self, ino: u64) -> Option<Arc<Listing>> {
-        let l = lock(&self.listings);
-        l.get(&ino)
-            .filter(|(at, _)| at.elapsed() < self.opts.dir_ttl)
-            .map(|(_, e)| e.clone())
-    }
-
-    /// Whether a lookup in `ino` should refresh its listing rather than probe the one name:
-    /// the directory was listed moments ago (someone is walking it: `ls -l`, `find`, `rsync`)
-    /// and is small enough that listing it again costs no more than a few probes.
-    fn worth_relisting(&self, ino: u64) -> bool {
-        let window = (self.opts.dir_ttl * 10).max(RELIST_WINDOW);
-        lock(&self.listings)
-            .get(&ino)
-            .is_some_and(|(at, l)| at.elapsed() < window && l.entries.len() <= RELIST_MAX_ENTRIES)
-    }
-
-    /// One listing at a time per directory: concurrent lookups and `ls` share it.
-    fn list_gate(&self, ino: u64) -> Arc<tokio::sync::Mutex<()>> {
-        lock(&self.list_gates).entry(ino).or_default().clone()
-    }
-
     /// The entries of directory `ino`, from a fresh cached listing or from storage, with the
     /// files this mount is writing there shown as they are now.
     pub async fn listing(&self, ino: u64) -> Result<Arc<Listing>> {
         let listing = self.stored_listing(ino).await?;
-        let pending: Vec<(u64, String)> = lock(&self.drafts)
-            .iter()
-            .filter(|(_, e)| e.parent == ino && !e.unlinked)
-            .map(|(i, e)| (*i, e.name.clone()))
-            .collect();
+        let pending = self.drafts.in_dir(ino);
         if pending.is_empty() {
             return Ok(listing);
         }
-        let mut entries = listing.entries.clone();
+        let mut shown = (*listing).clone();
         for (child, name) in pending {
-            let attr = self.getattr(child).await?;
-            match listing.index.get(&name) {
-                Some(&i) => entries[i].attr = attr,
-                None => entries.push(Entry { name, attr }),
-            }
+            shown.upsert(&name, self.getattr(child).await?);
         }
-        Ok(Arc::new(Listing::new(entries)))
+        Ok(Arc::new(shown))
     }
 
     async fn stored_listing(&self, ino: u64) -> Result<Arc<Listing>> {
-        if let Some(e) = self.fresh_listing(ino) {
+        if let Some(e) = self.dirs.fresh(ino) {
             return Ok(e);
         }
         // Only storage listings cost a request; the root and account directories are built
@@ -650,7 +579,7 @@ impl<S: BlobStore> Namespace<S> {
         ) {
             return self.listing_locked(ino).await;
         }
-        let gate = self.list_gate(ino);
+        let gate = self.dirs.gate(ino);
         let _listing = gate.lock().await;
         self.listing_locked(ino).await
     }
@@ -675,16 +604,18 @@ impl<S: BlobStore> Namespace<S> {
                 v
             }
             NodeKey::Containers(acct) => {
-                if let Some(e) = self.fresh_listing(ino) {
+                if let Some(e) = self.dirs.fresh(ino) {
                     return Ok(e);
                 }
+                let ticket = self.dirs.ticket(ino);
                 let containers = self.store(*acct)?.list_containers().await?;
                 let v = containers
                     .into_iter()
                     .map(|c| {
-                        let kind = EntryKind::Dir {
+                        let kind = EntryKind::Dir(DirMeta {
                             mtime: Some(c.last_modified),
-                        };
+                            ..Default::default()
+                        });
                         let key = NodeKey::Dir {
                             acct: *acct,
                             container: c.name.clone(),
@@ -693,27 +624,28 @@ impl<S: BlobStore> Namespace<S> {
                         self.entry(&c.name, key, ino, Some(&kind))
                     })
                     .collect();
-                return Ok(self.cache_listing(ino, v));
+                return Ok(self.dirs.store(ino, ticket, Listing::new(v)));
             }
             NodeKey::Dir {
                 acct,
                 container,
                 prefix,
             } => {
-                if let Some(e) = self.fresh_listing(ino) {
+                if let Some(e) = self.dirs.fresh(ino) {
                     return Ok(e);
                 }
+                let ticket = self.dirs.ticket(ino);
                 let store = &self.store(*acct)?;
                 let page = blob::list_all(store.as_ref(), container, prefix, Some("/")).await?;
                 let v = listing::entries(prefix, page)
                     .into_iter()
                     .map(|(name, kind)| {
-                        let is_dir = matches!(kind, EntryKind::Dir { .. });
+                        let is_dir = matches!(kind, EntryKind::Dir(_));
                         let key = in_dir(*acct, container, prefix, &name, is_dir);
                         self.entry(&name, key, ino, Some(&kind))
                     })
                     .collect();
-                return Ok(self.cache_listing(ino, v));
+                return Ok(self.dirs.store(ino, ticket, Listing::new(v)));
             }
             NodeKey::AccountJson(_) | NodeKey::Keys(_) | NodeKey::File { .. } | NodeKey::Stats => {
                 return Err(FsError::NotDir);
@@ -727,19 +659,6 @@ impl<S: BlobStore> Namespace<S> {
             name: name.to_string(),
             attr: self.node(key, parent, kind),
         }
-    }
-
-    fn cache_listing(&self, ino: u64, entries: Vec<Entry>) -> Arc<Listing> {
-        let entries = Arc::new(Listing::new(entries));
-        let mut listings = lock(&self.listings);
-        listings.insert(ino, (Instant::now(), entries.clone()));
-        // A walk over a large tree must not keep every listing it saw: each time the map
-        // grows past another 256 directories, drop the listings too old to be used again.
-        if listings.len().is_multiple_of(256) {
-            let keep = (self.opts.dir_ttl * 10).max(RELIST_WINDOW);
-            listings.retain(|_, (at, _)| at.elapsed() < keep);
-        }
-        entries
     }
 
     /// The kernel is about to be given an entry for `name` in `parent` (lookup, create,
@@ -767,15 +686,14 @@ impl<S: BlobStore> Namespace<S> {
     /// what is kept for it, unless a file being written still needs it.
     /// With `n` 0: drops a node whose references went while a draft still needed it.
     pub fn forget(&self, ino: u64, n: u64) {
-        if lock(&self.drafts).contains_key(&ino) {
+        if self.drafts.contains(ino) {
             if let Some(node) = lock(&self.inodes).get_mut(ino) {
                 node.lookups = node.lookups.saturating_sub(n);
             }
             return;
         }
         if lock(&self.inodes).forget(ino, n) {
-            lock(&self.listings).remove(&ino);
-            lock(&self.list_gates).remove(&ino);
+            self.dirs.forget(ino);
         }
     }
 
@@ -881,39 +799,51 @@ impl<S: BlobStore> Namespace<S> {
                 if write {
                     self.check_writable()?;
                 }
-                if let Some(draft) = self.join_draft(ino) {
-                    if truncate {
-                        self.with_budget(|| draft.truncate(0)).await?;
+                let draft = match self.drafts.join(ino) {
+                    Some(d) => d,
+                    None => {
+                        // Close-to-open: always ask storage, and pin what it says for every
+                        // read.
+                        let store = self.store(acct)?;
+                        let props = store.head(&container, &name).await?;
+                        self.remember(ino, &props);
+                        if !write {
+                            keep_cache = self.opened_version(ino, &props.etag);
+                            let blob =
+                                BlobRef::new(store, acct, container, name, props.etag, props.size);
+                            return Ok(self.add_handle(
+                                Handle::Blob {
+                                    blob,
+                                    readahead: Mutex::new(Readahead::default()),
+                                },
+                                keep_cache,
+                                direct_io,
+                            ));
+                        }
+                        let draft = self.new_draft(acct, &container, &name, Some(&props))?;
+                        self.register_draft(ino, draft)
                     }
-                    return Ok(self.draft_handle(ino, draft));
+                };
+                if truncate && let Err(e) = self.with_budget(|| draft.truncate(0)).await {
+                    // This open's handle was counted: it must not stay so.
+                    self.close_draft(ino, &draft).await;
+                    return Err(e.into());
                 }
-                // Close-to-open: always ask storage, and pin what it says for every read.
-                let store = self.store(acct)?;
-                let props = store.head(&container, &name).await?;
-                self.remember(ino, &props);
-                if write {
-                    let draft = self.new_draft(acct, &container, &name, Some(&props))?;
-                    let draft = self.register_draft(ino, draft);
-                    if truncate {
-                        self.with_budget(|| draft.truncate(0)).await?;
-                    }
-                    return Ok(self.draft_handle(ino, draft));
-                }
-                keep_cache = self.opened_version(ino, &props.etag);
-                Handle::Blob {
-                    blob: BlobRef::new(store, acct, container, name, props.etag, props.size),
-                    readahead: Mutex::new(Readahead::default()),
-                }
+                return Ok(self.draft_handle(ino, draft));
             }
             _ => return Err(FsError::IsDir),
         };
+        Ok(self.add_handle(handle, keep_cache, direct_io))
+    }
+
+    fn add_handle(&self, handle: Handle<S>, keep_cache: bool, direct_io: bool) -> Opened {
         let fh = self.new_fh();
         lock(&self.handles).insert(fh, Arc::new(handle));
-        Ok(Opened {
+        Opened {
             fh,
             keep_cache,
             direct_io,
-        })
+        }
     }
 
     /// Records the ETag an open saw; true if the previous open saw the same one.
@@ -956,54 +886,24 @@ impl<S: BlobStore> Namespace<S> {
     }
 
     fn draft_of(&self, ino: u64) -> Option<Arc<Draft<S>>> {
-        lock(&self.drafts).get(&ino).map(|e| e.draft.clone())
-    }
-
-    /// The draft of `ino`, if there is one, counting one more handle on it.
-    fn join_draft(&self, ino: u64) -> Option<Arc<Draft<S>>> {
-        let mut drafts = lock(&self.drafts);
-        let e = drafts.get_mut(&ino)?;
-        e.handles += 1;
-        Some(e.draft.clone())
+        self.drafts.get(ino)
     }
 
     /// Registers a new draft for `ino` (or joins the one another open registered first).
     fn register_draft(&self, ino: u64, draft: Draft<S>) -> Arc<Draft<S>> {
         let parent = self.parent_of(ino);
         let name = self.file_name(ino).unwrap_or_default();
-        let mut drafts = lock(&self.drafts);
-        if let Some(e) = drafts.get_mut(&ino) {
-            e.handles += 1;
-            return e.draft.clone();
-        }
-        let draft = Arc::new(draft);
-        drafts.insert(
-            ino,
-            DraftEntry {
-                draft: draft.clone(),
-                handles: 1,
-                parent,
-                name,
-                unlinked: false,
-            },
-        );
-        draft
+        self.drafts.register(ino, draft, parent, name)
     }
 
     /// A handle on a draft. The kernel drops its cached pages: they may predate the draft.
     fn draft_handle(&self, ino: u64, draft: Arc<Draft<S>>) -> Opened {
-        let fh = self.new_fh();
         let handle = Handle::Draft {
             ino,
             draft,
             readahead: Mutex::new(Readahead::default()),
         };
-        lock(&self.handles).insert(fh, Arc::new(handle));
-        Opened {
-            fh,
-            keep_cache: false,
-            direct_io: false,
-        }
+        self.add_handle(handle, false, false)
     }
 
     /// The last path segment of file `ino`: its name in its directory.
@@ -1030,33 +930,36 @@ impl<S: BlobStore> Namespace<S> {
 
     /// Drops the cached listing of `ino`, after a change in it whose outcome is unknown.
     fn changed(&self, ino: u64) {
-        lock(&self.listings).remove(&ino);
+        self.dirs.invalidate(ino);
     }
 
     /// Applies a change this mount made in directory `dir` to its cached listing, if it has
     /// one, so the lookups that follow (`tar x`, `cp -r`: a miss, then a create) cost nothing.
-    /// The listing keeps its age: changes made elsewhere show when it expires, as before.
+    /// The directory's mtime moves, as POSIX has it for entries created or removed.
     fn patch(&self, dir: u64, name: &str, attr: Option<Attr>) {
-        if let Some((_, listing)) = lock(&self.listings).get_mut(&dir) {
-            let listing = Arc::make_mut(listing);
-            match attr {
-                Some(a) => listing.upsert(name, a),
-                None => listing.remove(name),
-            }
+        self.dirs.patch(dir, name, attr);
+        self.touch_dir(dir);
+    }
+
+    /// Entries of `dir` changed through this mount: its mtime is now. Kept for the life of
+    /// its node; storage has no directory times but a marker's.
+    fn touch_dir(&self, dir: u64) {
+        if let Some(n) = lock(&self.inodes).get_mut(dir)
+            && matches!(n.key, NodeKey::Dir { .. })
+        {
+            n.dir.mtime = Some(SystemTime::now());
         }
     }
 
     /// A directory this mount just made is empty: its listing is known without asking.
     fn known_empty(&self, dir: u64) {
-        lock(&self.listings).insert(dir, (Instant::now(), Arc::new(Listing::default())));
+        self.dirs.known_empty(dir);
     }
 
     pub async fn create(&self, parent: u64, name: &str, mode: u16) -> Result<(Attr, Opened)> {
         self.check_writable()?;
         let (acct, container, prefix) = self.dir_target(parent)?;
-        if !listing::valid_name(name) {
-            return Err(FsError::Invalid);
-        }
+        check_name(name)?;
         let full = format!("{prefix}{name}");
         let key = NodeKey::File {
             acct,
@@ -1068,18 +971,25 @@ impl<S: BlobStore> Namespace<S> {
         // `If-None-Match: *`, so a blob that appeared meanwhile is never overwritten.
         let draft = self.new_draft(acct, &container, &full, None)?;
         if mode & 0o7777 != 0o644 {
-            draft.set_attrs(None, Some(mode)).await;
+            let change = AttrChange {
+                mode: Some(mode),
+                ..Default::default()
+            };
+            draft.set_attrs(&change).await;
         }
+        let now = SystemTime::now();
         if let Some(n) = lock(&self.inodes).get_mut(ino) {
             n.meta = Some(Meta {
                 size: 0,
-                mtime: SystemTime::now(),
+                mtime: now,
+                atime: now,
                 mode: Some(mode & 0o7777),
                 fetched: Instant::now(),
             });
         }
         let draft = self.register_draft(ino, draft);
         let opened = self.draft_handle(ino, draft);
+        self.touch_dir(parent);
         Ok((self.getattr(ino).await?, opened))
     }
 
@@ -1096,18 +1006,20 @@ impl<S: BlobStore> Namespace<S> {
     /// other open files' partly written blocks that nobody is filling (one program writing
     /// to many files in turn): those are sent, which frees their memory, and the operation,
     /// which can be redone, runs again.
+    /// Waits at most `--timeout` in all: budget held by uploads that cannot finish (storage
+    /// down) must give the writer EIO, not a wait without end.
     async fn with_budget<T, F: Future<Output = std::result::Result<T, WriteError>>>(
         &self,
         mut op: impl FnMut() -> F,
     ) -> std::result::Result<T, WriteError> {
+        let start = Instant::now();
         loop {
             match op().await {
+                Err(WriteError::NeedSpace) if start.elapsed() >= self.opts.timeout => {
+                    return Err(WriteError::Storage(BlobError::Timeout(start.elapsed())));
+                }
                 Err(WriteError::NeedSpace) => {
-                    let drafts: Vec<_> = lock(&self.drafts)
-                        .values()
-                        .map(|e| e.draft.clone())
-                        .collect();
-                    for d in drafts {
+                    for d in self.drafts.all() {
                         d.send_idle_blocks();
                     }
                 }
@@ -1123,23 +1035,25 @@ impl<S: BlobStore> Namespace<S> {
             .ok_or(FsError::BadHandle)
     }
 
-    /// `flush` (every close, `on_close`) and `fsync`: commit what the file's draft holds.
-    pub async fn flush(&self, fh: u64, on_close: bool) -> Result<()> {
+    /// `flush` (every close) and `fsync`: commit what the file's draft holds, so that when
+    /// they return storage has every change, a bare truncation included.
+    pub async fn flush(&self, fh: u64) -> Result<()> {
         if let Handle::Draft { ino, draft, .. } = self.handle(fh)?.as_ref() {
-            self.commit(*ino, draft, on_close).await?;
+            self.commit(*ino, draft).await?;
         }
         Ok(())
     }
 
-    async fn commit(&self, ino: u64, draft: &Draft<S>, on_close: bool) -> Result<()> {
-        match self.with_budget(|| draft.commit(on_close)).await {
+    async fn commit(&self, ino: u64, draft: &Draft<S>) -> Result<()> {
+        match self.with_budget(|| draft.commit()).await {
             Ok(Some(c)) => {
-                let mtime = draft.shown().1;
+                let shown = draft.shown();
                 if let Some(n) = lock(&self.inodes).get_mut(ino) {
                     let mode = n.meta.as_ref().and_then(|m| m.mode);
                     n.meta = Some(Meta {
                         size: c.size,
-                        mtime,
+                        mtime: shown.mtime,
+                        atime: shown.atime,
                         mode,
                         fetched: Instant::now(),
                     });
@@ -1147,7 +1061,7 @@ impl<S: BlobStore> Namespace<S> {
                     n.opened_etag = Some(c.etag);
                 }
                 if let (Some(name), Ok(attr)) = (self.file_name(ino), self.getattr(ino).await) {
-                    self.patch(self.parent_of(ino), &name, Some(attr));
+                    self.dirs.patch(self.parent_of(ino), &name, Some(attr));
                 }
                 Ok(())
             }
@@ -1176,46 +1090,56 @@ impl<S: BlobStore> Namespace<S> {
         }
     }
 
-    /// The last close of a draft commits it (if `flush` did not) and forgets it.
+    /// Closing a handle. The last close of a draft commits what `flush` did not see (a
+    /// change made after it, e.g. times set by rsync right after close) and forgets the draft.
+    /// If the last commit failed, the caller was told so by `flush`: nothing is committed
+    /// behind its back; the data is kept in a local file, and a log line says where.
     pub async fn release(&self, fh: u64) {
         let Some(handle) = lock(&self.handles).remove(&fh) else {
             return;
         };
-        let Handle::Draft { ino, draft, .. } = handle.as_ref() else {
-            return;
-        };
-        let last = {
-            let mut drafts = lock(&self.drafts);
-            match drafts.get_mut(ino) {
-                Some(e) if e.handles > 1 => {
-                    e.handles -= 1;
-                    false
+        if let Handle::Draft { ino, draft, .. } = handle.as_ref() {
+            self.close_draft(*ino, draft).await;
+        }
+    }
+
+    async fn close_draft(&self, ino: u64, draft: &Arc<Draft<S>>) {
+        match self.drafts.close(ino) {
+            Closed::NotLast => return,
+            Closed::Last { unlinked: true } => draft.abandon().await,
+            Closed::Last { unlinked: false } | Closed::Unknown => {
+                if draft.commit_failed().await {
+                    self.keep_unsaved(draft).await;
+                } else if let Err(e) = self.commit(ino, draft).await {
+                    tracing::error!(ino, error = %e, "the last close of a file could not commit it");
+                    self.keep_unsaved(draft).await;
                 }
-                _ => true,
             }
-        };
-        if !last {
+        }
+        if self.drafts.finish(ino, draft) {
+            // The kernel may have forgotten the file while this last close was committing.
+            self.forget(ino, 0);
+        }
+    }
+
+    /// Keeps the data of a draft whose commit failed in a local file, then drops it.
+    async fn keep_unsaved(&self, draft: &Draft<S>) {
+        if !draft.is_dirty().await {
             return;
         }
-        if let Err(e) = self.commit(*ino, draft, false).await {
-            tracing::error!(ino, error = %e, "the last close of a file could not commit it");
+        match draft.save_local(&self.opts.spill_dir).await {
+            Ok((path, complete)) => tracing::error!(
+                kept_in = %path.display(),
+                complete,
+                "a file's last commit failed; storage keeps the previous version, and the \
+                 data written is in this local file"
+            ),
+            Err(e) => tracing::error!(
+                error = %e,
+                "a file's last commit failed, and its data could not be kept locally"
+            ),
         }
-        {
-            let mut drafts = lock(&self.drafts);
-            if drafts.get(ino).is_some_and(|e| e.handles <= 1) {
-                drafts.remove(ino);
-            }
-        }
-        // A setattr that reached the draft after the commit above and before it was
-        // unregistered (rsync sets times right after close) would otherwise be lost; one that
-        // comes later finds no draft and commits by itself.
-        if draft.is_dirty().await
-            && let Err(e) = self.commit(*ino, draft, false).await
-        {
-            tracing::error!(ino, error = %e, "a change made as the file closed could not be committed");
-        }
-        // The kernel may have forgotten the file while this last close was committing.
-        self.forget(*ino, 0);
+        draft.abandon().await;
     }
 
     pub async fn setattr(&self, ino: u64, change: SetAttr) -> Result<Attr> {
@@ -1226,11 +1150,15 @@ impl<S: BlobStore> Namespace<S> {
                 container,
                 name,
             } => (acct, container, name),
-            // Directory times and modes are not kept; accepting them lets `cp -a`, `rsync -a`
-            // and `tar` finish (documented in SEMANTICS.md).
-            NodeKey::Dir { .. } if change.size.is_none() => {
+            NodeKey::Dir {
+                acct,
+                container,
+                prefix,
+            } if change.size.is_none() => {
                 self.check_writable()?;
-                return self.getattr(ino).await;
+                return self
+                    .set_dir_attrs(ino, acct, &container, &prefix, &change)
+                    .await;
             }
             NodeKey::Dir { .. } => return Err(FsError::IsDir),
             _ => return Err(FsError::NotPermitted),
@@ -1247,9 +1175,12 @@ impl<S: BlobStore> Namespace<S> {
         if let Some(size) = change.size {
             self.with_budget(|| draft.truncate(size)).await?;
         }
-        if change.mtime.is_some() || change.mode.is_some() {
-            draft.set_attrs(change.mtime, change.mode).await;
-            if let Some(m) = change.mode
+        if change.attrs.mtime.is_some()
+            || change.attrs.atime.is_some()
+            || change.attrs.mode.is_some()
+        {
+            draft.set_attrs(&change.attrs).await;
+            if let Some(m) = change.attrs.mode
                 && let Some(n) = lock(&self.inodes).get_mut(ino)
                 && let Some(meta) = n.meta.as_mut()
             {
@@ -1259,12 +1190,81 @@ impl<S: BlobStore> Namespace<S> {
         if !self.draft_of(ino).is_some_and(|d| Arc::ptr_eq(&d, &draft)) {
             // Not the draft of an open file (or its last handle closed meanwhile): nobody
             // else will commit this change.
-            self.commit(ino, &draft, false).await?;
+            self.commit(ino, &draft).await?;
         }
         self.getattr(ino).await
     }
 
-    pub async fn mkdir(&self, parent: u64, name: &str) -> Result<Attr> {
+    /// A directory's mode and times live in its marker blob's metadata; a directory without
+    /// one (made by another tool) gets a marker. A container's root has no blob: its mode and
+    /// times are kept by this mount only, until it forgets the directory.
+    async fn set_dir_attrs(
+        &self,
+        ino: u64,
+        acct: usize,
+        container: &str,
+        prefix: &str,
+        change: &SetAttr,
+    ) -> Result<Attr> {
+        let a = &change.attrs;
+        if !prefix.is_empty() {
+            let store = self.store(acct)?;
+            let legacy = prefix.trim_end_matches('/');
+            let mut found = None;
+            for name in [prefix, legacy] {
+                match store.head(container, name).await {
+                    Ok(p) if p.is_folder_marker() => {
+                        found = Some((name, p));
+                        break;
+                    }
+                    Ok(_) | Err(BlobError::NotFound) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let mut md = found.as_ref().map(|(_, p)| p.metadata.clone());
+            let md = md.get_or_insert_with(|| [(meta::FOLDER.to_string(), "true".into())].into());
+            if let Some(m) = a.mode {
+                meta::set(md, meta::MODE, meta::format_mode(m));
+            }
+            if let Some(t) = a.mtime {
+                meta::set(md, meta::MTIME, meta::format_time(t));
+            }
+            if let Some(t) = a.atime {
+                meta::set(md, meta::ATIME, meta::format_time(t));
+            }
+            match found {
+                Some((name, p)) => {
+                    let cond = blob::Condition::IfMatch(p.etag);
+                    store.set_metadata(container, name, md, cond).await?;
+                }
+                None => {
+                    let cond = blob::Condition::IfNoneMatchAny;
+                    let put = store.put(container, prefix, Bytes::new(), cond, md).await;
+                    match put {
+                        // Made meanwhile by someone else: theirs stands.
+                        Err(BlobError::Conflict(_) | BlobError::PreconditionFailed) => {}
+                        r => {
+                            r?;
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(n) = lock(&self.inodes).get_mut(ino) {
+            if let Some(m) = a.mode {
+                n.dir.mode = Some(m & 0o7777);
+            }
+            if let Some(t) = a.mtime {
+                n.dir.mtime = Some(meta::round_trip(t));
+            }
+            if let Some(t) = a.atime {
+                n.dir.atime = Some(meta::round_trip(t));
+            }
+        }
+        self.getattr(ino).await
+    }
+
+    pub async fn mkdir(&self, parent: u64, name: &str, mode: u16) -> Result<Attr> {
         self.check_writable()?;
         if let NodeKey::Containers(acct) = self.key_of(parent)? {
             if !valid_container(name) {
@@ -1285,11 +1285,14 @@ impl<S: BlobStore> Namespace<S> {
             return Ok(attr);
         }
         let (acct, container, prefix) = self.dir_target(parent)?;
-        if !listing::valid_name(name) {
-            return Err(FsError::Invalid);
-        }
+        check_name(name)?;
         let marker = format!("{prefix}{name}/");
-        let metadata = [("hdi_isfolder".to_string(), "true".to_string())].into();
+        let mode = mode & 0o7777;
+        let metadata = [
+            (meta::FOLDER.to_string(), "true".to_string()),
+            (meta::MODE.to_string(), meta::format_mode(mode)),
+        ]
+        .into();
         let store = &self.store(acct)?;
         let put = store.put(
             &container,
@@ -1309,9 +1312,12 @@ impl<S: BlobStore> Namespace<S> {
             container,
             prefix: marker,
         };
-        let kind = EntryKind::Dir {
-            mtime: Some(SystemTime::now()),
-        };
+        let now = SystemTime::now();
+        let kind = EntryKind::Dir(DirMeta {
+            mtime: Some(now),
+            atime: Some(now),
+            mode: Some(mode),
+        });
         let attr = self.node(key, parent, Some(&kind));
         self.patch(parent, name, Some(attr.clone()));
         self.known_empty(attr.ino);
@@ -1320,6 +1326,7 @@ impl<S: BlobStore> Namespace<S> {
 
     pub async fn rmdir(&self, parent: u64, name: &str) -> Result<()> {
         self.check_writable()?;
+        check_name(name)?;
         if let NodeKey::Containers(acct) = self.key_of(parent)? {
             let store = &self.store(acct)?;
             let page = store.list(name, "", None, None, Some(1)).await?;
@@ -1339,13 +1346,33 @@ impl<S: BlobStore> Namespace<S> {
             store.head(&container, &legacy)
         );
         let page = page?;
-        let legacy_marker = head.ok().filter(|p| p.is_folder_marker());
+        let head = match head {
+            Ok(p) => Some(p),
+            Err(BlobError::NotFound) => None,
+            Err(e) => return Err(e.into()),
+        };
         let own_marker = page.blobs.iter().any(|b| b.name == dir);
         if holds_entries(&page, &dir) || self.has_drafts_under(acct, &container, &dir) {
             return Err(FsError::NotEmpty);
         }
+        let legacy_marker = head.as_ref().filter(|p| p.is_folder_marker());
         if !own_marker && legacy_marker.is_none() {
-            return Err(FsError::NotFound);
+            if head.is_some() {
+                return Err(FsError::NotDir);
+            }
+            // A directory without a marker (written by another tool) ends with its last
+            // entry: removing its entries removed it. If this mount knew it as a directory,
+            // its rmdir (`rm -r` comes last to it) has nothing left to do.
+            let key = NodeKey::Dir {
+                acct,
+                container: container.clone(),
+                prefix: dir,
+            };
+            if lock(&self.inodes).find(&key).is_none() {
+                return Err(FsError::NotFound);
+            }
+            self.patch(parent, name, None);
+            return Ok(());
         }
         if own_marker {
             ignore_missing(store.delete(&container, &dir, blob::Condition::None).await)?;
@@ -1362,11 +1389,7 @@ impl<S: BlobStore> Namespace<S> {
     }
 
     fn has_drafts_under(&self, acct: usize, container: &str, dir: &str) -> bool {
-        let drafts: Vec<u64> = lock(&self.drafts)
-            .iter()
-            .filter(|(_, e)| !e.unlinked)
-            .map(|(i, _)| *i)
-            .collect();
+        let drafts = self.drafts.shown_inodes();
         let t = lock(&self.inodes);
         drafts.iter().any(|ino| {
             matches!(t.get(*ino).map(|n| &n.key),
@@ -1377,6 +1400,7 @@ impl<S: BlobStore> Namespace<S> {
 
     pub async fn unlink(&self, parent: u64, name: &str) -> Result<()> {
         self.check_writable()?;
+        check_name(name)?;
         let (acct, container, prefix) = self.dir_target(parent)?;
         let full = format!("{prefix}{name}");
         let key = NodeKey::File {
@@ -1385,14 +1409,11 @@ impl<S: BlobStore> Namespace<S> {
             name: full.clone(),
         };
         let ino = lock(&self.inodes).find(&key);
-        let draft = ino.and_then(|i| self.draft_of(i));
-        if let Some(d) = &draft {
-            d.unlink().await;
-            if let Some(i) = ino
-                && let Some(e) = lock(&self.drafts).get_mut(&i)
-            {
-                e.unlinked = true;
-            }
+        let draft = ino.and_then(|i| self.draft_of(i).map(|d| (i, d)));
+        if let Some((i, d)) = &draft {
+            // Its handles keep the data; if that cannot be made so, nothing is removed.
+            d.unlink().await?;
+            self.drafts.mark_unlinked(*i);
         }
         // A new file of this name is a new inode; the old one lives on for its open handles.
         lock(&self.inodes).detach(&key);
@@ -1425,9 +1446,7 @@ impl<S: BlobStore> Namespace<S> {
             // mv copies and deletes by itself on EXDEV.
             return Err(FsError::CrossDevice);
         }
-        if !listing::valid_name(new_name) {
-            return Err(FsError::Invalid);
-        }
+        check_name(new_name)?;
         let src = self.lookup(parent, name).await?;
         let dst = match self.lookup(new_parent, new_name).await {
             Ok(a) => Some(a),
@@ -1446,7 +1465,7 @@ impl<S: BlobStore> Namespace<S> {
                 }
                 let draft = self.draft_of(src.ino);
                 if let Some(d) = &draft {
-                    self.commit(src.ino, d, false).await?;
+                    self.commit(src.ino, d).await?;
                 }
                 let props = store.head(&container, &from).await?;
                 let cond = match no_replace {
@@ -1483,10 +1502,7 @@ impl<S: BlobStore> Namespace<S> {
                 }
                 if let Some(d) = draft {
                     d.retarget(to, etag).await;
-                    if let Some(e) = lock(&self.drafts).get_mut(&src.ino) {
-                        e.parent = new_parent;
-                        e.name = new_name.to_string();
-                    }
+                    self.drafts.moved(src.ino, new_parent, new_name);
                 }
             }
             Kind::Dir => {
@@ -1522,6 +1538,8 @@ impl<S: BlobStore> Namespace<S> {
                 self.changed(src.ino);
                 self.changed(parent);
                 self.changed(new_parent);
+                self.touch_dir(parent);
+                self.touch_dir(new_parent);
             }
         }
         Ok(())
@@ -1588,8 +1606,16 @@ impl<S: BlobStore> Namespace<S> {
 #[derive(Debug, Default, Clone)]
 pub struct SetAttr {
     pub size: Option<u64>,
-    pub mtime: Option<SystemTime>,
-    pub mode: Option<u16>,
+    pub attrs: AttrChange,
+}
+
+/// A name a new entry can have.
+fn check_name(name: &str) -> Result<()> {
+    match name.len() > listing::MAX_NAME {
+        true => Err(FsError::NameTooLong),
+        false if listing::valid_name(name) => Ok(()),
+        false => Err(FsError::Invalid),
+    }
 }
 
 /// Whether a listing of prefix `dir` holds anything besides the directory's own marker.
@@ -1619,11 +1645,14 @@ fn valid_container(name: &str) -> bool {
 fn meta_of(p: &BlobProps) -> Meta {
     Meta {
         size: p.size,
-        mtime: write::blob_mtime(p),
-        mode: write::blob_mode(p),
+        mtime: meta::mtime(p),
+        atime: meta::atime(p),
+        mode: meta::mode(&p.metadata),
         fetched: Instant::now(),
     }
 }
 
+#[cfg(test)]
+mod faults;
 #[cfg(test)]
 mod tests;

@@ -51,7 +51,7 @@ async fn walk(ns: &Namespace<MemoryStore>, path: &str) -> Result<Attr> {
 }
 
 fn names(l: &Listing) -> Vec<&str> {
-    l.entries.iter().map(|e| e.name.as_str()).collect()
+    l.entries().map(|e| e.name.as_str()).collect()
 }
 
 #[tokio::test]
@@ -79,7 +79,7 @@ async fn layout_and_pagination() {
     );
     let d = walk(&ns, "alpha/storage/c/d").await.unwrap();
     assert_eq!(d.kind, Kind::Dir);
-    assert_eq!(ns.listing(d.ino).await.unwrap().entries.len(), 10);
+    assert_eq!(ns.listing(d.ino).await.unwrap().len(), 10);
     let c = walk(&ns, "alpha/storage/c").await.unwrap();
     assert_eq!(names(&ns.listing(c.ino).await.unwrap()), ["d", "top"]);
 }
@@ -197,9 +197,9 @@ async fn files_being_written_are_listed_and_an_unlinked_one_is_not() {
     let (b, o2) = ns.create(dir.ino, "new", 0o644).await.unwrap();
     assert_ne!(a.ino, b.ino);
     ns.write(o2.fh, 0, b"second").await.unwrap();
-    ns.flush(o.fh, true).await.unwrap();
+    ns.flush(o.fh).await.unwrap();
     ns.release(o.fh).await;
-    ns.flush(o2.fh, true).await.unwrap();
+    ns.flush(o2.fh).await.unwrap();
     ns.release(o2.fh).await;
     assert_eq!(store.content("c", "new").unwrap(), &b"second"[..]);
     // The commit updated the cached listing: no request to see it.
@@ -240,7 +240,7 @@ async fn a_writer_is_not_starved_by_idle_files_holding_the_budget() {
             ns.write(fh, 0, &chunk).await.unwrap();
         }
         for &fh in &handles {
-            ns.flush(fh, true).await.unwrap();
+            ns.flush(fh).await.unwrap();
             ns.release(fh).await;
         }
     };

@@ -63,19 +63,19 @@ async fn a_small_file_is_one_put_and_a_large_one_a_block_list() {
     let d = f.draft("small").await;
     d.write(0, b"hello").await.unwrap();
     let before = f.requests();
-    d.commit(true).await.unwrap().expect("committed");
+    d.commit().await.unwrap().expect("committed");
     assert_eq!(f.requests() - before, 1);
     assert_eq!(f.content("small"), b"hello");
 
     let data = pattern(10 * MIB + 123, 1);
     let d = f.draft("large").await;
     write_all(&d, &data, 128 << 10).await;
-    let c = d.commit(true).await.unwrap().expect("committed");
+    let c = d.commit().await.unwrap().expect("committed");
     assert_eq!(c.size, data.len() as u64);
     assert!(f.content("large") == data);
     // Nothing left to commit: a second flush sends nothing.
     let before = f.requests();
-    assert!(d.commit(true).await.unwrap().is_none());
+    assert!(d.commit().await.unwrap().is_none());
     assert_eq!(f.requests(), before);
 }
 
@@ -85,7 +85,7 @@ async fn an_edit_in_the_middle_sends_only_the_blocks_it_touches() {
     let mut data = pattern(5 * BLOCK as usize, 2);
     let d = f.draft("big").await;
     write_all(&d, &data, MIB).await;
-    d.commit(true).await.unwrap();
+    d.commit().await.unwrap();
     drop(d);
 
     let d = f.draft("big").await;
@@ -93,7 +93,7 @@ async fn an_edit_in_the_middle_sends_only_the_blocks_it_touches() {
     let gets = f.store.bytes.load(Ordering::Relaxed);
     d.write(at as u64, b"patch").await.unwrap();
     data[at..at + 5].copy_from_slice(b"patch");
-    d.commit(true).await.unwrap();
+    d.commit().await.unwrap();
     // One block read back (to merge the patch) and nothing else.
     assert_eq!(f.store.bytes.load(Ordering::Relaxed) - gets, BLOCK);
     assert!(f.content("big") == data);
@@ -103,7 +103,7 @@ async fn an_edit_in_the_middle_sends_only_the_blocks_it_touches() {
     let tail = pattern(3 * MIB, 3);
     d.write(data.len() as u64, &tail).await.unwrap();
     data.extend_from_slice(&tail);
-    d.commit(true).await.unwrap();
+    d.commit().await.unwrap();
     assert!(f.content("big") == data);
 }
 
@@ -131,7 +131,7 @@ async fn truncate_and_regrow_reads_zeros_and_reads_see_the_draft() {
     let ra = StdMutex::new(Readahead::default());
     let got = d.read(&ra, 0, 8 * MIB as u64).await.unwrap();
     assert!(got == want, "a read of the draft differs");
-    d.commit(true).await.unwrap();
+    d.commit().await.unwrap();
     assert!(f.content("t") == want);
 }
 
@@ -145,7 +145,7 @@ async fn a_write_back_into_an_uploaded_block_comes_from_the_spill_file() {
     d.write(10, b"HEADER").await.unwrap();
     data[10..16].copy_from_slice(b"HEADER");
     let gets = f.store.gets.load(Ordering::Relaxed);
-    d.commit(true).await.unwrap();
+    d.commit().await.unwrap();
     assert_eq!(
         f.store.gets.load(Ordering::Relaxed),
         gets,
@@ -155,7 +155,7 @@ async fn a_write_back_into_an_uploaded_block_comes_from_the_spill_file() {
 }
 
 #[tokio::test]
-async fn a_truncation_alone_waits_for_the_last_close() {
+async fn a_truncation_alone_is_committed_at_the_first_flush() {
     let f = Fixture::new().await;
     f.store
         .put(
@@ -169,15 +169,14 @@ async fn a_truncation_alone_waits_for_the_last_close() {
         .unwrap();
     let d = f.draft("keep").await;
     d.truncate(0).await.unwrap();
-    assert!(d.commit(true).await.unwrap().is_none());
-    assert_eq!(f.content("keep"), b"old");
-    d.commit(false)
+    // `truncate -s 0 f` closes right after: the close must find it in storage.
+    d.commit()
         .await
         .unwrap()
-        .expect("the release commits it");
+        .expect("a bare truncation is committed");
     assert_eq!(f.content("keep"), b"");
+    assert!(d.commit().await.unwrap().is_none(), "and only once");
 }
-
 #[tokio::test]
 async fn a_commit_after_a_change_elsewhere_keeps_both() {
     let f = Fixture::new().await;
@@ -208,7 +207,7 @@ async fn a_commit_after_a_change_elsewhere_keeps_both() {
         .await
         .unwrap();
     for (d, want) in [(&small, b"mine".to_vec()), (&large, big.clone())] {
-        match d.commit(true).await {
+        match d.commit().await {
             Err(WriteError::Conflict(sibling)) => {
                 assert!(sibling.starts_with("r.conflict-"), "{sibling}");
                 assert!(f.content(&sibling) == want);
@@ -227,21 +226,13 @@ async fn an_unlinked_draft_commits_nothing() {
     let f = Fixture::new().await;
     let d = f.draft("gone").await;
     d.write(0, b"data").await.unwrap();
-    d.unlink().await;
-    assert!(d.commit(false).await.unwrap().is_none());
+    d.unlink().await.unwrap();
+    assert!(d.commit().await.unwrap().is_none());
     assert!(f.store.content("c", "gone").is_none());
-}
-
-#[test]
-fn mtime_metadata_round_trips_with_nanoseconds() {
-    let t = SystemTime::UNIX_EPOCH + std::time::Duration::new(981_173_106, 500_000_000);
-    assert_eq!(format_mtime(t), "981173106.500000000");
-    assert_eq!(parse_mtime("981173106.5"), Some(t));
-    assert_eq!(
-        parse_mtime("981173106"),
-        Some(t - std::time::Duration::from_millis(500))
-    );
-    assert_eq!(parse_mtime("garbage"), None);
+    // Its handles still read and write what it holds.
+    d.write(4, b"more").await.unwrap();
+    let ra = std::sync::Mutex::new(Default::default());
+    assert_eq!(&d.read(&ra, 0, 100).await.unwrap()[..], b"datamore");
 }
 
 #[tokio::test]
@@ -272,7 +263,7 @@ async fn an_edit_refused_after_a_replacement_keeps_the_whole_edited_file() {
         )
         .await
         .unwrap();
-    match d.commit(true).await {
+    match d.commit().await {
         Err(WriteError::Conflict(sibling)) => assert!(f.content(&sibling) == data),
         other => panic!("expected a conflict, got {other:?}"),
     }
@@ -281,11 +272,11 @@ async fn an_edit_refused_after_a_replacement_keeps_the_whole_edited_file() {
     // After a commit that went through, no snapshot is left behind.
     let d = f.draft("e").await;
     d.write(0, b"x").await.unwrap();
-    d.commit(true).await.unwrap();
+    d.commit().await.unwrap();
     let big = f.draft("e").await;
     big.truncate(2 * BLOCK + 5).await.unwrap();
     big.write(BLOCK, b"y").await.unwrap();
-    big.commit(true).await.unwrap();
+    big.commit().await.unwrap();
     assert!(f.store.snapshot_count() == 0);
 }
 

@@ -1,0 +1,386 @@
+//! The namespace over a fault-injecting store, and over trees other tools wrote: what callers
+//! get when storage fails, and that nothing is lost or committed behind a caller's back.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::*;
+use crate::blob::faulty::{Fault, FaultyStore, Op, Rule, busy, unreachable};
+use crate::blob::memory::MemoryStore;
+use crate::blob::{BlobStore, Condition};
+use crate::config::parse;
+
+type Store = FaultyStore<MemoryStore>;
+
+struct Fx {
+    store: Arc<Store>,
+    ns: Namespace<Store>,
+    dir: u64,
+    spill: tempfile::TempDir,
+}
+
+async fn fx_with(tune: impl FnOnce(&mut Options)) -> Fx {
+    let cfg = parse(
+        std::path::Path::new("t.toml"),
+        "[[account]]\nname = \"acct\"\n[account.storage]\naccount = \"sto\"\nsas = \"sig=x\"\n",
+    )
+    .unwrap();
+    let store = Arc::new(FaultyStore::new(Arc::new(MemoryStore::new(5000)), 42));
+    store.create_container("c").await.unwrap();
+    let spill = tempfile::tempdir().unwrap();
+    let mut opts = Options {
+        spill_dir: spill.path().to_path_buf(),
+        ..Options::default()
+    };
+    tune(&mut opts);
+    let ns = Namespace::new(
+        vec![Account::new(&cfg.accounts[0], Some(store.clone()))],
+        opts,
+        Default::default(),
+    );
+    let mut dir = ROOT_INO;
+    for seg in ["acct", "storage", "c"] {
+        dir = ns.lookup(dir, seg).await.unwrap().ino;
+    }
+    Fx {
+        store,
+        ns,
+        dir,
+        spill,
+    }
+}
+
+async fn fx() -> Fx {
+    fx_with(|_| {}).await
+}
+
+impl Fx {
+    async fn put(&self, name: &str, data: &[u8], metadata: &[(&str, &str)]) {
+        let md: BTreeMap<String, String> = metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let data = Bytes::copy_from_slice(data);
+        let inner = self.store.inner();
+        inner
+            .put("c", name, data, Condition::None, &md)
+            .await
+            .unwrap();
+    }
+
+    fn content(&self, name: &str) -> Option<Vec<u8>> {
+        self.store.inner().content("c", name).map(|b| b.to_vec())
+    }
+
+    async fn walk(&self, path: &str) -> Result<Attr> {
+        let mut ino = self.dir;
+        let mut attr = self.ns.getattr(ino).await?;
+        for seg in path.split('/').filter(|s| !s.is_empty()) {
+            attr = self.ns.lookup(ino, seg).await?;
+            ino = attr.ino;
+        }
+        Ok(attr)
+    }
+
+    async fn read_all(&self, fh: u64) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        loop {
+            let chunk = self.ns.read(fh, out.len() as u64, 1 << 20).await?;
+            if chunk.is_empty() {
+                return Ok(out);
+            }
+            out.extend_from_slice(&chunk);
+        }
+    }
+
+    fn unsaved(&self) -> Vec<std::path::PathBuf> {
+        match std::fs::read_dir(self.spill.path().join("batchfs-unsaved")) {
+            Ok(d) => d.flatten().map(|e| e.path()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+#[tokio::test]
+async fn rm_r_of_a_tree_without_markers_succeeds() {
+    let f = fx().await;
+    for name in ["d/f0", "d/x/f0", "d/x/y/f0"] {
+        f.put(name, b"1", &[]).await;
+    }
+    // As `rm -r d` does it: depth first, files, then each directory once it is empty.
+    let d = f.walk("d").await.unwrap().ino;
+    let x = f.walk("d/x").await.unwrap().ino;
+    f.walk("d/x/y").await.unwrap();
+    f.ns.unlink(d, "f0").await.unwrap();
+    let y = f.walk("d/x/y").await.unwrap().ino;
+    f.ns.unlink(y, "f0").await.unwrap();
+    f.ns.rmdir(x, "y")
+        .await
+        .expect("y vanished with its last file");
+    f.ns.unlink(x, "f0").await.unwrap();
+    f.ns.rmdir(d, "x")
+        .await
+        .expect("x vanished with its last file");
+    f.ns.rmdir(f.dir, "d").await.expect("d too");
+    assert!(matches!(f.walk("d").await, Err(FsError::NotFound)));
+    // A name never seen is still not there.
+    assert!(matches!(
+        f.ns.rmdir(f.dir, "nope").await,
+        Err(FsError::NotFound)
+    ));
+    // A file is not a directory.
+    f.put("file", b"1", &[]).await;
+    assert!(matches!(
+        f.ns.rmdir(f.dir, "file").await,
+        Err(FsError::NotDir)
+    ));
+}
+
+#[tokio::test]
+async fn odd_metadata_never_takes_a_directory_down() {
+    let f = fx().await;
+    f.put("odd/big", b"1", &[("mtime", "18446744073709551615")])
+        .await;
+    f.put(
+        "odd/neg",
+        b"1",
+        &[("mtime", "-5"), ("mode", "99999999999999999999")],
+    )
+    .await;
+    f.put("odd/rfc", b"1", &[("mtime", "2001-02-03T05:05:06.5+01:00")])
+        .await;
+    f.put("odd/ok", b"1", &[]).await;
+    f.put(
+        "odd/m/",
+        b"",
+        &[("hdi_isfolder", "true"), ("mtime", "nonsense")],
+    )
+    .await;
+    let d = f.walk("odd").await.unwrap().ino;
+    let l = f.ns.listing(d).await.unwrap();
+    let names: Vec<_> = l.entries().map(|e| e.name.clone()).collect();
+    assert_eq!(names, ["big", "m", "neg", "ok", "rfc"]);
+    let rfc = f.walk("odd/rfc").await.unwrap();
+    let want = SystemTime::UNIX_EPOCH + Duration::new(981_173_106, 500_000_000);
+    assert_eq!(rfc.mtime, want, "rclone's RFC 3339 mtime is read");
+    assert_eq!(f.walk("odd/neg").await.unwrap().perm, 0o644);
+}
+
+#[tokio::test]
+async fn an_unlinked_open_file_keeps_its_data_until_the_last_close() {
+    let f = fx().await;
+    f.put("old", &vec![9u8; 5 << 20], &[]).await;
+    // A new temporary file: open, write, unlink, then read and write on.
+    let (_, o) = f.ns.create(f.dir, "tmp", 0o600).await.unwrap();
+    f.ns.write(o.fh, 0, b"scratch").await.unwrap();
+    f.ns.unlink(f.dir, "tmp").await.unwrap();
+    assert_eq!(f.read_all(o.fh).await.unwrap(), b"scratch");
+    let h = f.ns.handle(o.fh).unwrap();
+    let Handle::Draft { ino, .. } = h.as_ref() else {
+        panic!("a draft handle");
+    };
+    assert_eq!(f.ns.getattr(*ino).await.unwrap().nlink, 0);
+    f.ns.write(o.fh, 7, b"!").await.unwrap();
+    f.ns.flush(o.fh).await.unwrap();
+    assert_eq!(f.read_all(o.fh).await.unwrap(), b"scratch!");
+    f.ns.release(o.fh).await;
+    assert_eq!(f.content("tmp"), None, "nothing of it reaches storage");
+
+    // An existing blob opened for writing and unlinked: its content stays readable, though
+    // storage no longer has it.
+    let old = f.walk("old").await.unwrap();
+    let o = f.ns.open(old.ino, true, false).await.unwrap();
+    f.ns.write(o.fh, 0, b"X").await.unwrap();
+    f.ns.unlink(f.dir, "old").await.unwrap();
+    assert_eq!(f.content("old"), None);
+    let got = f.read_all(o.fh).await.unwrap();
+    assert_eq!(got.len(), 5 << 20);
+    assert_eq!(&got[..2], b"X\x09");
+    assert!(got[1..].iter().all(|b| *b == 9));
+    f.ns.release(o.fh).await;
+    assert_eq!(f.content("old"), None);
+    assert_eq!(f.ns.drafts.len(), 0);
+}
+
+#[tokio::test]
+async fn a_bare_truncation_is_in_storage_when_close_returns() {
+    let f = fx().await;
+    f.put("big", &vec![1u8; 1 << 20], &[]).await;
+    let a = f.walk("big").await.unwrap();
+    // `truncate -s 100 big`: open without O_TRUNC, ftruncate, close.
+    let o = f.ns.open(a.ino, true, false).await.unwrap();
+    let change = SetAttr {
+        size: Some(100),
+        ..Default::default()
+    };
+    f.ns.setattr(a.ino, change).await.unwrap();
+    f.ns.flush(o.fh).await.unwrap();
+    assert_eq!(f.content("big").unwrap().len(), 100);
+    f.ns.release(o.fh).await;
+    // `: > big`: open with O_TRUNC, close.
+    let a = f.walk("big").await.unwrap();
+    let o = f.ns.open(a.ino, true, true).await.unwrap();
+    f.ns.flush(o.fh).await.unwrap();
+    assert_eq!(f.content("big").unwrap().len(), 0);
+    f.ns.release(o.fh).await;
+}
+
+#[tokio::test]
+async fn a_close_that_failed_is_never_committed_later_and_its_data_is_kept() {
+    let f = fx().await;
+    f.put("f", b"old", &[]).await;
+    let a = f.walk("f").await.unwrap();
+    let o = f.ns.open(a.ino, true, true).await.unwrap();
+    f.ns.write(o.fh, 0, b"new data").await.unwrap();
+    f.store.add(Rule::on(Op::Put, Fault::Fail(unreachable())));
+    assert!(f.ns.flush(o.fh).await.is_err(), "close reports the failure");
+    f.ns.release(o.fh).await;
+    f.store.clear();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(f.content("f").unwrap(), b"old", "the caller was told EIO");
+    let kept = f.unsaved();
+    assert_eq!(kept.len(), 1, "the data is kept locally");
+    assert_eq!(std::fs::read(&kept[0]).unwrap(), b"new data");
+    // The file works as before.
+    let a = f.walk("f").await.unwrap();
+    let o = f.ns.open(a.ino, true, true).await.unwrap();
+    f.ns.write(o.fh, 0, b"again").await.unwrap();
+    f.ns.flush(o.fh).await.unwrap();
+    f.ns.release(o.fh).await;
+    assert_eq!(f.content("f").unwrap(), b"again");
+}
+
+#[tokio::test]
+async fn a_failed_fsync_can_be_retried() {
+    let f = fx().await;
+    let (_, o) = f.ns.create(f.dir, "g", 0o644).await.unwrap();
+    f.ns.write(o.fh, 0, &vec![3u8; 9 << 20]).await.unwrap();
+    f.store
+        .add(Rule::on(Op::PutBlockList, Fault::Fail(busy())).times(1));
+    assert!(f.ns.flush(o.fh).await.is_err());
+    assert!(f.content("g").is_none());
+    f.ns.flush(o.fh).await.expect("a later fsync succeeds");
+    f.ns.release(o.fh).await;
+    assert_eq!(f.content("g").unwrap(), vec![3u8; 9 << 20]);
+    assert!(f.unsaved().is_empty());
+}
+
+#[tokio::test]
+async fn a_commit_whose_reply_was_lost_is_not_a_conflict() {
+    let f = fx().await;
+    // The retry after a lost reply is refused: 409 for a new blob, 412 for an edit.
+    let cases = [
+        (
+            "new",
+            Op::Put,
+            BlobError::Conflict("BlobAlreadyExists".into()),
+            100usize,
+        ),
+        ("edit", Op::Put, BlobError::PreconditionFailed, 100),
+        (
+            "large",
+            Op::PutBlockList,
+            BlobError::PreconditionFailed,
+            9 << 20,
+        ),
+    ];
+    for (name, op, refusal, len) in cases {
+        if name != "new" {
+            f.put(name, b"before", &[]).await;
+        }
+        let (ino, o) = match f.walk(name).await {
+            Ok(a) => (a.ino, f.ns.open(a.ino, true, true).await.unwrap()),
+            Err(_) => {
+                let (a, o) = f.ns.create(f.dir, name, 0o644).await.unwrap();
+                (a.ino, o)
+            }
+        };
+        let data = vec![name.len() as u8; len];
+        f.ns.write(o.fh, 0, &data).await.unwrap();
+        f.store
+            .add(Rule::on(op, Fault::LoseReply(refusal)).times(1));
+        f.ns.flush(o.fh)
+            .await
+            .expect("its own commit is recognised");
+        f.store.clear();
+        assert_eq!(f.ns.getattr(ino).await.unwrap().size, len as u64);
+        f.ns.release(o.fh).await;
+        assert_eq!(f.content(name).unwrap(), data, "{name}");
+    }
+    let l = f.ns.listing(f.dir).await.unwrap();
+    assert!(l.entries().all(|e| !e.name.contains(".conflict-")));
+}
+
+#[tokio::test]
+async fn writing_into_an_outage_stays_within_the_budget_and_fails_in_time() {
+    let budget = crate::cache::MIN_BUDGET;
+    let f = fx_with(|o| {
+        o.cache_size = budget;
+        o.timeout = Duration::from_secs(2);
+    })
+    .await;
+    f.store
+        .add(Rule::on(Op::PutBlock, Fault::Fail(unreachable())));
+    let (_, o) = f.ns.create(f.dir, "big", 0o644).await.unwrap();
+    let chunk = vec![5u8; 1 << 20];
+    let start = std::time::Instant::now();
+    let mut failed = None;
+    for i in 0..64u64 {
+        if let Err(e) = f.ns.write(o.fh, i << 20, &chunk).await {
+            failed = Some((i, e));
+            break;
+        }
+        let held = f.ns.stats().cache_bytes.load(Ordering::Relaxed);
+        assert!(held <= budget, "{held} bytes held over a {budget} budget");
+    }
+    let (at, e) = failed.expect("a writer into an outage gets an error");
+    assert!(matches!(e, FsError::Storage(_)), "{e:?}");
+    assert!(at < 64);
+    assert!(start.elapsed() < Duration::from_secs(10));
+    f.ns.release(o.fh).await;
+    f.store.clear();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        f.ns.stats().cache_bytes.load(Ordering::Relaxed),
+        0,
+        "all given back"
+    );
+    assert!(f.content("big").is_none());
+}
+
+#[tokio::test]
+async fn a_read_cut_short_or_refused_is_an_error_never_wrong_bytes() {
+    let f = fx().await;
+    let data: Vec<u8> = (0..3 << 20).map(|i| (i % 253) as u8).collect();
+    f.put("r", &data, &[]).await;
+    let a = f.walk("r").await.unwrap();
+    let o = f.ns.open(a.ino, false, false).await.unwrap();
+    f.store.add(Rule::on(Op::GetRange, Fault::CutShort));
+    match f.read_all(o.fh).await {
+        Ok(got) => assert_eq!(got, data, "bytes returned must be right"),
+        Err(e) => assert!(matches!(e, FsError::Storage(_) | FsError::Stale), "{e:?}"),
+    }
+    f.store.clear();
+    f.store
+        .add(Rule::on(Op::GetRange, Fault::Fail(busy())).times(1));
+    let first = f.ns.read(o.fh, 0, 4096).await;
+    assert!(first.is_err());
+    // After the fault, the same handle reads on.
+    assert_eq!(f.read_all(o.fh).await.unwrap(), data);
+    f.ns.release(o.fh).await;
+}
+
+#[tokio::test]
+async fn throttled_listings_fail_and_recover_without_a_remount() {
+    let f = fx().await;
+    f.put("t/a", b"1", &[]).await;
+    f.store.add(Rule::on(Op::List, Fault::Fail(busy())));
+    f.store.add(Rule::on(Op::Head, Fault::Fail(busy())));
+    assert!(matches!(f.walk("t").await, Err(FsError::Storage(_))));
+    f.store.clear();
+    assert_eq!(f.walk("t/a").await.unwrap().size, 1);
+}

@@ -15,7 +15,7 @@ use fuser::{
     ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::blob::{BlobError, BlobStore};
+use crate::blob::{BlobError, BlobStore, deadline};
 use crate::fs::{Attr, FsError, Kind, Namespace, SetAttr};
 use crate::write::AttrChange;
 
@@ -39,8 +39,10 @@ impl<S: BlobStore> FuseFs<S> {
         work: impl std::future::Future<Output = Result<T, FsError>> + Send + 'static,
         done: impl FnOnce(Result<T, Errno>) + Send + 'static,
     ) {
+        let limit = self.ns.options().timeout;
         self.rt.spawn(async move {
-            done(work.await.map_err(|e| {
+            let result = deadline::within(limit, work).await;
+            done(result.map_err(|e| {
                 log_error(op, ino, &e);
                 errno(&e)
             }))
@@ -165,8 +167,9 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
             return reply.error(Errno::ENOENT);
         };
         let (ns, ttl, uid, gid) = (self.ns.clone(), self.ttl(), self.uid, self.gid);
+        let limit = ns.options().timeout;
         self.rt.spawn(async move {
-            match ns.lookup(parent.0, &name).await {
+            match deadline::within(limit, ns.lookup(parent.0, &name)).await {
                 Ok(mut a) => {
                     a.ino = ns.pin(parent.0, &name, &a);
                     reply.entry(&ttl, &file_attr(&a, uid, gid), Generation(0))

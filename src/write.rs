@@ -543,11 +543,16 @@ impl<S: BlobStore> Draft<S> {
             return Ok(());
         };
         let (id, len, mut done) = (id.clone(), *len, done.clone());
+        let waited = std::time::Instant::now();
         let outcome = done
             .wait_for(Option::is_some)
             .await
             .map_err(|_| BlobError::BadResponse("upload abandoned".into()))?
             .clone();
+        if matches!(outcome, Some(Ok(_))) {
+            // Waiting for an upload that went through is progress, not a storage that hangs.
+            crate::blob::deadline::credit(waited.elapsed());
+        }
         match outcome {
             Some(Ok(spilled)) => {
                 st.blocks.insert(i, Block::Staged { id, len, spilled });
@@ -880,33 +885,34 @@ impl<S: BlobStore> Draft<S> {
         // when the retry that follows is refused.
         let commit_id = format!("{:016x}", rand::random::<u64>());
         meta::set(&mut st.metadata, meta::COMMIT, commit_id.clone());
+        // A block already staged (a new file of exactly one block) is committed as it is, not
+        // uploaded again.
+        let staged = matches!(
+            st.blocks.get(&0),
+            Some(Block::Staged { .. } | Block::Uploading { .. })
+        );
         let result = if !st.data_dirty && st.base.is_some() {
             self.store
-                .set_metadata(&st.container, &st.name, &st.metadata, cond)
+                .set_metadata(&st.container, &st.name, &st.metadata, cond.clone())
                 .await
                 .map(|etag| (etag, st.base.as_ref().and_then(|b| b.committed.clone())))
-        } else if st.size <= BLOCK {
+        } else if st.size <= BLOCK && !staged {
             let data = Bytes::from(self.load(st, 0).await?);
-            let r = self
-                .cache
-                .with_permit(
-                    self.store
-                        .put(&st.container, &st.name, data, cond, &st.metadata),
-                )
-                .await;
-            r.map(|etag| (etag, Some(Vec::new())))
-        } else {
-            match self.stage_all(st).await {
-                Ok(list) => {
-                    let ids: Vec<String> = list.iter().map(|(id, _)| id.clone()).collect();
-                    self.store
-                        .put_block_list(&st.container, &st.name, &ids, cond, &st.metadata)
-                        .await
-                        .map(|etag| (etag, Some(list)))
+            let put = self
+                .store
+                .put(&st.container, &st.name, data, cond.clone(), &st.metadata);
+            let r = self.cache.with_permit(put).await;
+            match r {
+                // A new blob's name may hold uncommitted blocks (an upload that was cut off),
+                // which some services count as existing for Put Blob: a block list is
+                // refused only by a committed blob.
+                Err(BlobError::Conflict(_)) if st.base.is_none() && self.uncommitted(st).await => {
+                    self.commit_blocks(st, cond.clone()).await?
                 }
-                Err(WriteError::Storage(e)) => Err(e),
-                Err(e) => return Err(e),
+                r => r.map(|etag| (etag, Some(Vec::new()))),
             }
+        } else {
+            self.commit_blocks(st, cond.clone()).await?
         };
         let result = match result {
             Err(e) if changed_elsewhere(&e) => match self.own_commit(st, &commit_id).await {
@@ -960,6 +966,35 @@ impl<S: BlobStore> Draft<S> {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Stages what is not staged yet and commits the block list. The outer error is one to
+    /// return as it is; the inner one is the commit's answer.
+    async fn commit_blocks(
+        &self,
+        st: &mut State,
+        cond: Condition,
+    ) -> Result<Result<(String, Option<Vec<(String, u64)>>), BlobError>, WriteError> {
+        match self.stage_all(st).await {
+            Ok(list) => {
+                let ids: Vec<String> = list.iter().map(|(id, _)| id.clone()).collect();
+                Ok(self
+                    .store
+                    .put_block_list(&st.container, &st.name, &ids, cond, &st.metadata)
+                    .await
+                    .map(|etag| (etag, Some(list))))
+            }
+            Err(WriteError::Storage(e)) => Ok(Err(e)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the blob has no committed version (after a refusal that said it exists).
+    async fn uncommitted(&self, st: &State) -> bool {
+        matches!(
+            self.store.head(&st.container, &st.name).await,
+            Err(BlobError::NotFound)
+        )
     }
 
     /// The blob's ETag if its current version is the commit `id` of this draft: the commit

@@ -1,17 +1,23 @@
 //! The Azure Blob REST client: a thin layer over reqwest.
 //!
 //! Every request goes through [`HttpBlobStore::execute`], which signs it (Shared Key) or appends
-//! the SAS token, bounds each attempt by a timeout and the whole operation by a deadline, and
-//! retries what is worth retrying (408, 429, 5xx, connection errors, timeouts) with exponential
-//! backoff, jitter and `Retry-After`. 409 and 412 are answers, not failures, and are never
-//! retried. The deadline is what turns a dead backend into a prompt EIO instead of a hung `ls`.
+//! the SAS token, bounds the operation by a deadline, and retries what is worth retrying (408,
+//! 429, 5xx, connection errors, timeouts) with exponential backoff, jitter and `Retry-After`.
+//! 409 and 412 are answers, not failures, and are never retried. The deadline is what turns a
+//! dead backend into a prompt EIO instead of a hung `ls`.
+//!
+//! An attempt is bounded by *progress*, not by a fixed time whatever its size: it is cut when
+//! no byte moved for `attempt_timeout` (request body sent, response headers or body received),
+//! and at the operation's deadline unless its bytes are moving. A 4 MiB Put Block on a slow link
+//! that keeps sending is not an outage; a server that stops answering is, within the deadline.
+//! A refused connection (nothing listens) is retried only briefly, then reported as such.
 //!
 //! When an operation gives up because storage did not answer at all (connection errors,
-//! timeouts), the store is marked down. While it is down, one request at a time goes out as a
-//! probe and every other fails at once: the kernel often repeats a failed lookup, and a shell
-//! walking a tree would otherwise pay the full deadline per file. A probe is one attempt bounded
-//! by [`PROBE_TIMEOUT`]. The first answer from
-//! storage (to the probe or to anything) marks it up again, so recovery needs no remount.
+//! timeouts), the store is marked down. While it is down every request fails at once: the
+//! kernel often repeats a failed lookup within one system call, and a shell walking a tree
+//! would otherwise pay the full deadline per file. Meanwhile a background probe (an
+//! unauthenticated GET of the endpoint, bounded by [`PROBE_TIMEOUT`]) goes out at most every
+//! [`PROBE_EVERY`]; any HTTP answer marks storage up again, so recovery needs no remount.
 //!
 //! Secrets never reach an error or a log line: errors carry statuses and error codes, and
 //! reqwest errors are stripped of their URL (which may hold a SAS token) before formatting.
@@ -21,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use rand::RngExt;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
@@ -40,15 +47,62 @@ const API_VERSION: &str = "2023-11-03";
 /// How long a server-side copy may stay pending before the rename that waits for it fails.
 const COPY_WAIT: Duration = Duration::from_secs(300);
 
-/// Bound on the single attempt that checks whether storage that stopped answering is back.
+/// Bound on the background request that checks whether storage that stopped answering is back.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How often a store that is down is probed.
+pub const PROBE_EVERY: Duration = Duration::from_millis(500);
+
+/// An attempt still moving bytes at the deadline may finish if it moved some this recently.
+const MOVING: Duration = Duration::from_secs(2);
+
+/// The slowest transfer rate that is still progress, not an outage: a request that carries
+/// or fetches N bytes gets N at this rate on top of its deadline and idle bound. (Once a
+/// request body is in the socket's buffers, its progress cannot be seen from here.)
+const FLOOR_RATE: f64 = 512.0 * 1024.0;
+
+/// Refused connections are retried this long (an endpoint restarting), then reported.
+const REFUSED_WINDOW: Duration = Duration::from_secs(2);
+
+/// Request bodies larger than this are streamed in pieces, so that their progress is seen.
+const STREAM_BODY: usize = 256 << 10;
+
+/// When the bytes of one attempt last moved (or when it began).
+struct Activity {
+    start: Instant,
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            start: Instant::now(),
+            last_ms: 0.into(),
+        })
+    }
+
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms
+            .fetch_max(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        let ms = self.last_ms.load(std::sync::atomic::Ordering::Relaxed);
+        self.start + Duration::from_millis(ms)
+    }
+
+    fn moved(&self) -> bool {
+        self.last_ms.load(std::sync::atomic::Ordering::Relaxed) > 0
+    }
+}
 
 /// How long to keep trying. The defaults keep any single filesystem operation under 30 s.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
     /// Give up (and report the last error) once this much time has passed.
     pub deadline: Duration,
-    /// Bound on one attempt, body included.
+    /// An attempt during which no byte moved for this long is cut.
     pub attempt_timeout: Duration,
     pub connect_timeout: Duration,
     pub base_backoff: Duration,
@@ -76,7 +130,7 @@ pub struct HttpBlobStore {
     /// Replaced in place when discovery sees rotated keys, so open files keep working.
     auth: std::sync::RwLock<Auth>,
     policy: RetryPolicy,
-    health: std::sync::Mutex<Health>,
+    health: Arc<std::sync::Mutex<Health>>,
     /// Told when storage refuses the credential, so that keys rotated in Azure are fetched
     /// now rather than at the next scheduled refresh.
     on_denied: Option<Arc<tokio::sync::Notify>>,
@@ -94,9 +148,17 @@ struct Op<'a> {
     if_none_match: String,
     content_type: &'static str,
     body: Bytes,
+    /// Bytes a ranged read asks for.
+    fetch: u64,
 }
 
 impl<'a> Op<'a> {
+    /// Extra time a transfer of this size is allowed: see [`FLOOR_RATE`].
+    fn allowance(&self) -> Duration {
+        let bytes = self.body.len() as u64 + self.fetch;
+        Duration::from_secs_f64(bytes as f64 / FLOOR_RATE)
+    }
+
     fn new(
         name: &'static str,
         method: Method,
@@ -114,6 +176,7 @@ impl<'a> Op<'a> {
             if_none_match: String::new(),
             content_type: "",
             body: Bytes::new(),
+            fetch: 0,
         }
     }
 
@@ -164,8 +227,9 @@ impl Auth {
 #[derive(Default)]
 struct Health {
     down: bool,
-    /// Start of the probe in flight while down.
+    /// Start of the last probe while down.
     probe: Option<Instant>,
+    probing: bool,
 }
 
 struct Answer {
@@ -176,6 +240,8 @@ struct Answer {
 /// What one failed attempt means for the next.
 enum Failure {
     Retry(BlobError, Option<Duration>),
+    /// Nothing listens there: worth a retry or two (a restart), not a whole deadline.
+    Refused(BlobError),
     Final(BlobError),
 }
 
@@ -202,7 +268,7 @@ impl HttpBlobStore {
             base_path,
             auth: std::sync::RwLock::new(Auth::from(&cfg.credential, None)?),
             policy,
-            health: std::sync::Mutex::new(Health::default()),
+            health: Arc::default(),
             on_denied: None,
             stats,
         })
@@ -240,10 +306,11 @@ impl HttpBlobStore {
 
     /// Sends a Get Blob `op` for `len` (> 0) bytes from `offset`.
     async fn ranged(&self, op: Op<'_>, offset: u64, len: u64) -> Result<Bytes, BlobError> {
-        let op = op.header(
+        let mut op = op.header(
             "x-ms-range",
             format!("bytes={}-{}", offset, offset + len - 1),
         );
+        op.fetch = len;
         let answer = self.execute(op).await?;
         Stats::add(&self.stats.bytes_fetched, answer.body.len() as u64);
         if answer.body.len() as u64 > len {
@@ -260,51 +327,103 @@ impl HttpBlobStore {
     }
 
     async fn execute(&self, op: Op<'_>) -> Result<Answer, BlobError> {
-        let deadline = {
+        // Within what is left of the filesystem operation this request serves.
+        let left = super::deadline::remaining().unwrap_or(Duration::MAX);
+        if left.is_zero() {
+            return Err(BlobError::Timeout(Duration::ZERO));
+        }
+        {
             let mut h = self.health();
             if h.down {
-                // A probe older than a whole deadline was abandoned: let another go.
-                if h.probe.is_some_and(|t| t.elapsed() < self.policy.deadline) {
-                    return Err(BlobError::Transport(
-                        "storage is not answering (failing fast)".into(),
-                    ));
+                if !h.probing && h.probe.is_none_or(|t| t.elapsed() >= PROBE_EVERY) {
+                    h.probing = true;
+                    h.probe = Some(Instant::now());
+                    self.probe();
                 }
-                h.probe = Some(Instant::now());
-                PROBE_TIMEOUT.min(self.policy.deadline)
-            } else {
-                self.policy.deadline
+                return Err(BlobError::Transport(
+                    "storage is not answering (failing fast)".into(),
+                ));
             }
-        };
-        let result = self.execute_with_retries(&op, deadline).await;
-        let mut h = self.health();
-        h.probe = None;
-        h.down = matches!(result, Err(BlobError::Transport(_) | BlobError::Timeout(_)));
+        }
+        let deadline = self.policy.deadline.min(left);
+        let started = Instant::now();
+        let (result, moved) = self.execute_with_retries(&op, deadline).await;
+        if moved && result.is_ok() {
+            super::deadline::credit(started.elapsed());
+        }
+        // A transfer that was moving bytes when it gave up is a slow link, not an outage.
+        let dead = !moved && matches!(result, Err(BlobError::Transport(_) | BlobError::Timeout(_)));
+        self.health().down = dead;
         result
     }
 
+    /// Asks in the background whether storage answers again; any HTTP answer will do.
+    fn probe(&self) {
+        let (http, url, health) = (self.http.clone(), self.base.clone(), self.health.clone());
+        tokio::spawn(async move {
+            let sent = tokio::time::timeout(PROBE_TIMEOUT, http.get(url).send()).await;
+            let mut h = health.lock().unwrap_or_else(|p| p.into_inner());
+            h.probing = false;
+            if matches!(sent, Ok(Ok(_))) {
+                h.down = false;
+            }
+        });
+    }
+
+    /// Runs one attempt, cut once no byte moved for `attempt_timeout`, or at `deadline`
+    /// unless its bytes are still moving. `None` if it was cut.
+    async fn bounded<T>(
+        &self,
+        attempt: impl std::future::Future<Output = T>,
+        activity: &Activity,
+        deadline: Instant,
+        allowance: Duration,
+    ) -> Option<T> {
+        tokio::pin!(attempt);
+        loop {
+            let last = activity.last();
+            let idle_cut = last + self.policy.attempt_timeout + allowance;
+            let cut = idle_cut.min(deadline.max(last + MOVING));
+            tokio::select! {
+                r = &mut attempt => return Some(r),
+                _ = tokio::time::sleep_until(cut.into()) => {
+                    if activity.last() == last {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The outcome, and whether any attempt moved bytes.
     async fn execute_with_retries(
         &self,
         op: &Op<'_>,
         deadline: Duration,
-    ) -> Result<Answer, BlobError> {
+    ) -> (Result<Answer, BlobError>, bool) {
         let start = Instant::now();
+        let allowance = op.allowance();
+        let end = start + deadline + allowance;
         let mut attempt: u32 = 0;
+        let mut moved = false;
         loop {
             attempt += 1;
-            let remaining = deadline.saturating_sub(start.elapsed());
-            let limit = self.policy.attempt_timeout.min(remaining);
+            let activity = Activity::new();
             let sent = Instant::now();
-            let outcome = tokio::time::timeout(limit, self.attempt(op)).await;
+            let outcome = self
+                .bounded(self.attempt(op, &activity), &activity, end, allowance)
+                .await;
+            moved |= activity.moved();
             Stats::add(
                 &self.stats.request_micros,
                 sent.elapsed().as_micros() as u64,
             );
             let failure = match outcome {
-                Ok(Ok(answer)) => return Ok(answer),
-                Ok(Err(f)) => f,
-                Err(_) => Failure::Retry(BlobError::Timeout(start.elapsed()), None),
+                Some(Ok(answer)) => return (Ok(answer), moved),
+                Some(Err(f)) => f,
+                None => Failure::Retry(BlobError::Timeout(start.elapsed()), None),
             };
-            let (err, retry_after) = match failure {
+            let (err, retry_after, window) = match failure {
                 Failure::Final(e) => {
                     self.log_failure(op, &e, attempt, false);
                     if !matches!(
@@ -315,19 +434,21 @@ impl HttpBlobStore {
                     ) {
                         Stats::add(&self.stats.errors, 1);
                     }
-                    return Err(e);
+                    return (Err(e), moved);
                 }
-                Failure::Retry(e, after) => (e, after),
+                Failure::Retry(e, after) => (e, after, deadline + allowance),
+                Failure::Refused(e) => (e, None, deadline.min(REFUSED_WINDOW)),
             };
             let backoff = retry_after.unwrap_or_else(|| self.backoff(attempt));
-            let give_up = start.elapsed() + backoff + Duration::from_millis(50) >= deadline;
+            let give_up = start.elapsed() + backoff + Duration::from_millis(50) >= window;
             self.log_failure(op, &err, attempt, !give_up);
             if give_up {
                 Stats::add(&self.stats.errors, 1);
-                return Err(match err {
+                let err = match err {
                     BlobError::Timeout(_) => BlobError::Timeout(start.elapsed()),
                     e => e,
-                });
+                };
+                return (Err(err), moved);
             }
             Stats::add(&self.stats.retries, 1);
             tokio::time::sleep(backoff).await;
@@ -368,7 +489,7 @@ impl HttpBlobStore {
         }
     }
 
-    async fn attempt(&self, op: &Op<'_>) -> Result<Answer, Failure> {
+    async fn attempt(&self, op: &Op<'_>, activity: &Arc<Activity>) -> Result<Answer, Failure> {
         let counter = match op.name {
             "list" | "list_containers" => &self.stats.list_requests,
             "head" => &self.stats.head_requests,
@@ -452,11 +573,14 @@ impl HttpBlobStore {
         if op.method == Method::PUT {
             // Explicit, because an empty body would otherwise go without Content-Length,
             // which the service requires on every PUT.
-            req = req
-                .header(reqwest::header::CONTENT_LENGTH, op.body.len())
-                .body(op.body.clone());
+            req = req.header(reqwest::header::CONTENT_LENGTH, op.body.len());
+            req = match op.body.len() > STREAM_BODY {
+                true => req.body(progress_body(op.body.clone(), activity.clone())),
+                false => req.body(op.body.clone()),
+            };
         }
         let resp = req.send().await.map_err(transport)?;
+        activity.touch();
         let status = resp.status();
         let headers = resp.headers().clone();
         if status.is_success() {
@@ -469,6 +593,7 @@ impl HttpBlobStore {
             };
             let mut body = bytes::BytesMut::with_capacity(announced as usize);
             while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+                activity.touch();
                 body.extend_from_slice(&chunk);
             }
             return Ok(Answer {
@@ -499,7 +624,7 @@ impl HttpBlobStore {
     /// One line per request storage refused, with what support needs to trace it.
     fn log_status(&self, op: &Op<'_>, failure: &Failure, request_id: &str) {
         let (err, will_retry) = match failure {
-            Failure::Retry(e, _) => (e, true),
+            Failure::Retry(e, _) | Failure::Refused(e) => (e, true),
             Failure::Final(e) => (e, false),
         };
         let (container, blob) = (op.container.unwrap_or(""), op.blob.unwrap_or(""));
@@ -545,12 +670,33 @@ fn classify(status: StatusCode, code: String, retry_after: Option<Duration>) -> 
 fn transport(e: reqwest::Error) -> Failure {
     let e = e.without_url();
     let mut msg = e.to_string();
+    let mut refused = false;
     let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
         msg = format!("{msg}: {s}");
+        refused |= s
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused);
         source = s.source();
     }
-    Failure::Retry(BlobError::Transport(msg), None)
+    match refused {
+        true => Failure::Refused(BlobError::Transport(format!("connection refused ({msg})"))),
+        false => Failure::Retry(BlobError::Transport(msg), None),
+    }
+}
+
+/// A request body sent in pieces, each noted as progress when the connection takes it.
+fn progress_body(body: Bytes, activity: Arc<Activity>) -> reqwest::Body {
+    const PIECE: usize = 64 << 10;
+    let pieces: Vec<Bytes> = (0..body.len())
+        .step_by(PIECE)
+        .map(|at| body.slice(at..(at + PIECE).min(body.len())))
+        .collect();
+    let stream = futures::stream::iter(pieces).map(move |piece| {
+        activity.touch();
+        Ok::<_, std::io::Error>(piece)
+    });
+    reqwest::Body::wrap_stream(stream)
 }
 
 fn header_value(v: &str) -> Result<HeaderValue, Failure> {

@@ -232,6 +232,16 @@ impl BlobStore for MemoryStore {
         metadata: &BTreeMap<String, String>,
     ) -> Result<String, BlobError> {
         self.count();
+        // As Azurite does: a name that holds only uncommitted blocks exists for Put Blob's
+        // `If-None-Match: *` (Put Block List looks at the committed blob only).
+        let key = (container.to_string(), blob.to_string());
+        let staged = self
+            .blocks()
+            .get(&key)
+            .is_some_and(|b| !b.staged.is_empty());
+        if cond == Condition::IfNoneMatchAny && staged {
+            return Err(BlobError::Conflict("BlobAlreadyExists".into()));
+        }
         let etag = self.commit(container, blob, data, &cond, metadata)?;
         // A blob written in one Put Blob has no committed blocks.
         self.blocks()

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod deadline;
 #[cfg(test)]
 pub mod faulty;
 #[cfg(test)]

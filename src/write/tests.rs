@@ -288,3 +288,29 @@ fn block_ids_have_the_length_reuse_checks_for() {
         ID_LEN
     );
 }
+
+#[tokio::test]
+async fn a_new_file_commits_over_uncommitted_blocks_left_by_another_writer() {
+    let f = Fixture::new().await;
+    // An upload cut off before its commit left a staged block under the name.
+    let stale = base64::engine::general_purpose::STANDARD.encode(format!("{:041}", 0));
+    f.store
+        .put_block("c", "n", &stale, Bytes::from_static(b"stale"))
+        .await
+        .unwrap();
+    let d = f.draft("n").await;
+    d.write(0, b"small").await.unwrap();
+    d.commit().await.unwrap().expect("committed");
+    assert_eq!(f.content("n"), b"small");
+    // A new file of exactly one block: its staged block is committed, not sent again.
+    let d = f.draft("one-block").await;
+    let data = pattern(BLOCK as usize, 3);
+    write_all(&d, &data, 1 << 20).await;
+    let puts_before = f.requests();
+    d.commit().await.unwrap().expect("committed");
+    assert_eq!(f.content("one-block"), data);
+    assert!(
+        f.requests() - puts_before <= 2,
+        "no second upload of the block"
+    );
+}

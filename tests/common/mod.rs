@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub mod arm;
+pub mod proxy;
 
 use batchfs::blob::{BlobStore, Condition, HttpBlobStore, RetryPolicy};
 use batchfs::config::StorageConfig;

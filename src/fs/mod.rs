@@ -1655,4 +1655,6 @@ fn meta_of(p: &BlobProps) -> Meta {
 #[cfg(test)]
 mod faults;
 #[cfg(test)]
+mod model;
+#[cfg(test)]
 mod tests;

@@ -284,3 +284,51 @@ fn a_refused_endpoint_is_reported_at_once() {
     assert!(err.contains("refused"), "{err}");
     assert!(t.elapsed() < Duration::from_secs(8));
 }
+
+#[test]
+fn writers_stuck_on_storage_do_not_starve_other_calls() {
+    let az = Azurite::start();
+    let s = az.store();
+    s.container("ggg");
+    let proxy = Proxy::start(&az.endpoint());
+    let m = mount_via(&az, &proxy, &["--timeout", "20", "--cache-size", "32M"]);
+    let w = "alpha/storage/ggg";
+    ok(m.sh(&format!("ls {w}")));
+    proxy.set(Mode::Stall);
+    // More writers than the FUSE session has threads, each blocked on budget that uploads
+    // to a stalled storage hold.
+    let writers = (0..12)
+        .map(|i| {
+            std::process::Command::new("dd")
+                .args(["if=/dev/zero", &format!("of={}/w{i}", m.p(w).display())])
+                .args(["bs=1M", "count=64", "status=none"])
+                .spawn()
+                .expect("dd")
+        })
+        .collect::<Vec<_>>();
+    std::thread::sleep(Duration::from_secs(3));
+    // What needs no storage answers at once.
+    let (ok_, took) = timed(
+        &m,
+        "cat alpha/account.json > /dev/null && ls alpha && stat alpha/keys",
+    );
+    println!(
+        "with 12 writers stuck: account files answered in {:.2}s",
+        took.as_secs_f64()
+    );
+    assert!(ok_);
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    // `batchfs stats` into a closed pipe is no panic.
+    let out = m.sh(&format!(
+        "{BIN} stats . | true; echo status ${{PIPESTATUS[0]}}"
+    ));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("status 0"), "{text}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+    proxy.set(Mode::Pass);
+    for mut w in writers {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+    assert!(!m.log_text().contains("panicked"));
+}

@@ -100,6 +100,8 @@ pub struct Node {
     pub meta: Option<Meta>,
     /// A directory's times and mode, where known.
     pub dir: DirMeta,
+    /// When a directory's marker blob was last looked for.
+    pub marker_checked: Option<Instant>,
     /// The ETag the last `open` saw: the kernel may keep cached pages while it is unchanged.
     pub opened_etag: Option<String>,
     /// References the kernel holds (entries it was given, less those it forgot). A node at
@@ -129,6 +131,7 @@ impl Default for Inodes {
                 parent: ROOT_INO,
                 meta: None,
                 dir: DirMeta::default(),
+                marker_checked: None,
                 opened_etag: None,
                 lookups: 0,
             },
@@ -153,6 +156,7 @@ impl Inodes {
                 parent,
                 meta: None,
                 dir: DirMeta::default(),
+                marker_checked: None,
                 opened_etag: None,
                 lookups: 0,
             },

@@ -465,11 +465,20 @@ impl<S: BlobStore> Namespace<S> {
                     return self.getattr(ino).await;
                 }
                 let found = |l: Arc<Listing>| l.find(name).cloned().ok_or(FsError::NotFound);
-                if let Some(entries) = self.dirs.fresh(parent) {
-                    return found(entries);
-                }
-                if self.dirs.worth_relisting(parent) {
-                    return found(self.listing(parent).await?);
+                let listed = match self.dirs.fresh(parent) {
+                    Some(entries) => Some(found(entries)?),
+                    None if self.dirs.worth_relisting(parent) => {
+                        Some(found(self.listing(parent).await?)?)
+                    }
+                    None => None,
+                };
+                if let Some(attr) = listed {
+                    // A directory's mode and times live in its marker, which a listing of its
+                    // parent does not return.
+                    return match attr.kind {
+                        Kind::Dir => self.getattr(attr.ino).await,
+                        Kind::File => Ok(attr),
+                    };
                 }
                 if !listing::valid_name(name) {
                     return Err(FsError::NotFound);
@@ -500,13 +509,22 @@ impl<S: BlobStore> Namespace<S> {
             store.list(container, &dir_prefix, Some("/"), None, Some(1))
         );
         let list = list?;
+        let own = list.blobs.iter().find(|b| b.name == dir_prefix);
+        let own = own.filter(|b| b.props.is_folder_marker());
+        let own = own.map(|b| EntryKind::Dir(listing::dir_meta(&b.props)));
         let dir_key = NodeKey::Dir {
             acct,
             container: container.to_string(),
             prefix: dir_prefix,
         };
         if !list.blobs.is_empty() || !list.prefixes.is_empty() {
-            return Ok(self.node(dir_key, parent, None));
+            // A marker `prefix/` sorts first under the prefix: if the first item is not one,
+            // there is none to look for.
+            let attr = self.node(dir_key, parent, own.as_ref());
+            if let Some(n) = lock(&self.inodes).get_mut(attr.ino) {
+                n.marker_checked = Some(Instant::now());
+            }
+            return Ok(attr);
         }
         let props = head?;
         if props.is_folder_marker() {
@@ -522,11 +540,37 @@ impl<S: BlobStore> Namespace<S> {
     }
 
     pub async fn getattr(&self, ino: u64) -> Result<Attr> {
-        let (key, meta, dir) = {
+        let (key, meta, dir, marker_checked) = {
             let t = lock(&self.inodes);
             let n = t.get(ino).ok_or(FsError::NotFound)?;
-            (n.key.clone(), n.meta.clone(), n.dir)
+            (n.key.clone(), n.meta.clone(), n.dir, n.marker_checked)
         };
+        // A directory known only as a prefix: its marker, if any, holds its mode and times.
+        if let NodeKey::Dir {
+            acct,
+            container,
+            prefix,
+        } = &key
+            && !prefix.is_empty()
+            && dir.mode.is_none()
+            && marker_checked.is_none_or(|t| t.elapsed() >= self.opts.attr_ttl)
+        {
+            let marker = match self.store(*acct)?.head(container, prefix).await {
+                Ok(p) if p.is_folder_marker() => Some(listing::dir_meta(&p)),
+                Ok(_) | Err(BlobError::NotFound) => None,
+                Err(e) => return Err(e.into()),
+            };
+            let mut t = lock(&self.inodes);
+            if let Some(n) = t.get_mut(ino) {
+                n.marker_checked = Some(Instant::now());
+                if let Some(m) = &marker {
+                    n.dir.merge(m);
+                }
+                let dir = n.dir;
+                drop(t);
+                return Ok(self.attr_from(ino, &key, None, dir));
+            }
+        }
         if let NodeKey::File {
             acct,
             container,
@@ -637,6 +681,14 @@ impl<S: BlobStore> Namespace<S> {
                 let ticket = self.dirs.ticket(ino);
                 let store = &self.store(*acct)?;
                 let page = blob::list_all(store.as_ref(), container, prefix, Some("/")).await?;
+                // The directory's own marker comes with its listing: its mode and times.
+                let own = page.blobs.iter().find(|b| b.name == *prefix);
+                if let Some(m) = own.filter(|b| b.props.is_folder_marker())
+                    && let Some(n) = lock(&self.inodes).get_mut(ino)
+                {
+                    n.dir.merge(&listing::dir_meta(&m.props));
+                    n.marker_checked = Some(Instant::now());
+                }
                 let v = listing::entries(prefix, page)
                     .into_iter()
                     .map(|(name, kind)| {

@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 # 3.35 is the newest release that declares support for the Node.js of Debian 12 (18).
 AZURITE_VERSION=3.35.0
 AZURITE_MAIN=.tools/azurite/node_modules/azurite/dist/src/blob/main.js
+# Microsoft's Python SDK, the independent client of tests/corpus.rs.
+AZURE_BLOB_PY_VERSION=12.31.1
 
 missing=()
 command -v fusermount3 >/dev/null || missing+=(fuse3)
@@ -26,6 +28,9 @@ command -v openssl >/dev/null || missing+=(openssl)
 command -v python3 >/dev/null || missing+=(python3)
 # `mount -t fuse.batchfs` goes through mount(8).
 command -v mount >/dev/null || missing+=(mount)
+# tests/corpus.rs writes and checks blobs with Microsoft's Python SDK (azure-storage-blob), in
+# a project-local venv made by Debian's Python (whatever other python3 is first on PATH).
+/usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "setup: installing ${missing[*]}"
     apt-get update -qq
@@ -41,6 +46,14 @@ if [ ! -f "$AZURITE_MAIN" ] || [ "$installed" != "$AZURITE_VERSION" ]; then
     echo "setup: installing azurite@$AZURITE_VERSION into .tools/azurite"
     mkdir -p .tools/azurite
     npm install --prefix .tools/azurite --no-audit --no-fund --loglevel=error "azurite@$AZURITE_VERSION" >/dev/null
+fi
+
+py_installed=$(.tools/py/bin/python -c 'import azure.storage.blob as b; print(b.__version__)' 2>/dev/null || true)
+if [ "$py_installed" != "$AZURE_BLOB_PY_VERSION" ]; then
+    echo "setup: installing azure-storage-blob==$AZURE_BLOB_PY_VERSION into .tools/py"
+    [ -x .tools/py/bin/python ] || /usr/bin/python3 -m venv .tools/py
+    .tools/py/bin/python -m pip install --quiet --disable-pip-version-check \
+        "azure-storage-blob==$AZURE_BLOB_PY_VERSION" >/dev/null
 fi
 
 if ! command -v cargo >/dev/null; then

@@ -147,11 +147,10 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
         if let Err(missing) = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS) {
             tracing::info!(?missing, "kernel lacks readdirplus");
         }
-        // O_TRUNC arrives with open instead of as a separate truncate: the old content stays
-        // committed until the new one is (a crash mid-`cp` must not leave an empty file).
-        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC) {
-            tracing::info!(?missing, "kernel lacks atomic O_TRUNC");
-        }
+        // No atomic O_TRUNC: the kernel truncates with a separate setattr once the open has
+        // passed its own checks. Truncating inside open would truncate (and commit at
+        // release) a file whose open the kernel then refuses, e.g. ETXTBSY for a running
+        // program. The truncation is committed at the next flush either way.
         if let Err(nearest) = config.set_max_write(MAX_IO) {
             let _ = config.set_max_write(nearest);
         }

@@ -543,7 +543,6 @@ impl<S: BlobStore> Draft<S> {
             return Ok(());
         };
         let (id, len, mut done) = (id.clone(), *len, done.clone());
-        let waited = std::time::Instant::now();
         let outcome = done
             .wait_for(Option::is_some)
             .await
@@ -551,7 +550,7 @@ impl<S: BlobStore> Draft<S> {
             .clone();
         if matches!(outcome, Some(Ok(_))) {
             // Waiting for an upload that went through is progress, not a storage that hangs.
-            crate::blob::deadline::credit(waited.elapsed());
+            crate::blob::deadline::progress();
         }
         match outcome {
             Some(Ok(spilled)) => {
@@ -877,10 +876,11 @@ impl<S: BlobStore> Draft<S> {
             Some(b) => Condition::IfMatch(b.etag.clone()),
             None => Condition::IfNoneMatchAny,
         };
-        if meta::get(&st.metadata, meta::MTIME).is_none() && !st.data_dirty {
-            let t = st.mtime;
-            meta::set(&mut st.metadata, meta::MTIME, meta::format_time(t));
-        }
+        // The time the application saw is kept, to the nanosecond: Last-Modified is the
+        // commit's time (whole seconds on some services), and a file's times must not move
+        // by themselves after it is closed.
+        let t = st.mtime;
+        meta::set(&mut st.metadata, meta::MTIME, meta::format_time(t));
         // Each commit carries its own id, so that a commit whose reply was lost is recognised
         // when the retry that follows is refused.
         let commit_id = format!("{:016x}", rand::random::<u64>());

@@ -346,10 +346,9 @@ impl HttpBlobStore {
             }
         }
         let deadline = self.policy.deadline.min(left);
-        let started = Instant::now();
         let (result, moved) = self.execute_with_retries(&op, deadline).await;
         if moved && result.is_ok() {
-            super::deadline::credit(started.elapsed());
+            super::deadline::progress();
         }
         // A transfer that was moving bytes when it gave up is a slow link, not an outage.
         let dead = !moved && matches!(result, Err(BlobError::Transport(_) | BlobError::Timeout(_)));

@@ -3,10 +3,10 @@
 //! One system call may need several requests in turn (a lookup that lists, then a HEAD; a
 //! close that stages, then commits). Each is bounded by `--timeout`, and so is their sum: the
 //! FUSE adapter runs every operation within [`within`], and the client never lets a request
-//! wait past [`remaining`]. Time spent on transfers that succeeded is [`credit`]ed back: the
-//! bound is on waiting for a storage that does not answer, not on moving a large file over a
-//! slow link. Background work (uploads of sealed blocks) has no operation deadline and is
-//! bounded request by request.
+//! wait past [`remaining`]. Each transfer that succeeds is [`progress`]: the deadline moves to
+//! `--timeout` after it. The bound is on waiting for a storage that does not answer, not on
+//! moving a large file over a slow link or committing thousands of blocks. Background work
+//! (uploads of sealed blocks) has no operation deadline and is bounded request by request.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 struct Clock {
     start: Instant,
+    limit: Duration,
     /// Deadline, in ms from `start`.
     deadline_ms: AtomicU64,
 }
@@ -27,6 +28,7 @@ tokio::task_local! {
 pub async fn within<F: Future>(limit: Duration, f: F) -> F::Output {
     let clock = Clock {
         start: Instant::now(),
+        limit,
         deadline_ms: AtomicU64::new(limit.as_millis() as u64),
     };
     CLOCK.scope(Arc::new(clock), f).await
@@ -42,11 +44,11 @@ pub fn remaining() -> Option<Duration> {
         .ok()
 }
 
-/// `spent` went to a transfer that succeeded: it does not count against the deadline.
-pub fn credit(spent: Duration) {
+/// A transfer succeeded: storage answers, and the operation has `--timeout` from now.
+pub fn progress() {
     let _ = CLOCK.try_with(|c| {
-        c.deadline_ms
-            .fetch_add(spent.as_millis() as u64, Ordering::Relaxed)
+        let next = (c.start.elapsed() + c.limit).as_millis() as u64;
+        c.deadline_ms.fetch_max(next, Ordering::Relaxed)
     });
 }
 
@@ -60,8 +62,9 @@ mod tests {
         within(Duration::from_secs(5), async {
             let left = remaining().unwrap();
             assert!(left <= Duration::from_secs(5) && left > Duration::from_secs(4));
-            credit(Duration::from_secs(10));
-            assert!(remaining().unwrap() > Duration::from_secs(14));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            progress();
+            assert!(remaining().unwrap() > Duration::from_millis(4990));
             let spawned = tokio::spawn(async { remaining() }).await.unwrap();
             assert_eq!(spawned, None, "background work has no operation deadline");
         })

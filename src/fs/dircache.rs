@@ -7,6 +7,10 @@
 //! under an older generation is handed to the caller that asked but never cached, so it cannot
 //! undo the change for later callers (a renamed file showing under its old name).
 //!
+//! A directory without a marker exists in storage only while it holds something. One that this
+//! mount emptied is kept for [`PHANTOM_TTL`] as an empty directory of this mount only (a
+//! *phantom*), so that the `rmdir` that `rm -r` sends last, and the lookups before it, find it.
+//!
 //! Removing an entry leaves a tombstone rather than shifting the entries after it, so `rm -r`
 //! of a large directory costs O(1) per file, and offsets of open directory handles stay valid.
 
@@ -89,6 +93,8 @@ struct Cached {
 #[derive(Default)]
 struct State {
     cached: HashMap<u64, Cached>,
+    /// Directories this mount emptied: parent → name → (inode, when).
+    phantoms: HashMap<u64, HashMap<String, (u64, Instant)>>,
     /// Bumped by every local change in the directory.
     generation: HashMap<u64, u64>,
     gates: HashMap<u64, Arc<tokio::sync::Mutex<()>>>,
@@ -98,6 +104,8 @@ struct State {
 const RELIST_WINDOW: Duration = Duration::from_secs(10);
 /// ... if it held at most this many entries (four list pages).
 const RELIST_MAX_ENTRIES: usize = 20_000;
+/// How long a directory this mount emptied stays, if nobody removes it.
+pub const PHANTOM_TTL: Duration = Duration::from_secs(60);
 
 pub struct DirCache {
     ttl: Duration,
@@ -207,12 +215,51 @@ impl DirCache {
         st.cached.insert(dir, c);
     }
 
+    /// This mount removed an entry of directory `ino`, `name` in `parent`: if it has no
+    /// marker and that was its last entry, it stays for a while as a phantom.
+    pub fn emptied(&self, parent: u64, name: &str, ino: u64) {
+        let mut st = self.state();
+        let now = Instant::now();
+        let dir = st.phantoms.entry(parent).or_default();
+        dir.retain(|_, (_, at)| at.elapsed() < PHANTOM_TTL);
+        dir.insert(name.to_string(), (ino, now));
+    }
+
+    /// The phantom `name` in `parent`, if there is one.
+    pub fn phantom(&self, parent: u64, name: &str) -> Option<u64> {
+        let st = self.state();
+        let (ino, at) = st.phantoms.get(&parent)?.get(name)?;
+        (at.elapsed() < PHANTOM_TTL).then_some(*ino)
+    }
+
+    /// Every phantom in `parent`: (name, inode).
+    pub fn phantoms_in(&self, parent: u64) -> Vec<(String, u64)> {
+        let st = self.state();
+        let Some(dir) = st.phantoms.get(&parent) else {
+            return Vec::new();
+        };
+        let live = dir.iter().filter(|(_, (_, at))| at.elapsed() < PHANTOM_TTL);
+        live.map(|(n, (i, _))| (n.clone(), *i)).collect()
+    }
+
+    /// `name` in `parent` was removed (or made real): no phantom of it is left.
+    pub fn unphantom(&self, parent: u64, name: &str) {
+        let mut st = self.state();
+        if let Some(dir) = st.phantoms.get_mut(&parent) {
+            dir.remove(name);
+            if dir.is_empty() {
+                st.phantoms.remove(&parent);
+            }
+        }
+    }
+
     /// The kernel forgot `dir`: nothing of it is kept.
     pub fn forget(&self, dir: u64) {
         let mut st = self.state();
         st.cached.remove(&dir);
         st.gates.remove(&dir);
         st.generation.remove(&dir);
+        st.phantoms.remove(&dir);
     }
 }
 

@@ -441,6 +441,18 @@ impl<S: BlobStore> Namespace<S> {
     }
 
     pub async fn lookup(&self, parent: u64, name: &str) -> Result<Attr> {
+        match self.lookup_stored(parent, name).await {
+            // A directory without a marker that this mount emptied is gone from storage, but
+            // not for this mount until it is removed (`rm -r` comes back to it last).
+            Err(FsError::NotFound) => match self.dirs.phantom(parent, name) {
+                Some(ino) if lock(&self.inodes).get(ino).is_some() => self.getattr(ino).await,
+                _ => Err(FsError::NotFound),
+            },
+            r => r,
+        }
+    }
+
+    async fn lookup_stored(&self, parent: u64, name: &str) -> Result<Attr> {
         if name.len() > listing::MAX_NAME {
             return Err(FsError::NameTooLong);
         }
@@ -601,12 +613,23 @@ impl<S: BlobStore> Namespace<S> {
     pub async fn listing(&self, ino: u64) -> Result<Arc<Listing>> {
         let listing = self.stored_listing(ino).await?;
         let pending = self.drafts.in_dir(ino);
-        if pending.is_empty() {
+        let phantoms: Vec<(String, u64)> = self
+            .dirs
+            .phantoms_in(ino)
+            .into_iter()
+            .filter(|(name, _)| listing.find(name).is_none())
+            .collect();
+        if pending.is_empty() && phantoms.is_empty() {
             return Ok(listing);
         }
         let mut shown = (*listing).clone();
         for (child, name) in pending {
             shown.upsert(&name, self.getattr(child).await?);
+        }
+        for (name, child) in phantoms {
+            if let Ok(attr) = self.getattr(child).await {
+                shown.upsert(&name, attr);
+            }
         }
         Ok(Arc::new(shown))
     }
@@ -1338,11 +1361,22 @@ impl<S: BlobStore> Namespace<S> {
         }
         let (acct, container, prefix) = self.dir_target(parent)?;
         check_name(name)?;
+        self.dirs.unphantom(parent, name);
+        // A directory made by other tools has no marker: it exists all the same. (The kernel
+        // looks the name up before it asks, so this is mostly answered from the listing.)
+        match self.lookup_stored(parent, name).await {
+            Ok(_) => return Err(FsError::Exists),
+            Err(FsError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
         let marker = format!("{prefix}{name}/");
         let mode = mode & 0o7777;
+        // Its time to the nanosecond, as this mount shows it from now on.
+        let now = meta::round_trip(SystemTime::now());
         let metadata = [
             (meta::FOLDER.to_string(), "true".to_string()),
             (meta::MODE.to_string(), meta::format_mode(mode)),
+            (meta::MTIME.to_string(), meta::format_time(now)),
         ]
         .into();
         let store = &self.store(acct)?;
@@ -1364,7 +1398,6 @@ impl<S: BlobStore> Namespace<S> {
             container,
             prefix: marker,
         };
-        let now = SystemTime::now();
         let kind = EntryKind::Dir(DirMeta {
             mtime: Some(now),
             atime: Some(now),
@@ -1403,27 +1436,36 @@ impl<S: BlobStore> Namespace<S> {
             Err(BlobError::NotFound) => None,
             Err(e) => return Err(e.into()),
         };
-        let own_marker = page.blobs.iter().any(|b| b.name == dir);
+        // A zero-length `dir/` is a marker; one that holds data is an entry (never deleted
+        // as if it were a marker).
+        let own_marker = page
+            .blobs
+            .iter()
+            .any(|b| b.name == dir && b.props.size == 0);
         if holds_entries(&page, &dir) || self.has_drafts_under(acct, &container, &dir) {
             return Err(FsError::NotEmpty);
         }
         let legacy_marker = head.as_ref().filter(|p| p.is_folder_marker());
         if !own_marker && legacy_marker.is_none() {
-            if head.is_some() {
-                return Err(FsError::NotDir);
-            }
             // A directory without a marker (written by another tool) ends with its last
             // entry: removing its entries removed it. If this mount knew it as a directory,
-            // its rmdir (`rm -r` comes last to it) has nothing left to do.
+            // its rmdir (`rm -r` comes last to it) has nothing left to do, even where a blob
+            // of the same name, hidden by the directory until now, shows again.
             let key = NodeKey::Dir {
                 acct,
                 container: container.clone(),
                 prefix: dir,
             };
-            if lock(&self.inodes).find(&key).is_none() {
-                return Err(FsError::NotFound);
+            let known = lock(&self.inodes).find(&key).is_some();
+            if !known {
+                return Err(match head {
+                    Some(_) => FsError::NotDir,
+                    None => FsError::NotFound,
+                });
             }
+            self.dirs.unphantom(parent, name);
             self.patch(parent, name, None);
+            self.emptied(parent);
             return Ok(());
         }
         if own_marker {
@@ -1436,8 +1478,26 @@ impl<S: BlobStore> Namespace<S> {
                     .await,
             )?;
         }
+        self.dirs.unphantom(parent, name);
         self.patch(parent, name, None);
+        self.emptied(parent);
         Ok(())
+    }
+
+    /// An entry of directory `dir` was removed through this mount: if `dir` has no marker
+    /// and that was its last entry, it lives on for this mount as an empty directory.
+    fn emptied(&self, dir: u64) {
+        let t = lock(&self.inodes);
+        let Some(n) = t.get(dir) else { return };
+        let NodeKey::Dir { prefix, .. } = &n.key else {
+            return;
+        };
+        let Some(name) = prefix.trim_end_matches('/').rsplit('/').next() else {
+            return;
+        };
+        if !name.is_empty() {
+            self.dirs.emptied(n.parent, name, dir);
+        }
     }
 
     fn has_drafts_under(&self, acct: usize, container: &str, dir: &str) -> bool {
@@ -1474,7 +1534,12 @@ impl<S: BlobStore> Namespace<S> {
             .delete(&container, &full, blob::Condition::None)
             .await;
         match &deleted {
-            Ok(()) | Err(BlobError::NotFound) => self.patch(parent, name, None),
+            Ok(()) | Err(BlobError::NotFound) => {
+                self.patch(parent, name, None);
+                if deleted.is_ok() || draft.is_some() {
+                    self.emptied(parent);
+                }
+            }
             Err(_) => self.changed(parent),
         }
         match deleted {
@@ -1549,6 +1614,7 @@ impl<S: BlobStore> Namespace<S> {
                 );
                 lock(&self.inodes).rename(&old, new, new_parent);
                 self.patch(parent, name, None);
+                self.emptied(parent);
                 if let Ok(attr) = self.getattr(src.ino).await {
                     self.patch(new_parent, new_name, Some(attr));
                 }
@@ -1590,6 +1656,7 @@ impl<S: BlobStore> Namespace<S> {
                 self.changed(src.ino);
                 self.changed(parent);
                 self.changed(new_parent);
+                self.emptied(parent);
                 self.touch_dir(parent);
                 self.touch_dir(new_parent);
             }
@@ -1672,7 +1739,7 @@ fn check_name(name: &str) -> Result<()> {
 
 /// Whether a listing of prefix `dir` holds anything besides the directory's own marker.
 fn holds_entries(page: &blob::ListPage, dir: &str) -> bool {
-    !page.prefixes.is_empty() || page.blobs.iter().any(|b| b.name != dir)
+    !page.prefixes.is_empty() || page.blobs.iter().any(|b| b.name != dir || b.props.size > 0)
 }
 
 fn ignore_missing(r: std::result::Result<(), BlobError>) -> std::result::Result<(), BlobError> {

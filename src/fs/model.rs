@@ -4,8 +4,9 @@
 //! every change the other committed (close-to-open). A failure shrinks to a minimal sequence.
 //!
 //! The model: files by path, and whether the one directory `d` has a marker. A directory
-//! without a marker exists while it holds a file (as blobs other tools write), so removing its
-//! last file removes it. Conflict siblings (`.conflict-`) are left out of the comparison.
+//! without a marker exists in storage while it holds a file (as blobs other tools write); one
+//! that a node emptied stays, for that node only, until it removes it (a phantom). Conflict
+//! siblings (`.conflict-`) are left out of the comparison.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -62,6 +63,8 @@ struct Model {
     marker: bool,
     /// Conflict siblings made in `d`: real files, under names the model does not predict.
     siblings_in_d: usize,
+    /// Node i emptied `d` (without a marker) and still shows it.
+    phantom: [bool; 2],
 }
 
 impl Model {
@@ -75,6 +78,16 @@ impl Model {
 
     fn parent_exists(&self, path: &str) -> bool {
         !path.starts_with("d/") || self.dir_exists()
+    }
+
+    /// Whether node `n` shows `d`.
+    fn shows_dir(&self, n: usize) -> bool {
+        self.dir_exists() || self.phantom[n]
+    }
+
+    /// Node `n` removed an entry of `d`.
+    fn removed_in_d(&mut self, n: usize) {
+        self.phantom[n] = true;
     }
 }
 
@@ -189,10 +202,11 @@ async fn apply(nodes: &[Node; 2], model: &mut Model, n: usize, op: &Op) {
         Op::Put(f, data) => {
             let path = FILES[*f];
             let r = node.put(path, data).await;
-            let want = match model.parent_exists(path) {
-                true => Outcome::Ok,
-                false => Outcome::NotFound,
-            };
+            let want =
+                match model.parent_exists(path) || (path.starts_with("d/") && model.phantom[n]) {
+                    true => Outcome::Ok,
+                    false => Outcome::NotFound,
+                };
             assert_eq!(outcome(&r), want, "put {path}: {r:?}");
             if r.is_ok() {
                 model.files.insert(path, data.clone());
@@ -248,7 +262,8 @@ async fn apply(nodes: &[Node; 2], model: &mut Model, n: usize, op: &Op) {
                 node.ns.rename(p1, &n1, p2, &n2, false).await
             }
             .await;
-            let want = if !model.files.contains_key(from) || !model.parent_exists(to) {
+            let to_parent = model.parent_exists(to) || (to.starts_with("d/") && model.phantom[n]);
+            let want = if !model.files.contains_key(from) || !to_parent {
                 Outcome::NotFound
             } else {
                 Outcome::Ok
@@ -257,6 +272,9 @@ async fn apply(nodes: &[Node; 2], model: &mut Model, n: usize, op: &Op) {
             if r.is_ok() && from != to {
                 let content = model.files.remove(from).expect("modelled");
                 model.files.insert(to, content);
+                if from.starts_with("d/") {
+                    model.removed_in_d(n);
+                }
             }
         }
         Op::Unlink(f) => {
@@ -271,6 +289,9 @@ async fn apply(nodes: &[Node; 2], model: &mut Model, n: usize, op: &Op) {
                 None => Outcome::NotFound,
             };
             assert_eq!(outcome(&r), want, "unlink {path}: {r:?}");
+            if r.is_ok() && path.starts_with("d/") {
+                model.removed_in_d(n);
+            }
         }
         Op::Mkdir => {
             let r = node.ns.mkdir(node.root, "d", 0o755).await;
@@ -279,11 +300,14 @@ async fn apply(nodes: &[Node; 2], model: &mut Model, n: usize, op: &Op) {
                 false => Outcome::Ok,
             };
             assert_eq!(outcome(&r), want, "mkdir d: {r:?}");
-            model.marker = true;
+            if r.is_ok() {
+                model.marker = true;
+            }
+            model.phantom[n] = false;
         }
         Op::Rmdir => {
             let r = node.ns.rmdir(node.root, "d").await;
-            let want = match (model.holds(), model.dir_exists()) {
+            let want = match (model.holds(), model.shows_dir(n)) {
                 (true, _) => Outcome::NotEmpty,
                 (false, false) => Outcome::NotFound,
                 (false, true) => Outcome::Ok,
@@ -297,12 +321,16 @@ async fn apply(nodes: &[Node; 2], model: &mut Model, n: usize, op: &Op) {
             );
             if r.is_ok() {
                 model.marker = false;
+                model.phantom[n] = false;
             }
         }
         Op::Scratch(f, data) => {
             let path = FILES[*f];
             if model.files.contains_key(path) || !model.parent_exists(path) {
                 return;
+            }
+            if path.starts_with("d/") {
+                model.removed_in_d(n);
             }
             let (dir, name) = node.parent(path).await.expect("parent exists");
             let (a, o) = node.ns.create(dir, &name, 0o600).await.expect("create");
@@ -357,11 +385,11 @@ async fn check(nodes: &[Node; 2], model: &Model) {
             .filter(|(f, _)| !f.contains('/'))
             .map(|(f, c)| (f.to_string(), Some(c.len() as u64)))
             .collect();
-        if model.dir_exists() {
+        if model.shows_dir(i) {
             want_root.insert("d".into(), None);
         }
         assert_eq!(node.list("").await.expect("list"), want_root, "node {i}: /");
-        if model.dir_exists() {
+        if model.shows_dir(i) {
             let want_d: BTreeMap<String, Option<u64>> = model
                 .files
                 .iter()

@@ -26,8 +26,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use batchfs::accounts::config::StorageConfig;
 use batchfs::blob::{self, BlobStore, Condition, HttpBlobStore, RetryPolicy};
-use batchfs::config::StorageConfig;
 use batchfs::secret::Secret;
 use bytes::Bytes;
 use futures::StreamExt;

@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use batchfs::accounts::config::StorageConfig;
 use batchfs::blob::{self, BlobStore, Condition, HttpBlobStore, RetryPolicy};
-use batchfs::config::StorageConfig;
 use batchfs::secret::Secret;
 
 fn files_under(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {

@@ -18,12 +18,12 @@ use std::time::Duration;
 
 use fuser::{Config as FuseConfig, MountOption, SessionACL};
 
+use crate::accounts::config::AccountConfig;
+use crate::accounts::discovery;
+use crate::accounts::sources::{SourceArgs, Sources};
 use crate::blob::{BlobError, BlobStore, HttpBlobStore, RetryPolicy};
-use crate::config::AccountConfig;
-use crate::discovery;
 use crate::fs::{Account, Namespace, Options};
 use crate::fuse::FuseFs;
-use crate::sources::{SourceArgs, Sources};
 use crate::stats::{STATS_FILE, Stats};
 use crate::{MountArgs, logging};
 

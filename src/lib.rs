@@ -1,21 +1,19 @@
 //! batchfs: Azure Batch accounts and their linked blob storage as one FUSE mount.
 //!
-//! Data flows one way: kernel → [`fuse`] → [`fs`] (namespace) → [`blob`] (storage client).
+//! Data flows one way: kernel → [`fuse`] → [`fs`] (namespace) → [`cache`] (pages, budget) and
+//! [`write`] (drafts, spill) → [`blob`] (storage client). Where accounts come from (config
+//! file, compute node, Resource Manager discovery, Entra ID) is [`accounts`]; the mount daemon
+//! that ties them together is [`daemon`].
 
-pub mod account;
+pub mod accounts;
 pub mod blob;
 pub mod cache;
-pub mod config;
 pub mod daemon;
-pub mod discovery;
 pub mod fs;
 pub mod fuse;
 pub mod helper;
-pub mod identity;
 pub mod logging;
 pub mod secret;
-pub mod sources;
-pub mod spill;
 pub mod stats;
 pub mod write;
 
@@ -26,7 +24,7 @@ use clap::Args;
 #[derive(Args, Debug, Clone)]
 pub struct MountArgs {
     #[command(flatten)]
-    pub sources: sources::SourceArgs,
+    pub sources: accounts::sources::SourceArgs,
     /// Seconds between discovery refreshes (new, removed and rotated accounts); 0: never.
     #[arg(long, default_value_t = 300.0)]
     pub refresh: f64,

@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use batchfs::sources::SourceArgs;
+use batchfs::accounts::sources::SourceArgs;
 use batchfs::{MountArgs, daemon, helper};
 use clap::{Parser, Subcommand};
 

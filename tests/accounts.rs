@@ -437,7 +437,11 @@ fn storage_with_entra_id_tokens_over_https() {
         "{:?}",
         start.elapsed()
     );
-    assert!(m.log_text().contains("token"), "the log says why");
+    // Not just "token" (the container is named viatoken): the error that failed the call.
+    assert!(
+        m.log_text().contains("no Entra ID token"),
+        "the log says why"
+    );
     let other = Mount::prepare(&config);
     let err = fails(other.mount_env(&[], &env));
     assert!(err.contains("managed identity"), "{err}");

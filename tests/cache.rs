@@ -27,7 +27,10 @@ fn warm_reread_small_reads_and_listings_cost_what_they_should() {
         (0..200).map(|i| format!("many/f{i:03}")).collect(),
         b"0123456789",
     );
-    let m = Mount::start(&config_for(&az, ""), &[]);
+    // Attributes trusted for 30 s: `ls -l` of 200 files on a loaded machine may take longer
+    // than the default 1 s, and a HEAD per file after that would be the kernel asking again,
+    // not the listing failing to answer.
+    let m = Mount::start(&config_for(&az, ""), &["--attr-timeout", "30"]);
     let f = "alpha/storage/data/big.bin";
 
     // Cold read, then a warm re-read: no GET the second time.

@@ -85,3 +85,23 @@ fn a_temporary_file_unlinked_while_open_keeps_its_data() {
     assert_eq!(out, "0\nscratch");
     assert!(s.names("tmp").is_empty(), "nothing reaches storage");
 }
+
+#[test]
+fn a_bare_truncation_is_in_storage_when_close_returns() {
+    let az = Azurite::start();
+    let s = az.store();
+    s.container("trc");
+    s.put("trc", "f", data(1 << 20, 1));
+    let m = Mount::start(&config_for(&az, ""), &[]);
+    let w = "alpha/storage/trc";
+    for round in 0..5 {
+        // open without O_TRUNC, ftruncate, close: storage has it when the command returns.
+        ok(m.sh(&format!("truncate -s {} {w}/f", 100 + round)));
+        assert_eq!(s.head("trc", "f").expect("blob").size, 100 + round);
+        ok(m.sh(&format!("truncate -s 1M {w}/f")));
+        assert_eq!(s.head("trc", "f").expect("blob").size, 1 << 20);
+    }
+    // `: > f` (O_TRUNC, close) empties it in storage too.
+    ok(m.sh(&format!(": > {w}/f")));
+    assert_eq!(s.head("trc", "f").expect("blob").size, 0);
+}

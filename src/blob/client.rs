@@ -38,8 +38,8 @@ use super::xml::{
     parse_time,
 };
 use super::{BlobError, BlobProps, BlobStore, Condition, ContainerInfo, ListPage};
-use crate::config::{Credential, StorageConfig};
-use crate::identity::{STORAGE_SCOPE, TokenSource};
+use crate::accounts::config::{Credential, StorageConfig};
+use crate::accounts::identity::{STORAGE_SCOPE, TokenSource};
 use crate::stats::Stats;
 
 const API_VERSION: &str = "2023-11-03";

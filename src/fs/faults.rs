@@ -9,10 +9,10 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::*;
+use crate::accounts::config::parse;
 use crate::blob::faulty::{Fault, FaultyStore, Op, Rule, busy, unreachable};
 use crate::blob::memory::MemoryStore;
 use crate::blob::{BlobStore, Condition};
-use crate::config::parse;
 
 type Store = FaultyStore<MemoryStore>;
 

@@ -23,10 +23,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
-use crate::account;
+use crate::accounts::account;
+use crate::accounts::config::AccountConfig;
 use crate::blob::{self, BlobError, BlobProps, BlobStore, meta};
 use crate::cache::{BlobRef, Cache, Readahead};
-use crate::config::AccountConfig;
 use crate::stats::{STATS_FILE, Stats};
 use crate::write::{self, AttrChange, Draft, WriteError};
 use dircache::DirCache;

@@ -15,8 +15,8 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::*;
+use crate::accounts::config::parse;
 use crate::blob::memory::MemoryStore;
-use crate::config::parse;
 
 const FILES: [&str; 4] = ["f1", "f2", "d/f1", "d/f2"];
 

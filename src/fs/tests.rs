@@ -6,9 +6,9 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 
 use super::*;
+use crate::accounts::config::parse;
 use crate::blob::memory::MemoryStore;
 use crate::blob::{BlobStore, Condition};
-use crate::config::parse;
 
 fn setup(page: usize) -> (Arc<MemoryStore>, Namespace<MemoryStore>) {
     let cfg = parse(

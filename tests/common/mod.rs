@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 pub mod arm;
 pub mod proxy;
 
+use batchfs::accounts::config::StorageConfig;
 use batchfs::blob::{BlobStore, Condition, HttpBlobStore, RetryPolicy};
-use batchfs::config::StorageConfig;
 use batchfs::secret::Secret;
 use bytes::Bytes;
 

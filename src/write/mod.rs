@@ -41,8 +41,8 @@ use tokio::sync::watch;
 
 use crate::blob::{BlobError, BlobProps, BlobStore, Condition, meta};
 use crate::cache::{BlobRef, Cache, Readahead};
-use crate::spill::Spill;
 use crate::stats::Stats;
+use spill::Spill;
 
 /// Size of the blocks a draft uploads and tracks.
 pub const BLOCK: u64 = 4 << 20;
@@ -1215,5 +1215,6 @@ fn hostname() -> String {
     }
 }
 
+pub mod spill;
 #[cfg(test)]
 mod tests;

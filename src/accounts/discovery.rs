@@ -12,8 +12,8 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::config::{AccountConfig, Credential, DiscoveryConfig, StorageConfig, Unread};
-use crate::identity::TokenSource;
+use crate::accounts::config::{AccountConfig, Credential, DiscoveryConfig, StorageConfig, Unread};
+use crate::accounts::identity::TokenSource;
 use crate::secret::Secret;
 
 pub const BATCH_API: &str = "2024-07-01";

@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::config::AccountConfig;
+use crate::accounts::config::AccountConfig;
 
 pub fn account_json(a: &AccountConfig) -> Vec<u8> {
     if let Some(body) = &a.arm_body {
@@ -68,7 +68,7 @@ pub fn keys_json(a: &AccountConfig) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse;
+    use crate::accounts::config::parse;
     use std::path::Path;
 
     #[test]

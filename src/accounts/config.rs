@@ -16,7 +16,7 @@ use base64::Engine;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::identity::{ARM_ENDPOINT, Identity};
+use crate::accounts::identity::{ARM_ENDPOINT, Identity};
 use crate::secret::Secret;
 
 pub const DEFAULT_PATH: &str = "/etc/batchfs/accounts.toml";

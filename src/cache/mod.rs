@@ -507,9 +507,9 @@ impl Inner {
 }
 
 /// An empty write buffer of [`WRITE_BLOCK`] bytes that starts on a page boundary, so that a
-/// full block can go to the spill file with `O_DIRECT` (see `crate::spill`).
+/// full block can go to the spill file with `O_DIRECT` (see `crate::write::spill`).
 fn new_block() -> BytesMut {
-    let align = crate::spill::ALIGN;
+    let align = crate::write::spill::ALIGN;
     let mut b = BytesMut::with_capacity(WRITE_BLOCK + align);
     let pad = b.as_ptr().align_offset(align);
     b.resize(pad, 0);

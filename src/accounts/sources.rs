@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::config::{self, AccountConfig, Config, DiscoveryConfig};
-use crate::discovery::{self, Arm};
-use crate::identity::Identity;
+use crate::accounts::config::{self, AccountConfig, Config, DiscoveryConfig};
+use crate::accounts::discovery::{self, Arm};
+use crate::accounts::identity::Identity;
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct SourceArgs {

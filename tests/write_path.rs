@@ -324,8 +324,11 @@ fn killed_daemon_mid_write_leaves_the_old_blob() {
     s.put("safe", "model.bin", old.clone());
     let m = Mount::start(&config_for(&az, ""), &[]);
     let pid = m.daemon_pid();
+    // Written in place: dd with O_TRUNC closes a duplicate descriptor right after opening,
+    // and that close commits the truncation (SEMANTICS.md, Writing), as a local file system
+    // empties the file at open.
     let mut writer = std::process::Command::new("dd")
-        .args(["if=/dev/zero", "bs=1M", "count=100000"])
+        .args(["if=/dev/zero", "bs=1M", "count=100000", "conv=notrunc"])
         .arg(format!(
             "of={}",
             m.p("alpha/storage/safe/model.bin").display()

@@ -7,8 +7,9 @@
 //! dead backend into a prompt EIO instead of a hung `ls`.
 //!
 //! An attempt is bounded by *progress*, not by a fixed time whatever its size: it is cut when
-//! no byte moved for `attempt_timeout` (request body sent, response headers or body received),
-//! and at the operation's deadline unless its bytes are moving. A 4 MiB Put Block on a slow link
+//! nothing came back for `attempt_timeout` plus the time its bytes take at [`FLOOR_RATE`]
+//! (response headers or body received), and at the operation's deadline unless its bytes are
+//! moving. A 4 MiB Put Block on a slow link
 //! that keeps sending is not an outage; a server that stops answering is, within the deadline.
 //! A refused connection (nothing listens) is retried only briefly, then reported as such.
 //!
@@ -27,7 +28,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::StreamExt;
 use rand::RngExt;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
@@ -63,9 +63,6 @@ const FLOOR_RATE: f64 = 512.0 * 1024.0;
 
 /// Refused connections are retried this long (an endpoint restarting), then reported.
 const REFUSED_WINDOW: Duration = Duration::from_secs(2);
-
-/// Request bodies larger than this are streamed in pieces, so that their progress is seen.
-const STREAM_BODY: usize = 256 << 10;
 
 /// When the bytes of one attempt last moved (or when it began).
 struct Activity {
@@ -346,13 +343,21 @@ impl HttpBlobStore {
             }
         }
         let deadline = self.policy.deadline.min(left);
-        let (result, moved) = self.execute_with_retries(&op, deadline).await;
+        let (result, moved) = self.execute_with_retries(&op, deadline, left).await;
         if moved && result.is_ok() {
             super::deadline::progress();
         }
-        // A transfer that was moving bytes when it gave up is a slow link, not an outage.
-        let dead = !moved && matches!(result, Err(BlobError::Transport(_) | BlobError::Timeout(_)));
-        self.health().down = dead;
+        let failed = matches!(result, Err(BlobError::Transport(_) | BlobError::Timeout(_)));
+        match failed {
+            // No answer within a whole deadline of its own: storage is down. A request cut
+            // short by its operation's deadline (time spent waiting for a permit or for
+            // budget) says nothing about storage, nor does a slow transfer that moved bytes.
+            true if !moved && deadline >= self.policy.deadline.mul_f64(0.9) => {
+                self.health().down = true
+            }
+            true => {}
+            false => self.health().down = false,
+        }
         result
     }
 
@@ -399,10 +404,12 @@ impl HttpBlobStore {
         &self,
         op: &Op<'_>,
         deadline: Duration,
+        op_left: Duration,
     ) -> (Result<Answer, BlobError>, bool) {
         let start = Instant::now();
         let allowance = op.allowance();
-        let end = start + deadline + allowance;
+        // The size allowance never reaches past the operation's own deadline.
+        let end = start + (deadline + allowance).min(op_left);
         let mut attempt: u32 = 0;
         let mut moved = false;
         loop {
@@ -572,13 +579,13 @@ impl HttpBlobStore {
         if op.method == Method::PUT {
             // Explicit, because an empty body would otherwise go without Content-Length,
             // which the service requires on every PUT.
-            req = req.header(reqwest::header::CONTENT_LENGTH, op.body.len());
-            req = match op.body.len() > STREAM_BODY {
-                true => req.body(progress_body(op.body.clone(), activity.clone())),
-                false => req.body(op.body.clone()),
-            };
+            req = req
+                .header(reqwest::header::CONTENT_LENGTH, op.body.len())
+                .body(op.body.clone());
         }
         let resp = req.send().await.map_err(transport)?;
+        // Only what storage sends back counts as progress: a request body can sit in socket
+        // buffers (or a stalled proxy) without storage ever seeing it.
         activity.touch();
         let status = resp.status();
         let headers = resp.headers().clone();
@@ -682,20 +689,6 @@ fn transport(e: reqwest::Error) -> Failure {
         true => Failure::Refused(BlobError::Transport(format!("connection refused ({msg})"))),
         false => Failure::Retry(BlobError::Transport(msg), None),
     }
-}
-
-/// A request body sent in pieces, each noted as progress when the connection takes it.
-fn progress_body(body: Bytes, activity: Arc<Activity>) -> reqwest::Body {
-    const PIECE: usize = 64 << 10;
-    let pieces: Vec<Bytes> = (0..body.len())
-        .step_by(PIECE)
-        .map(|at| body.slice(at..(at + PIECE).min(body.len())))
-        .collect();
-    let stream = futures::stream::iter(pieces).map(move |piece| {
-        activity.touch();
-        Ok::<_, std::io::Error>(piece)
-    });
-    reqwest::Body::wrap_stream(stream)
 }
 
 fn header_value(v: &str) -> Result<HeaderValue, Failure> {

@@ -215,10 +215,19 @@ impl DirCache {
         st.cached.insert(dir, c);
     }
 
-    /// This mount removed an entry of directory `ino`, `name` in `parent`: if it has no
-    /// marker and that was its last entry, it stays for a while as a phantom.
+    /// Whether a listing fetched under `ticket` is still current (no local change since).
+    pub fn is_current(&self, ino: u64, ticket: Ticket) -> bool {
+        self.state().generation.get(&ino).copied().unwrap_or(0) == ticket.0
+    }
+
+    /// This mount removed an entry of directory `ino`, `name` in `parent`: if its listing, as
+    /// this mount patched it, is now empty, it stays for a while as a phantom (if it has a
+    /// marker, storage shows it anyway).
     pub fn emptied(&self, parent: u64, name: &str, ino: u64) {
         let mut st = self.state();
+        if !st.cached.get(&ino).is_some_and(|c| c.listing.is_empty()) {
+            return;
+        }
         let now = Instant::now();
         let dir = st.phantoms.entry(parent).or_default();
         dir.retain(|_, (_, at)| at.elapsed() < PHANTOM_TTL);

@@ -7,7 +7,9 @@
 //! draft (it must see what is being committed, and its own commit goes on from there), and
 //! `finish` then leaves the draft registered for the new handle. A draft is removed only when
 //! its count is zero at `finish`, so it can neither leak (registered with no handle) nor be
-//! dropped under a handle.
+//! dropped under a handle. A draft that is to be dropped rather than committed (unlinked, or
+//! its last commit failed) is removed at once by the close that takes its count to zero: an
+//! open that comes then starts from storage, never from data that is being thrown away.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -39,7 +41,8 @@ pub enum Closed {
     /// Other handles remain.
     NotLast,
     /// The last handle: commit (or drop, if unlinked), then call [`Drafts::finish`].
-    Last { unlinked: bool },
+    /// `removed`: the draft is no longer registered (unlinked, or dropped on request).
+    Last { unlinked: bool, removed: bool },
     /// The draft was not registered (a bug elsewhere, or already finished).
     Unknown,
 }
@@ -85,19 +88,28 @@ impl<D> Drafts<D> {
         draft
     }
 
-    /// One handle of `ino` closed.
-    pub fn close(&self, ino: u64) -> Closed {
+    /// One handle of `ino` closed. If it was the last and `drop` is set (or the draft was
+    /// unlinked), the draft is unregistered now.
+    pub fn close(&self, ino: u64, drop: bool) -> Closed {
         let mut map = self.map();
         let Some(e) = map.get_mut(&ino) else {
             return Closed::Unknown;
         };
         e.handles = e.handles.saturating_sub(1);
-        match e.handles {
-            0 => Closed::Last {
-                unlinked: e.unlinked,
-            },
-            _ => Closed::NotLast,
+        if e.handles > 0 {
+            return Closed::NotLast;
         }
+        let unlinked = e.unlinked;
+        let removed = unlinked || drop;
+        if removed {
+            map.remove(&ino);
+        }
+        Closed::Last { unlinked, removed }
+    }
+
+    /// Handles open on `ino`'s draft (0 while its last close commits, or if there is none).
+    pub fn handles(&self, ino: u64) -> usize {
+        self.map().get(&ino).map_or(0, |e| e.handles)
     }
 
     /// After the last close's commit: forgets the draft unless an open joined it meanwhile.
@@ -171,15 +183,27 @@ mod tests {
         let d: Drafts<&str> = Drafts::default();
         let draft = d.register(7, "v1", 1, "f".into());
         // The last handle closes and starts committing ...
-        assert_eq!(d.close(7), Closed::Last { unlinked: false });
+        let last = Closed::Last {
+            unlinked: false,
+            removed: false,
+        };
+        assert_eq!(d.close(7, false), last);
         // ... while a new open joins.
         assert!(d.join(7).is_some());
         assert!(!d.finish(7, &draft), "the new handle keeps it");
         assert!(d.contains(7));
         // The new handle's close is the last one now, and the draft goes.
-        assert_eq!(d.close(7), Closed::Last { unlinked: false });
+        assert_eq!(d.close(7, false), last);
         assert!(d.finish(7, &draft));
         assert!(d.is_empty());
+        // A draft to be dropped goes at its last close: a later open cannot join it.
+        d.register(8, "failed", 1, "g".into());
+        let dropped = Closed::Last {
+            unlinked: false,
+            removed: true,
+        };
+        assert_eq!(d.close(8, true), dropped);
+        assert!(d.join(8).is_none());
     }
 
     #[test]
@@ -192,9 +216,13 @@ mod tests {
         d.mark_unlinked(3);
         assert!(d.in_dir(1).is_empty());
         assert!(!d.shown(3));
-        assert_eq!(d.close(3), Closed::NotLast);
-        assert_eq!(d.close(3), Closed::Last { unlinked: true });
-        assert!(d.finish(3, &a));
-        assert_eq!(d.close(3), Closed::Unknown);
+        assert_eq!(d.close(3, false), Closed::NotLast);
+        let gone = Closed::Last {
+            unlinked: true,
+            removed: true,
+        };
+        assert_eq!(d.close(3, false), gone);
+        assert!(!d.finish(3, &a), "already unregistered");
+        assert_eq!(d.close(3, false), Closed::Unknown);
     }
 }

@@ -524,8 +524,10 @@ impl<S: BlobStore> Namespace<S> {
         );
         let list = list?;
         let own = list.blobs.iter().find(|b| b.name == dir_prefix);
-        let own = own.filter(|b| b.props.is_folder_marker());
-        let own = own.map(|b| EntryKind::Dir(listing::dir_meta(&b.props)));
+        let own = own.map(|b| &b.props).filter(|p| p.is_folder_marker());
+        // blobfuse's marker is `name` itself, which the HEAD just read.
+        let legacy = head.as_ref().ok().filter(|p| p.is_folder_marker());
+        let own = own.or(legacy).map(|p| EntryKind::Dir(listing::dir_meta(p)));
         let dir_key = NodeKey::Dir {
             acct,
             container: container.to_string(),
@@ -714,12 +716,16 @@ impl<S: BlobStore> Namespace<S> {
                     n.dir.merge(&listing::dir_meta(&m.props));
                     n.marker_checked = Some(Instant::now());
                 }
+                // A listing that a local change overtook must not write its older view of the
+                // entries into the inode table either.
+                let current = self.dirs.is_current(ino, ticket);
                 let v = listing::entries(prefix, page)
                     .into_iter()
                     .map(|(name, kind)| {
                         let is_dir = matches!(kind, EntryKind::Dir(_));
                         let key = in_dir(*acct, container, prefix, &name, is_dir);
-                        self.entry(&name, key, ino, Some(&kind))
+                        let kind = current.then_some(&kind);
+                        self.entry(&name, key, ino, kind)
                     })
                     .collect();
                 return Ok(self.dirs.store(ino, ticket, Listing::new(v)));
@@ -1181,19 +1187,29 @@ impl<S: BlobStore> Namespace<S> {
     }
 
     async fn close_draft(&self, ino: u64, draft: &Arc<Draft<S>>) {
-        match self.drafts.close(ino) {
+        let failed = draft.commit_failed().await;
+        let removed = match self.drafts.close(ino, failed) {
             Closed::NotLast => return,
-            Closed::Last { unlinked: true } => draft.abandon().await,
-            Closed::Last { unlinked: false } | Closed::Unknown => {
-                if draft.commit_failed().await {
-                    self.keep_unsaved(draft).await;
-                } else if let Err(e) = self.commit(ino, draft).await {
+            Closed::Last {
+                unlinked: true,
+                removed,
+            } => {
+                draft.abandon().await;
+                removed
+            }
+            Closed::Last { removed: true, .. } => {
+                self.keep_unsaved(draft).await;
+                true
+            }
+            Closed::Last { removed: false, .. } | Closed::Unknown => {
+                if let Err(e) = self.commit(ino, draft).await {
                     tracing::error!(ino, error = %e, "the last close of a file could not commit it");
                     self.keep_unsaved(draft).await;
                 }
+                self.drafts.finish(ino, draft)
             }
-        }
-        if self.drafts.finish(ino, draft) {
+        };
+        if removed {
             // The kernel may have forgotten the file while this last close was committing.
             self.forget(ino, 0);
         }
@@ -1249,6 +1265,16 @@ impl<S: BlobStore> Namespace<S> {
                 Arc::new(self.new_draft(acct, &container, &name, Some(&props))?)
             }
         };
+        let r = self.apply_setattr(ino, &draft, &change).await;
+        if r.is_err() && !self.draft_of(ino).is_some_and(|d| Arc::ptr_eq(&d, &draft)) {
+            // A draft of this call alone: its memory goes back.
+            draft.abandon().await;
+        }
+        r?;
+        self.getattr(ino).await
+    }
+
+    async fn apply_setattr(&self, ino: u64, draft: &Arc<Draft<S>>, change: &SetAttr) -> Result<()> {
         if let Some(size) = change.size {
             self.with_budget(|| draft.truncate(size)).await?;
         }
@@ -1264,12 +1290,15 @@ impl<S: BlobStore> Namespace<S> {
                 meta.mode = Some(m & 0o7777);
             }
         }
-        if !self.draft_of(ino).is_some_and(|d| Arc::ptr_eq(&d, &draft)) {
-            // Not the draft of an open file (or its last handle closed meanwhile): nobody
-            // else will commit this change.
-            self.commit(ino, &draft).await?;
+        let open = self.draft_of(ino).is_some_and(|d| Arc::ptr_eq(&d, draft))
+            && self.drafts.handles(ino) > 0;
+        if !open {
+            // Not the draft of an open file, or its last close is under way and may have
+            // committed already (rsync sets times right after close): nobody else will commit
+            // this change.
+            self.commit(ino, draft).await?;
         }
-        self.getattr(ino).await
+        Ok(())
     }
 
     pub async fn unlink(&self, parent: u64, name: &str) -> Result<()> {

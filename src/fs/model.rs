@@ -85,9 +85,11 @@ impl Model {
         self.dir_exists() || self.phantom[n]
     }
 
-    /// Node `n` removed an entry of `d`.
+    /// Node `n` removed an entry of `d`: if that emptied it, it stays for node `n`.
     fn removed_in_d(&mut self, n: usize) {
-        self.phantom[n] = true;
+        if !self.holds() {
+            self.phantom[n] = true;
+        }
     }
 }
 
@@ -329,9 +331,6 @@ async fn apply(nodes: &[Node; 2], model: &mut Model, n: usize, op: &Op) {
             if model.files.contains_key(path) || !model.parent_exists(path) {
                 return;
             }
-            if path.starts_with("d/") {
-                model.removed_in_d(n);
-            }
             let (dir, name) = node.parent(path).await.expect("parent exists");
             let (a, o) = node.ns.create(dir, &name, 0o600).await.expect("create");
             node.ns.write(o.fh, 0, data).await.expect("write");
@@ -341,6 +340,9 @@ async fn apply(nodes: &[Node; 2], model: &mut Model, n: usize, op: &Op) {
             assert_eq!(node.ns.getattr(a.ino).await.expect("fstat").nlink, 0);
             node.ns.flush(o.fh).await.expect("close");
             node.ns.release(o.fh).await;
+            if path.starts_with("d/") {
+                model.removed_in_d(n);
+            }
         }
         Op::Race(f, data) => {
             let path = FILES[*f];

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use super::*;
 
 impl<S: BlobStore> Namespace<S> {
@@ -111,6 +113,7 @@ impl<S: BlobStore> Namespace<S> {
                     },
                 );
                 lock(&self.inodes).rename(&old, new, new_parent);
+                self.dirs.unphantom(parent, name);
                 self.changed(src.ino);
                 self.changed(parent);
                 self.changed(new_parent);
@@ -134,6 +137,22 @@ impl<S: BlobStore> Namespace<S> {
     ) -> Result<()> {
         use futures::StreamExt;
         let all = blob::list_all(store.as_ref(), container, from, None).await?;
+        if all.blobs.is_empty() {
+            // An empty directory that lives only in this mount (emptied, without a marker):
+            // the new name gets a marker, so it is not lost on the way.
+            let md = [(meta::FOLDER.to_string(), "true".to_string())].into();
+            let put = store.put(
+                container,
+                to,
+                Bytes::new(),
+                blob::Condition::IfNoneMatchAny,
+                &md,
+            );
+            return match put.await {
+                Ok(_) | Err(BlobError::Conflict(_) | BlobError::PreconditionFailed) => Ok(()),
+                Err(e) => Err(e.into()),
+            };
+        }
         let jobs: Vec<_> = all
             .blobs
             .into_iter()

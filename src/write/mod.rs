@@ -37,6 +37,7 @@ use std::time::SystemTime;
 
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
+use sha2::Digest;
 use tokio::sync::watch;
 
 use crate::blob::{BlobError, BlobProps, BlobStore, Condition, meta};
@@ -446,6 +447,7 @@ impl<S: BlobStore> Draft<S> {
     /// Uploads this draft's dirty blocks other than `keep`, before waiting for budget, so
     /// that a writer never waits on memory that only it could free.
     fn seal_all_but(&self, st: &mut State, keep: u64) {
+        self.revive_failed(st);
         let dirty: Vec<u64> = st
             .blocks
             .iter()
@@ -454,6 +456,30 @@ impl<S: BlobStore> Draft<S> {
             .collect();
         for i in dirty {
             self.seal(st, i);
+        }
+    }
+
+    /// Turns uploads that failed back into dirty blocks (with the budget they hold), so they
+    /// are sent again: a file left open and idle must not hold the budget for ever once
+    /// storage is back.
+    fn revive_failed(&self, st: &mut State) {
+        let failed: Vec<(u64, Arc<FailedUpload>)> = st
+            .blocks
+            .iter()
+            .filter_map(|(i, b)| match b {
+                Block::Uploading { done, .. } => match &*done.borrow() {
+                    Some(Err(f)) => Some((*i, f.clone())),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        for (i, f) in failed {
+            let block = Block::Dirty {
+                buf: BytesMut::from(&f.data[..]),
+                reserved: f.take_reservation(),
+            };
+            st.blocks.insert(i, block);
         }
     }
 
@@ -775,9 +801,11 @@ impl<S: BlobStore> Draft<S> {
         Ok(())
     }
 
-    /// The last handle of an unlinked file closed: its data goes.
+    /// The draft is dropped (unlinked and closed, or its data kept elsewhere): its data goes,
+    /// and any handle still holding it gets `EIO` from now on.
     pub async fn abandon(&self) {
         let mut st = self.state.lock().await;
+        st.failed = true;
         self.discard(&mut st);
     }
 
@@ -792,11 +820,27 @@ impl<S: BlobStore> Draft<S> {
     pub async fn save_local(&self, dir: &std::path::Path) -> Result<(PathBuf, bool), WriteError> {
         let mut st = self.state.lock().await;
         let dir = dir.join("batchfs-unsaved");
+        // `<container>--<last segment, cut>-<hash of the whole name>.<UTC time>-<ns>`: short
+        // enough for any local file system, unique per blob and per failure.
+        let last = st.name.rsplit('/').next().unwrap_or_default();
+        let mut cut = last.len().min(80);
+        while !last.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let hash = sha2::Sha256::digest(st.name.as_bytes());
+        let now = SystemTime::now();
+        let nanos = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
         let name = format!(
-            "{}--{}.{}",
+            "{}--{}-{:02x}{:02x}{:02x}{:02x}.{}-{nanos:09}",
             st.container,
-            st.name.replace('/', "%2F"),
-            meta::sortable_stamp(SystemTime::now())
+            &last[..cut],
+            hash[0],
+            hash[1],
+            hash[2],
+            hash[3],
+            meta::sortable_stamp(now)
         );
         let path = dir.join(name);
         let spill_err = |e: std::io::Error| WriteError::Spill(format!("{}: {e}", path.display()));
@@ -856,9 +900,7 @@ impl<S: BlobStore> Draft<S> {
         let mut st = self.state.lock().await;
         let r = self.commit_locked(&mut st).await;
         st.commit_failed = match &r {
-            Ok(_) | Err(WriteError::Conflict(_) | WriteError::Lost(_) | WriteError::Failed) => {
-                false
-            }
+            Ok(_) | Err(WriteError::Conflict(_) | WriteError::Failed) => false,
             Err(_) => true,
         };
         r
@@ -902,22 +944,25 @@ impl<S: BlobStore> Draft<S> {
                 .store
                 .put(&st.container, &st.name, data, cond.clone(), &st.metadata);
             let r = self.cache.with_permit(put).await;
-            match r {
-                // A new blob's name may hold uncommitted blocks (an upload that was cut off),
-                // which some services count as existing for Put Blob: a block list is
-                // refused only by a committed blob.
-                Err(BlobError::Conflict(_)) if st.base.is_none() && self.uncommitted(st).await => {
-                    self.commit_blocks(st, cond.clone()).await?
-                }
-                r => r.map(|etag| (etag, Some(Vec::new()))),
-            }
+            r.map(|etag| (etag, Some(Vec::new())))
         } else {
             self.commit_blocks(st, cond.clone()).await?
         };
+        let put_blob = st.data_dirty && st.size <= BLOCK && !staged;
+        // A refusal is checked against what storage holds now (one HEAD). A storage error
+        // while checking is that error: never a conflict, so the draft is kept.
         let result = match result {
-            Err(e) if changed_elsewhere(&e) => match self.own_commit(st, &commit_id).await {
-                Some(etag) => Ok((etag, None)),
-                None => Err(e),
+            Err(e) if changed_elsewhere(&e) => match self.store.head(&st.container, &st.name).await
+            {
+                Ok(p) if own_commit(&p, st, &commit_id) => Ok((p.etag, None)),
+                // A new blob's name may hold uncommitted blocks (an upload that was cut
+                // off), which some services count as existing for Put Blob: a block list is
+                // refused only by a committed blob.
+                Err(BlobError::NotFound) if st.base.is_none() && put_blob => {
+                    self.commit_blocks(st, cond.clone()).await?
+                }
+                Ok(_) | Err(BlobError::NotFound) => Err(e),
+                Err(h) => Err(h),
             },
             r => r,
         };
@@ -939,8 +984,12 @@ impl<S: BlobStore> Draft<S> {
                 Stats::add(&self.stats.conflicts, 1);
                 let saved = self.save_conflict(st).await;
                 st.failed = true;
-                self.discard(st);
-                self.drop_snapshot(st).await;
+                // Data that could not be kept in a sibling stays, for the close to keep it
+                // locally.
+                if saved.is_ok() {
+                    self.discard(st);
+                    self.drop_snapshot(st).await;
+                }
                 match saved {
                     Ok(sibling) => {
                         tracing::error!(
@@ -987,22 +1036,6 @@ impl<S: BlobStore> Draft<S> {
             Err(WriteError::Storage(e)) => Ok(Err(e)),
             Err(e) => Err(e),
         }
-    }
-
-    /// Whether the blob has no committed version (after a refusal that said it exists).
-    async fn uncommitted(&self, st: &State) -> bool {
-        matches!(
-            self.store.head(&st.container, &st.name).await,
-            Err(BlobError::NotFound)
-        )
-    }
-
-    /// The blob's ETag if its current version is the commit `id` of this draft: the commit
-    /// went through and only its reply was lost.
-    async fn own_commit(&self, st: &State, id: &str) -> Option<String> {
-        let props = self.store.head(&st.container, &st.name).await.ok()?;
-        let own = meta::get(&props.metadata, meta::COMMIT) == Some(id) && props.size == st.size;
-        own.then_some(props.etag)
     }
 
     /// Stages every block that is not already in storage; returns the block list in order.
@@ -1157,6 +1190,12 @@ impl<S: BlobStore> Draft<S> {
             }
         }
     }
+}
+
+/// Whether `current` is the commit `id` of this draft: it went through and only its reply was
+/// lost.
+fn own_commit(current: &BlobProps, st: &State, id: &str) -> bool {
+    meta::get(&current.metadata, meta::COMMIT) == Some(id) && current.size == st.size
 }
 
 /// Blocks of a conflict sibling uploaded at once (each holds a 4 MiB buffer meanwhile).

@@ -250,7 +250,10 @@ fn a_close_that_returns_0_means_storage_holds_exactly_those_bytes() {
     }
     for (name, (ok_, stored)) in last {
         let now = s.head("ccc", name).map(|_| s.get("ccc", name));
-        assert!(&now == stored, "{name} changed after its last close (ok: {ok_})");
+        assert!(
+            &now == stored,
+            "{name} changed after its last close (ok: {ok_})"
+        );
     }
     let names = s.names("ccc");
     assert!(

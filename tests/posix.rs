@@ -57,7 +57,9 @@ fn modes_times_and_names_are_kept_in_storage() {
     let after: u64 = stat(&a, "%Y", &format!("{w}/d")).parse().unwrap();
     assert!(after > before, "{before} -> {after}");
     // And removing one.
-    ok(a.sh(&format!("touch -m -d '2003-01-01 00:00:00 UTC' {w}/d && rm {w}/d/new")));
+    ok(a.sh(&format!(
+        "touch -m -d '2003-01-01 00:00:00 UTC' {w}/d && rm {w}/d/new"
+    )));
     let removed: u64 = stat(&a, "%Y", &format!("{w}/d")).parse().unwrap();
     assert!(removed > 1_041_379_200, "rm moved the mtime: {removed}");
 

@@ -14,11 +14,12 @@
 //! A refused connection (nothing listens) is retried only briefly, then reported as such.
 //!
 //! When an operation gives up because storage did not answer at all (connection errors,
-//! timeouts), the store is marked down. While it is down every request fails at once: the
-//! kernel often repeats a failed lookup within one system call, and a shell walking a tree
-//! would otherwise pay the full deadline per file. Meanwhile a background probe (an
-//! unauthenticated GET of the endpoint, bounded by [`PROBE_TIMEOUT`]) goes out at most every
-//! [`PROBE_EVERY`]; any HTTP answer marks storage up again, so recovery needs no remount.
+//! timeouts), the store is marked down and a background probe (an unauthenticated GET of the
+//! endpoint, bounded by [`PROBE_TIMEOUT`]) starts. While it is down every request fails at
+//! once: the kernel often repeats a failed lookup within one system call, and a shell walking
+//! a tree would otherwise pay the full deadline per file. A request that comes when no probe is
+//! out and none went in the last [`PROBE_EVERY`] starts one and waits up to a second for it;
+//! any HTTP answer marks storage up again, so recovery needs no remount.
 //!
 //! Secrets never reach an error or a log line: errors carry statuses and error codes, and
 //! reqwest errors are stripped of their URL (which may hold a SAS token) before formatting.
@@ -52,6 +53,9 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How often a store that is down is probed.
 pub const PROBE_EVERY: Duration = Duration::from_millis(500);
+
+/// How long the request that starts a probe waits for its answer.
+const PROBE_WAIT: Duration = Duration::from_secs(1);
 
 /// An attempt still moving bytes at the deadline may finish if it moved some this recently.
 const MOVING: Duration = Duration::from_secs(2);
@@ -329,18 +333,10 @@ impl HttpBlobStore {
         if left.is_zero() {
             return Err(BlobError::Timeout(Duration::ZERO));
         }
-        {
-            let mut h = self.health();
-            if h.down {
-                if !h.probing && h.probe.is_none_or(|t| t.elapsed() >= PROBE_EVERY) {
-                    h.probing = true;
-                    h.probe = Some(Instant::now());
-                    self.probe();
-                }
-                return Err(BlobError::Transport(
-                    "storage is not answering (failing fast)".into(),
-                ));
-            }
+        if self.health().down && !self.probed_up(left).await {
+            return Err(BlobError::Transport(
+                "storage is not answering (failing fast)".into(),
+            ));
         }
         let deadline = self.policy.deadline.min(left);
         let (result, moved) = self.execute_with_retries(&op, deadline, left).await;
@@ -353,12 +349,49 @@ impl HttpBlobStore {
             // short by its operation's deadline (time spent waiting for a permit or for
             // budget) says nothing about storage, nor does a slow transfer that moved bytes.
             true if !moved && deadline >= self.policy.deadline.mul_f64(0.9) => {
-                self.health().down = true
+                let mut h = self.health();
+                h.down = true;
+                // Look for it at once, so that the next requests (the kernel often repeats a
+                // failed lookup) fail fast rather than probe themselves.
+                self.start_probe(&mut h);
             }
             true => {}
             false => self.health().down = false,
         }
         result
+    }
+
+    /// While storage is down: true if it answers again. Probes at most every [`PROBE_EVERY`]:
+    /// the request that starts a probe waits briefly for it (so the first call after storage
+    /// comes back succeeds); every other fails at once.
+    async fn probed_up(&self, left: Duration) -> bool {
+        {
+            let mut h = self.health();
+            if !h.down {
+                return true;
+            }
+            if h.probing || h.probe.is_some_and(|t| t.elapsed() < PROBE_EVERY) {
+                return false;
+            }
+            self.start_probe(&mut h);
+        }
+        let until = Instant::now() + PROBE_WAIT.min(left);
+        while Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let h = self.health();
+            if !h.down || !h.probing {
+                return !h.down;
+            }
+        }
+        false
+    }
+
+    fn start_probe(&self, h: &mut Health) {
+        if !h.probing {
+            h.probing = true;
+            h.probe = Some(Instant::now());
+            self.probe();
+        }
     }
 
     /// Asks in the background whether storage answers again; any HTTP answer will do.

@@ -384,3 +384,22 @@ async fn throttled_listings_fail_and_recover_without_a_remount() {
     f.store.clear();
     assert_eq!(f.walk("t/a").await.unwrap().size, 1);
 }
+
+#[tokio::test]
+async fn an_unlink_that_storage_refuses_leaves_the_open_file_as_it_was() {
+    let f = fx().await;
+    f.put("keep", &vec![7u8; 5 << 20], &[]).await;
+    let a = f.walk("keep").await.unwrap();
+    let o = f.ns.open(a.ino, true, false).await.unwrap();
+    f.ns.write(o.fh, 0, b"Z").await.unwrap();
+    f.store
+        .add(Rule::on(Op::Delete, Fault::Fail(busy())).times(1));
+    assert!(f.ns.unlink(f.dir, "keep").await.is_err());
+    // Still a file of its directory, and its close commits as before.
+    assert_eq!(f.walk("keep").await.unwrap().ino, a.ino);
+    f.ns.flush(o.fh).await.unwrap();
+    f.ns.release(o.fh).await;
+    let got = f.content("keep").unwrap();
+    assert_eq!(got.len(), 5 << 20);
+    assert_eq!(&got[..2], b"Z\x07");
+}

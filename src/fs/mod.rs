@@ -1313,25 +1313,34 @@ impl<S: BlobStore> Namespace<S> {
         };
         let ino = lock(&self.inodes).find(&key);
         let draft = ino.and_then(|i| self.draft_of(i).map(|d| (i, d)));
-        if let Some((i, d)) = &draft {
+        if let Some((_, d)) = &draft {
             // Its handles keep the data; if that cannot be made so, nothing is removed.
             d.unlink().await?;
-            self.drafts.mark_unlinked(*i);
         }
-        // A new file of this name is a new inode; the old one lives on for its open handles.
-        lock(&self.inodes).detach(&key);
         let deleted = self
             .store(acct)?
             .delete(&container, &full, blob::Condition::None)
             .await;
         match &deleted {
             Ok(()) | Err(BlobError::NotFound) => {
+                if let Some((i, _)) = &draft {
+                    self.drafts.mark_unlinked(*i);
+                }
+                // A new file of this name is a new inode; the old one lives on for its open
+                // handles.
+                lock(&self.inodes).detach(&key);
                 self.patch(parent, name, None);
                 if deleted.is_ok() || draft.is_some() {
                     self.emptied(parent);
                 }
             }
-            Err(_) => self.changed(parent),
+            Err(_) => {
+                // Not removed: the open file stays what it was, and commits as before.
+                if let Some((_, d)) = &draft {
+                    d.relink().await;
+                }
+                self.changed(parent);
+            }
         }
         match deleted {
             Err(BlobError::NotFound) if draft.is_some() => Ok(()),

@@ -508,8 +508,14 @@ impl<S: BlobStore> Draft<S> {
         st.spill.clone()
     }
 
-    /// Starts uploading dirty block `i` (padded or cut to its length in the file).
+    /// Starts uploading dirty block `i` (padded or cut to its length in the file), in the
+    /// background: the upload outlives the write that filled the block.
     fn seal(&self, st: &mut State, i: u64) {
+        self.seal_within(st, i, None);
+    }
+
+    /// As [`Self::seal`], bounded by `limit` (what is left of the operation that waits for it).
+    fn seal_within(&self, st: &mut State, i: u64, limit: Option<std::time::Duration>) {
         let want = len_of(st.size, i) as usize;
         let Some(Block::Dirty { mut buf, reserved }) = st.blocks.remove(&i) else {
             return;
@@ -530,7 +536,7 @@ impl<S: BlobStore> Draft<S> {
         let (store, cache) = (self.store.clone(), self.cache.clone());
         let (container, name) = (st.container.clone(), st.name.clone());
         let stats = self.stats.clone();
-        tokio::spawn(async move {
+        let task = async move {
             let copy = data.clone();
             let spilled = async move {
                 let Some(f) = spill else { return false };
@@ -560,7 +566,11 @@ impl<S: BlobStore> Draft<S> {
                 Stats::sub(&stats.dirty_bytes, reserved);
             }
             let _ = tx.send(Some(result));
-        });
+        };
+        match limit {
+            Some(limit) => tokio::spawn(crate::blob::deadline::within(limit, task)),
+            None => tokio::spawn(task),
+        };
     }
 
     /// Waits for an upload of block `i` to end and records how it ended.
@@ -799,6 +809,15 @@ impl<S: BlobStore> Draft<S> {
         }
         st.unlinked = true;
         Ok(())
+    }
+
+    /// The unlink that [`Self::unlink`] prepared did not happen: the file is a file again, and
+    /// the base blocks copied aside are the base's again (storage still has them).
+    pub async fn relink(&self) {
+        let mut st = self.state.lock().await;
+        st.unlinked = false;
+        st.blocks
+            .retain(|_, b| !matches!(b, Block::Staged { id, .. } if id.is_empty()));
     }
 
     /// The draft is dropped (unlinked and closed, or its data kept elsewhere): its data goes,
@@ -1085,8 +1104,9 @@ impl<S: BlobStore> Draft<S> {
                 continue;
             }
             if self.settle(st, i).await.is_err() {
-                // One more try for a block whose upload failed (its bytes came back).
-                self.seal(st, i);
+                // One more try for a block whose upload failed (its bytes came back), within
+                // what is left of the commit's operation.
+                self.seal_within(st, i, crate::blob::deadline::remaining());
                 self.settle(st, i).await?;
             }
             match st.blocks.get(&i) {

@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::accounts::config::{AccountConfig, Credential, DiscoveryConfig, StorageConfig, Unread};
 use crate::accounts::identity::TokenSource;
+use crate::blob::retry::{self, Step};
 use crate::secret::Secret;
 
 pub const BATCH_API: &str = "2024-07-01";
@@ -27,11 +28,17 @@ const MAX_ATTEMPTS: u32 = 4;
 /// Less than the 120 s `batchfs mount` waits for its daemon to be ready.
 const DISCOVERY_DEADLINE: Duration = Duration::from_secs(90);
 
-enum Failed {
-    /// Worth another attempt, after the delay ARM asked for if it did.
-    Retry(String, Option<Duration>),
-    Final(String),
-}
+/// How one call failed: worth another attempt (after the delay ARM asked for, if it did), or
+/// not.
+type Failed = Step<String>;
+
+/// ARM's guidance: retry throttling and brief unavailability, waiting what it says.
+const RETRIES: retry::Policy = retry::Policy {
+    max_attempts: MAX_ATTEMPTS,
+    deadline: DISCOVERY_DEADLINE,
+    base_backoff: Duration::from_millis(500),
+    max_backoff: Duration::from_secs(10),
+};
 
 /// A client for Azure Resource Manager with the discovery identity's tokens.
 pub struct Arm {
@@ -63,27 +70,21 @@ impl Arm {
     /// its guidance asks: after `Retry-After` when given, with backoff otherwise.
     /// `target` is an ARM path (`/subscriptions/...`) or a `nextLink` URL.
     async fn call(&self, method: Method, target: &str, api: &str) -> Result<Value, String> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.call_once(method.clone(), target, api).await {
-                Err(Failed::Retry(e, after)) if attempt < MAX_ATTEMPTS => {
-                    let wait = after.unwrap_or(Duration::from_secs(1 << attempt));
-                    tracing::debug!("{e}; retrying in {wait:?}");
-                    tokio::time::sleep(wait.min(Duration::from_secs(10))).await;
-                }
-                Err(Failed::Retry(e, _) | Failed::Final(e)) => return Err(e),
-                Ok(v) => return Ok(v),
+        let attempt = |_| self.call_once(method.clone(), target, api);
+        let report = |e: &String, n: u32, again: bool| {
+            if again {
+                tracing::debug!(attempt = n, "{e}; retrying");
             }
-        }
+        };
+        retry::run(&RETRIES, attempt, report).await
     }
 
     async fn call_once(&self, method: Method, target: &str, api: &str) -> Result<Value, Failed> {
         let mut url = if target.starts_with("http") {
-            reqwest::Url::parse(target).map_err(|e| Failed::Final(format!("bad nextLink: {e}")))?
+            reqwest::Url::parse(target).map_err(|e| Step::Final(format!("bad nextLink: {e}")))?
         } else {
             reqwest::Url::parse(&format!("{}{target}", self.base))
-                .map_err(|e| Failed::Final(format!("{target}: {e}")))?
+                .map_err(|e| Step::Final(format!("{target}: {e}")))?
         };
         if !url.query_pairs().any(|(k, _)| k == "api-version") {
             url.query_pairs_mut().append_pair("api-version", api);
@@ -92,7 +93,7 @@ impl Arm {
         let token = self.token.token().await.map_err(Failed::Final)?;
         let mut auth =
             reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-                .map_err(|_| Failed::Final("the token is not a valid header value".into()))?;
+                .map_err(|_| Step::Final("the token is not a valid header value".into()))?;
         auth.set_sensitive(true);
         let mut req = self
             .http
@@ -104,14 +105,9 @@ impl Arm {
         let resp = req
             .send()
             .await
-            .map_err(|e| Failed::Retry(format!("{what}: {}", e.without_url()), None))?;
+            .map_err(|e| Step::retry(format!("{what}: {}", e.without_url()), None))?;
         let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse().ok())
-            .map(Duration::from_secs);
+        let retry_after = retry::retry_after(resp.headers());
         let request_id = resp
             .headers()
             .get("x-ms-request-id")
@@ -121,7 +117,7 @@ impl Arm {
         let body = resp
             .bytes()
             .await
-            .map_err(|e| Failed::Retry(format!("{what}: {}", e.without_url()), None))?;
+            .map_err(|e| Step::retry(format!("{what}: {}", e.without_url()), None))?;
         if !status.is_success() {
             let code = serde_json::from_slice::<Value>(&body)
                 .ok()
@@ -136,11 +132,11 @@ impl Arm {
             );
             let e = format!("{what}: HTTP {} {code}", status.as_u16());
             return Err(match status.as_u16() {
-                429 | 500 | 502 | 503 | 504 => Failed::Retry(e, retry_after),
-                _ => Failed::Final(e),
+                s if retry::retryable(s) => Step::retry(e, retry_after),
+                _ => Step::Final(e),
             });
         }
-        serde_json::from_slice(&body).map_err(|e| Failed::Final(format!("{what}: not JSON: {e}")))
+        serde_json::from_slice(&body).map_err(|e| Step::Final(format!("{what}: not JSON: {e}")))
     }
 
     /// Every item of a paged list, following `nextLink`.

@@ -29,11 +29,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rand::RngExt;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 
 use super::auth::{SignInput, authorization};
+use super::retry::{self, Step};
 use super::xml::{
     block_list_body, normalize_etag, parse_blob_list, parse_block_list, parse_container_list,
     parse_time,
@@ -239,12 +239,7 @@ struct Answer {
 }
 
 /// What one failed attempt means for the next.
-enum Failure {
-    Retry(BlobError, Option<Duration>),
-    /// Nothing listens there: worth a retry or two (a restart), not a whole deadline.
-    Refused(BlobError),
-    Final(BlobError),
-}
+type Failure = Step<BlobError>;
 
 impl HttpBlobStore {
     pub fn new(
@@ -443,66 +438,51 @@ impl HttpBlobStore {
         let allowance = op.allowance();
         // The size allowance never reaches past the operation's own deadline.
         let end = start + (deadline + allowance).min(op_left);
-        let mut attempt: u32 = 0;
-        let mut moved = false;
-        loop {
-            attempt += 1;
-            let activity = Activity::new();
-            let sent = Instant::now();
-            let outcome = self
-                .bounded(self.attempt(op, &activity), &activity, end, allowance)
-                .await;
-            moved |= activity.moved();
-            Stats::add(
-                &self.stats.request_micros,
-                sent.elapsed().as_micros() as u64,
-            );
-            let failure = match outcome {
-                Some(Ok(answer)) => return (Ok(answer), moved),
-                Some(Err(f)) => f,
-                None => Failure::Retry(BlobError::Timeout(start.elapsed()), None),
-            };
-            let (err, retry_after, window) = match failure {
-                Failure::Final(e) => {
-                    self.log_failure(op, &e, attempt, false);
-                    if !matches!(
-                        e,
-                        BlobError::NotFound
-                            | BlobError::PreconditionFailed
-                            | BlobError::Conflict(_)
-                    ) {
-                        Stats::add(&self.stats.errors, 1);
-                    }
-                    return (Err(e), moved);
+        let moved = std::sync::atomic::AtomicBool::new(false);
+        let policy = retry::Policy {
+            max_attempts: u32::MAX,
+            deadline: deadline + allowance,
+            base_backoff: self.policy.base_backoff,
+            max_backoff: self.policy.max_backoff,
+        };
+        let attempt = |_| {
+            let moved = &moved;
+            async move {
+                let activity = Activity::new();
+                let sent = Instant::now();
+                let outcome = self
+                    .bounded(self.attempt(op, &activity), &activity, end, allowance)
+                    .await;
+                if activity.moved() {
+                    moved.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
-                Failure::Retry(e, after) => (e, after, deadline + allowance),
-                Failure::Refused(e) => (e, None, deadline.min(REFUSED_WINDOW)),
-            };
-            let backoff = retry_after.unwrap_or_else(|| self.backoff(attempt));
-            let give_up = start.elapsed() + backoff + Duration::from_millis(50) >= window;
-            self.log_failure(op, &err, attempt, !give_up);
-            if give_up {
-                Stats::add(&self.stats.errors, 1);
-                let err = match err {
-                    BlobError::Timeout(_) => BlobError::Timeout(start.elapsed()),
-                    e => e,
-                };
-                return (Err(err), moved);
+                let micros = sent.elapsed().as_micros() as u64;
+                Stats::add(&self.stats.request_micros, micros);
+                match outcome {
+                    Some(r) => r,
+                    None => Err(Step::retry(BlobError::Timeout(start.elapsed()), None)),
+                }
             }
-            Stats::add(&self.stats.retries, 1);
-            tokio::time::sleep(backoff).await;
-        }
-    }
-
-    fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self
-            .policy
-            .base_backoff
-            .saturating_mul(1 << attempt.min(10));
-        let cap = exp.min(self.policy.max_backoff);
-        // Full jitter: spreads retries of many clients hitting the same throttled account.
-        let ms = rand::rng().random_range(cap.as_millis() as u64 / 2..=cap.as_millis() as u64);
-        Duration::from_millis(ms)
+        };
+        let report = |e: &BlobError, n: u32, again: bool| {
+            self.log_failure(op, e, n, again);
+            let answered = matches!(
+                e,
+                BlobError::NotFound | BlobError::PreconditionFailed | BlobError::Conflict(_)
+            );
+            match again {
+                true => Stats::add(&self.stats.retries, 1),
+                false if !answered => Stats::add(&self.stats.errors, 1),
+                false => {}
+            }
+        };
+        let result = retry::run(&policy, attempt, report)
+            .await
+            .map_err(|e| match e {
+                BlobError::Timeout(_) => BlobError::Timeout(start.elapsed()),
+                e => e,
+            });
+        (result, moved.into_inner())
     }
 
     /// Failures without an HTTP answer (those with one were logged as they came).
@@ -566,7 +546,7 @@ impl HttpBlobStore {
                         query: &op.query,
                     },
                 )
-                .map_err(|e| Failure::Final(BlobError::BadResponse(e)))?;
+                .map_err(|e| Step::Final(BlobError::BadResponse(e)))?;
                 headers.insert(reqwest::header::AUTHORIZATION, sensitive(&auth)?);
                 None
             }
@@ -580,13 +560,13 @@ impl HttpBlobStore {
             let token = source
                 .token()
                 .await
-                .map_err(|e| Failure::Final(BlobError::Token(e)))?;
+                .map_err(|e| Step::Final(BlobError::Token(e)))?;
             let value = sensitive(&format!("Bearer {}", token.expose()))?;
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
         for (k, v) in &ms_headers {
             let name = HeaderName::from_bytes(k.as_bytes())
-                .map_err(|e| Failure::Final(BlobError::BadResponse(e.to_string())))?;
+                .map_err(|e| Step::Final(BlobError::BadResponse(e.to_string())))?;
             headers.insert(name, header_value(v)?);
         }
         if !op.if_match.is_empty() {
@@ -647,13 +627,8 @@ impl HttpBlobStore {
             .to_string();
         // Drain the body so the connection can be reused; its content is not needed.
         let _ = resp.bytes().await;
-        let retry_after = headers
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let failure = classify(status, code, retry_after);
-        if let (Failure::Final(BlobError::Denied { .. }), Some(n)) = (&failure, &self.on_denied) {
+        let failure = classify(status, code, retry::retry_after(&headers));
+        if let (Step::Final(BlobError::Denied { .. }), Some(n)) = (&failure, &self.on_denied) {
             n.notify_one();
         }
         self.log_status(op, &failure, header_str(&headers, "x-ms-request-id"));
@@ -663,8 +638,8 @@ impl HttpBlobStore {
     /// One line per request storage refused, with what support needs to trace it.
     fn log_status(&self, op: &Op<'_>, failure: &Failure, request_id: &str) {
         let (err, will_retry) = match failure {
-            Failure::Retry(e, _) | Failure::Refused(e) => (e, true),
-            Failure::Final(e) => (e, false),
+            Step::Retry { error, .. } => (error, true),
+            Step::Final(e) => (e, false),
         };
         let (container, blob) = (op.container.unwrap_or(""), op.blob.unwrap_or(""));
         let (status, code) = match err {
@@ -695,14 +670,12 @@ impl HttpBlobStore {
 fn classify(status: StatusCode, code: String, retry_after: Option<Duration>) -> Failure {
     let s = status.as_u16();
     match s {
-        404 => Failure::Final(BlobError::NotFound),
-        412 => Failure::Final(BlobError::PreconditionFailed),
-        409 => Failure::Final(BlobError::Conflict(code)),
-        401 | 403 => Failure::Final(BlobError::Denied { status: s, code }),
-        408 | 429 | 500 | 502 | 503 | 504 => {
-            Failure::Retry(BlobError::Status { status: s, code }, retry_after)
-        }
-        _ => Failure::Final(BlobError::Status { status: s, code }),
+        404 => Step::Final(BlobError::NotFound),
+        412 => Step::Final(BlobError::PreconditionFailed),
+        409 => Step::Final(BlobError::Conflict(code)),
+        401 | 403 => Step::Final(BlobError::Denied { status: s, code }),
+        s if retry::retryable(s) => Step::retry(BlobError::Status { status: s, code }, retry_after),
+        _ => Step::Final(BlobError::Status { status: s, code }),
     }
 }
 
@@ -719,14 +692,18 @@ fn transport(e: reqwest::Error) -> Failure {
         source = s.source();
     }
     match refused {
-        true => Failure::Refused(BlobError::Transport(format!("connection refused ({msg})"))),
-        false => Failure::Retry(BlobError::Transport(msg), None),
+        // Nothing listens there: worth a retry or two (a restart), not a whole deadline.
+        true => Step::Retry {
+            error: BlobError::Transport(format!("connection refused ({msg})")),
+            after: None,
+            window: Some(REFUSED_WINDOW),
+        },
+        false => Step::retry(BlobError::Transport(msg), None),
     }
 }
 
 fn header_value(v: &str) -> Result<HeaderValue, Failure> {
-    HeaderValue::from_str(v)
-        .map_err(|_| Failure::Final(BlobError::BadResponse("header value".into())))
+    HeaderValue::from_str(v).map_err(|_| Step::Final(BlobError::BadResponse("header value".into())))
 }
 
 /// A header value HTTP libraries will not print in their debug output.
@@ -1060,11 +1037,11 @@ mod tests {
     fn never_retries_conflicts_or_preconditions() {
         for s in [409u16, 412, 404, 403] {
             let f = classify(StatusCode::from_u16(s).unwrap(), String::new(), None);
-            assert!(matches!(f, Failure::Final(_)), "{s}");
+            assert!(matches!(f, Step::Final(_)), "{s}");
         }
         for s in [408u16, 429, 500, 503] {
             let f = classify(StatusCode::from_u16(s).unwrap(), String::new(), None);
-            assert!(matches!(f, Failure::Retry(..)), "{s}");
+            assert!(matches!(f, Step::Retry { .. }), "{s}");
         }
     }
 }

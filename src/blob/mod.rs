@@ -13,6 +13,7 @@ pub mod faulty;
 #[cfg(test)]
 pub mod memory;
 pub mod meta;
+pub mod retry;
 mod xml;
 
 use std::collections::BTreeMap;

@@ -199,10 +199,9 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let truncate = flags.0 & libc::O_TRUNC != 0;
-        let write = flags.acc_mode() != OpenAccMode::O_RDONLY || truncate;
+        let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         let ns = self.ns.clone();
-        let work = async move { ns.open(ino.0, write, truncate).await };
+        let work = async move { ns.open(ino.0, write).await };
         self.answer("open", ino.0, work, move |r| match r {
             Ok(o) => {
                 let mut flags = FopenFlags::empty();

@@ -193,7 +193,7 @@ async fn an_unlinked_open_file_keeps_its_data_until_the_last_close() {
     // An existing blob opened for writing and unlinked: its content stays readable, though
     // storage no longer has it.
     let old = f.walk("old").await.unwrap();
-    let o = f.ns.open(old.ino, true, false).await.unwrap();
+    let o = f.ns.open(old.ino, true).await.unwrap();
     f.ns.write(o.fh, 0, b"X").await.unwrap();
     f.ns.unlink(f.dir, "old").await.unwrap();
     assert_eq!(f.content("old"), None);
@@ -212,7 +212,7 @@ async fn a_bare_truncation_is_in_storage_when_close_returns() {
     f.put("big", &vec![1u8; 1 << 20], &[]).await;
     let a = f.walk("big").await.unwrap();
     // `truncate -s 100 big`: open without O_TRUNC, ftruncate, close.
-    let o = f.ns.open(a.ino, true, false).await.unwrap();
+    let o = f.ns.open(a.ino, true).await.unwrap();
     let change = SetAttr {
         size: Some(100),
         ..Default::default()
@@ -223,7 +223,7 @@ async fn a_bare_truncation_is_in_storage_when_close_returns() {
     f.ns.release(o.fh).await;
     // `: > big`: open with O_TRUNC, close.
     let a = f.walk("big").await.unwrap();
-    let o = f.ns.open(a.ino, true, true).await.unwrap();
+    let o = f.ns.open_truncated(a.ino).await.unwrap();
     f.ns.flush(o.fh).await.unwrap();
     assert_eq!(f.content("big").unwrap().len(), 0);
     f.ns.release(o.fh).await;
@@ -234,7 +234,7 @@ async fn a_close_that_failed_is_never_committed_later_and_its_data_is_kept() {
     let f = fx().await;
     f.put("f", b"old", &[]).await;
     let a = f.walk("f").await.unwrap();
-    let o = f.ns.open(a.ino, true, true).await.unwrap();
+    let o = f.ns.open_truncated(a.ino).await.unwrap();
     f.ns.write(o.fh, 0, b"new data").await.unwrap();
     f.store.add(Rule::on(Op::Put, Fault::Fail(unreachable())));
     assert!(f.ns.flush(o.fh).await.is_err(), "close reports the failure");
@@ -247,7 +247,7 @@ async fn a_close_that_failed_is_never_committed_later_and_its_data_is_kept() {
     assert_eq!(std::fs::read(&kept[0]).unwrap(), b"new data");
     // The file works as before.
     let a = f.walk("f").await.unwrap();
-    let o = f.ns.open(a.ino, true, true).await.unwrap();
+    let o = f.ns.open_truncated(a.ino).await.unwrap();
     f.ns.write(o.fh, 0, b"again").await.unwrap();
     f.ns.flush(o.fh).await.unwrap();
     f.ns.release(o.fh).await;
@@ -293,7 +293,7 @@ async fn a_commit_whose_reply_was_lost_is_not_a_conflict() {
             f.put(name, b"before", &[]).await;
         }
         let (ino, o) = match f.walk(name).await {
-            Ok(a) => (a.ino, f.ns.open(a.ino, true, true).await.unwrap()),
+            Ok(a) => (a.ino, f.ns.open_truncated(a.ino).await.unwrap()),
             Err(_) => {
                 let (a, o) = f.ns.create(f.dir, name, 0o644).await.unwrap();
                 (a.ino, o)
@@ -358,7 +358,7 @@ async fn a_read_cut_short_or_refused_is_an_error_never_wrong_bytes() {
     let data: Vec<u8> = (0..3 << 20).map(|i| (i % 253) as u8).collect();
     f.put("r", &data, &[]).await;
     let a = f.walk("r").await.unwrap();
-    let o = f.ns.open(a.ino, false, false).await.unwrap();
+    let o = f.ns.open(a.ino, false).await.unwrap();
     f.store.add(Rule::on(Op::GetRange, Fault::CutShort));
     match f.read_all(o.fh).await {
         Ok(got) => assert_eq!(got, data, "bytes returned must be right"),
@@ -390,7 +390,7 @@ async fn an_unlink_that_storage_refuses_leaves_the_open_file_as_it_was() {
     let f = fx().await;
     f.put("keep", &vec![7u8; 5 << 20], &[]).await;
     let a = f.walk("keep").await.unwrap();
-    let o = f.ns.open(a.ino, true, false).await.unwrap();
+    let o = f.ns.open(a.ino, true).await.unwrap();
     f.ns.write(o.fh, 0, b"Z").await.unwrap();
     f.store
         .add(Rule::on(Op::Delete, Fault::Fail(busy())).times(1));

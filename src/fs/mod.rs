@@ -100,6 +100,11 @@ impl From<BlobError> for FsError {
 
 pub type Result<T> = std::result::Result<T, FsError>;
 
+/// A directory whose marker was not found is looked for again after this long (or the
+/// attribute timeout, if longer): a walk over marker-less trees (Batch outputs) must not pay
+/// a HEAD per directory every second.
+const MARKER_RECHECK: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Dir,
@@ -569,12 +574,17 @@ impl<S: BlobStore> Namespace<S> {
         } = &key
             && !prefix.is_empty()
             && dir.mode.is_none()
-            && marker_checked.is_none_or(|t| t.elapsed() >= self.opts.attr_ttl)
+            && marker_checked.is_none_or(|t| t.elapsed() >= self.opts.attr_ttl.max(MARKER_RECHECK))
         {
             let marker = match self.store(*acct)?.head(container, prefix).await {
                 Ok(p) if p.is_folder_marker() => Some(listing::dir_meta(&p)),
                 Ok(_) | Err(BlobError::NotFound) => None,
-                Err(e) => return Err(e.into()),
+                // The directory is known; only its mode and times are not: show the defaults
+                // rather than fail a lookup that the listing answered.
+                Err(e) => {
+                    tracing::debug!(ino, error = %e, "directory marker not read");
+                    return Ok(self.attr_from(ino, &key, meta.as_ref(), dir));
+                }
             };
             let mut t = lock(&self.inodes);
             if let Some(n) = t.get_mut(ino) {
@@ -628,7 +638,11 @@ impl<S: BlobStore> Namespace<S> {
         }
         let mut shown = (*listing).clone();
         for (child, name) in pending {
-            shown.upsert(&name, self.getattr(child).await?);
+            // A file whose last close finished meanwhile is in the listing or gone: either
+            // way, not a reason to fail the listing.
+            if let Ok(attr) = self.getattr(child).await {
+                shown.upsert(&name, attr);
+            }
         }
         for (name, child) in phantoms {
             if let Ok(attr) = self.getattr(child).await {
@@ -848,7 +862,9 @@ impl<S: BlobStore> Namespace<S> {
         lock(&self.dir_handles).remove(&fh);
     }
 
-    pub async fn open(&self, ino: u64, write: bool, truncate: bool) -> Result<Opened> {
+    /// Opens `ino`. `O_TRUNC` is not seen here: the kernel truncates with a setattr once the
+    /// open has passed its own checks (no atomic O_TRUNC, see `fuse.rs`).
+    pub async fn open(&self, ino: u64, write: bool) -> Result<Opened> {
         let key = self.key_of(ino)?;
         let mut keep_cache = true;
         let mut direct_io = false;
@@ -907,16 +923,26 @@ impl<S: BlobStore> Namespace<S> {
                         self.register_draft(ino, draft)
                     }
                 };
-                if truncate && let Err(e) = self.with_budget(|| draft.truncate(0)).await {
-                    // This open's handle was counted: it must not stay so.
-                    self.close_draft(ino, &draft).await;
-                    return Err(e.into());
-                }
                 return Ok(self.draft_handle(ino, draft));
             }
             _ => return Err(FsError::IsDir),
         };
         Ok(self.add_handle(handle, keep_cache, direct_io))
+    }
+
+    /// `open(O_TRUNC)` as the kernel sends it: an open for writing, then a setattr.
+    #[cfg(test)]
+    pub(crate) async fn open_truncated(&self, ino: u64) -> Result<Opened> {
+        let o = self.open(ino, true).await?;
+        let change = SetAttr {
+            size: Some(0),
+            ..Default::default()
+        };
+        if let Err(e) = self.setattr(ino, change).await {
+            self.release(o.fh).await;
+            return Err(e);
+        }
+        Ok(o)
     }
 
     fn add_handle(&self, handle: Handle<S>, keep_cache: bool, direct_io: bool) -> Opened {

@@ -156,7 +156,7 @@ impl Node {
 
     async fn read(&self, path: &str) -> Result<Vec<u8>> {
         let a = self.lookup(path).await?;
-        let o = self.ns.open(a.ino, false, false).await?;
+        let o = self.ns.open(a.ino, false).await?;
         let data = self.ns.read(o.fh, 0, 1 << 20).await;
         self.ns.release(o.fh).await;
         Ok(data?.to_vec())
@@ -164,7 +164,7 @@ impl Node {
 
     async fn put(&self, path: &str, data: &[u8]) -> Result<()> {
         let fh = match self.lookup(path).await {
-            Ok(a) => self.ns.open(a.ino, true, true).await?.fh,
+            Ok(a) => self.ns.open_truncated(a.ino).await?.fh,
             Err(FsError::NotFound) => {
                 let (dir, name) = self.parent(path).await?;
                 self.ns.create(dir, &name, 0o644).await?.1.fh
@@ -218,7 +218,7 @@ async fn apply(nodes: &[Node; 2], model: &mut Model, n: usize, op: &Op) {
             let path = FILES[*f];
             let r = async {
                 let a = node.lookup(path).await?;
-                let o = node.ns.open(a.ino, true, false).await?;
+                let o = node.ns.open(a.ino, true).await?;
                 let r = node.write_close(o.fh, *offset, data).await;
                 node.ns.release(o.fh).await;
                 r
@@ -350,7 +350,7 @@ async fn apply(nodes: &[Node; 2], model: &mut Model, n: usize, op: &Op) {
                 return;
             }
             let a = nodes[0].lookup(path).await.expect("exists");
-            let o = nodes[0].ns.open(a.ino, true, false).await.expect("open");
+            let o = nodes[0].ns.open(a.ino, true).await.expect("open");
             let theirs = b"theirs".to_vec();
             nodes[1]
                 .put(path, &theirs)

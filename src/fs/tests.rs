@@ -115,7 +115,7 @@ async fn reads_are_pinned_to_the_etag_seen_at_open() {
     let v2: &'static [u8] = Box::leak(vec![2u8; 3 << 20].into_boxed_slice());
     put(&store, "c", "f", v1).await;
     let f = walk(&ns, "alpha/storage/c/f").await.unwrap();
-    let o = ns.open(f.ino, false, false).await.unwrap();
+    let o = ns.open(f.ino, false).await.unwrap();
     assert!(!o.keep_cache, "first open: nothing to keep");
     assert_eq!(&ns.read(o.fh, 0, 7).await.unwrap()[..], &[1u8; 7]);
     put(&store, "c", "f", v2).await;
@@ -125,7 +125,7 @@ async fn reads_are_pinned_to_the_etag_seen_at_open() {
         Err(FsError::Stale)
     ));
     ns.release(o.fh).await;
-    let o = ns.open(f.ino, false, false).await.unwrap();
+    let o = ns.open(f.ino, false).await.unwrap();
     assert!(
         !o.keep_cache,
         "a new version: the kernel must drop its pages"
@@ -134,7 +134,7 @@ async fn reads_are_pinned_to_the_etag_seen_at_open() {
     assert!(ns.read(o.fh, 3 << 20, 10).await.unwrap().is_empty());
     ns.release(o.fh).await;
     assert!(
-        ns.open(f.ino, false, false).await.unwrap().keep_cache,
+        ns.open(f.ino, false).await.unwrap().keep_cache,
         "same version: keep"
     );
 }
@@ -144,7 +144,7 @@ async fn account_files_and_errors() {
     let (_store, ns) = setup(5000);
     let keys = walk(&ns, "alpha/keys").await.unwrap();
     assert_eq!(keys.perm, 0o400);
-    let fh = ns.open(keys.ino, false, false).await.unwrap().fh;
+    let fh = ns.open(keys.ino, false).await.unwrap().fh;
     let text = ns.read(fh, 0, 4096).await.unwrap();
     assert!(
         std::str::from_utf8(&text)
@@ -169,7 +169,7 @@ async fn account_files_and_errors() {
     ));
     let acct = walk(&ns, "alpha").await.unwrap();
     assert!(matches!(
-        ns.open(acct.ino, false, false).await,
+        ns.open(acct.ino, false).await,
         Err(FsError::IsDir)
     ));
 }

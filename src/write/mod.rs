@@ -862,21 +862,28 @@ impl<S: BlobStore> Draft<S> {
             meta::sortable_stamp(now)
         );
         let path = dir.join(name);
-        let spill_err = |e: std::io::Error| WriteError::Spill(format!("{}: {e}", path.display()));
-        std::fs::create_dir_all(&dir).map_err(spill_err)?;
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(spill_err)?;
-        file.set_len(st.size).map_err(spill_err)?;
+        // File I/O off the runtime's threads (they serve every other call).
+        let size = st.size;
+        on_file(path.clone(), move |p| {
+            std::fs::create_dir_all(p.parent().unwrap_or(p))?;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(p)?;
+            f.set_len(size)
+        })
+        .await?;
         let mut complete = true;
         for i in 0..st.size.div_ceil(BLOCK) {
             match self.load(&mut st, i).await {
                 Ok(data) => {
-                    use std::os::unix::fs::FileExt;
-                    file.write_all_at(&data, i * BLOCK).map_err(spill_err)?;
+                    let write = move |p: &std::path::Path| {
+                        use std::os::unix::fs::FileExt;
+                        let f = std::fs::OpenOptions::new().write(true).open(p)?;
+                        f.write_all_at(&data, i * BLOCK)
+                    };
+                    on_file(path.clone(), write).await?;
                 }
                 Err(_) => complete = false,
             }
@@ -1253,6 +1260,19 @@ const ID_LEN: usize = "batchfs-0123456789abcdef-0123456789abcdef"
 /// Length of block `i` in a file of `size` bytes.
 fn len_of(size: u64, i: u64) -> u64 {
     size.saturating_sub(i * BLOCK).min(BLOCK)
+}
+
+/// Runs `job` on the file at `path` on a blocking thread.
+async fn on_file(
+    path: PathBuf,
+    job: impl FnOnce(&std::path::Path) -> std::io::Result<()> + Send + 'static,
+) -> Result<(), WriteError> {
+    let shown = path.display().to_string();
+    let err = |e: String| WriteError::Spill(format!("{shown}: {e}"));
+    tokio::task::spawn_blocking(move || job(&path))
+        .await
+        .map_err(|e| err(e.to_string()))?
+        .map_err(|e| err(e.to_string()))
 }
 
 /// This machine's name, for conflict siblings (a syscall, not a file read on a runtime thread).

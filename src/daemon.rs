@@ -20,7 +20,9 @@ use fuser::{Config as FuseConfig, MountOption, SessionACL};
 
 use crate::accounts::config::AccountConfig;
 use crate::accounts::discovery;
+use crate::accounts::identity::{BATCH_SCOPE, TokenSource};
 use crate::accounts::sources::{SourceArgs, Sources};
+use crate::batch::{Auth, ServiceClient};
 use crate::blob::{BlobError, BlobStore, HttpBlobStore, RetryPolicy};
 use crate::fs::{Account, Namespace, Options};
 use crate::fuse::FuseFs;
@@ -145,6 +147,7 @@ fn run_mount(args: &MountArgs, mut notify: Option<&mut std::io::Stdout>) -> Res 
     let stats = Arc::new(Stats::default());
     let found = rt.block_on(sources.accounts())?;
     let mut stores = Stores::new(policy, stats.clone());
+    stores.no_service = args.no_service;
     let accounts = rt.block_on(connect_all(&found, &mut stores))?;
     let ns = Arc::new(Namespace::new(accounts, opts, stats));
     if sources.discovers() && !refresh.is_zero() {
@@ -365,6 +368,10 @@ pub fn unmount(path: &Path, lazy: bool) -> Res {
 struct Stores {
     /// Account name → (storage account and endpoint, client).
     by_account: HashMap<String, (String, Arc<HttpBlobStore>)>,
+    /// Account name → its Batch service client.
+    services: HashMap<String, Arc<ServiceClient>>,
+    /// `--no-service`: no account shows `jobs/` and `pools/`.
+    no_service: bool,
     policy: RetryPolicy,
     stats: Arc<Stats>,
     /// Signalled by any client whose credential storage refused.
@@ -375,6 +382,8 @@ impl Stores {
     fn new(policy: RetryPolicy, stats: Arc<Stats>) -> Self {
         Stores {
             by_account: HashMap::new(),
+            services: HashMap::new(),
+            no_service: false,
             policy,
             stats,
             denied: Arc::new(tokio::sync::Notify::new()),
@@ -410,6 +419,55 @@ impl Stores {
 }
 
 impl Stores {
+    /// The account's Batch service client, signing with the best credential it has: its key,
+    /// else an Entra ID identity, else (on a node) the task's token. None for an account
+    /// without any, or with the service hidden.
+    fn service(&mut self, a: &AccountConfig) -> Option<Arc<ServiceClient>> {
+        let svc = &a.service;
+        let url = svc
+            .url
+            .as_deref()
+            .filter(|_| svc.enabled && !self.no_service);
+        let auth = match (
+            &a.primary_key,
+            &a.secondary_key,
+            &svc.identity,
+            &svc.task_token,
+        ) {
+            (Some(k), _, _, _) | (None, Some(k), _, _) => Some(Auth::SharedKey(k.clone())),
+            (None, None, Some(id), _) => match TokenSource::new(id, BATCH_SCOPE) {
+                Ok(t) => Some(Auth::Bearer(Arc::new(t))),
+                Err(e) => {
+                    tracing::warn!(account = %a.name, "no token for the Batch service: {e}");
+                    None
+                }
+            },
+            (None, None, None, Some(t)) => Some(Auth::Token(t.clone())),
+            _ => None,
+        };
+        let (Some(url), Some(auth)) = (url, auth) else {
+            self.services.remove(&a.name);
+            return None;
+        };
+        if let Some(c) = self.services.get(&a.name)
+            && c.url().trim_end_matches('/') == url.trim_end_matches('/')
+        {
+            c.set_auth(auth);
+            return Some(c.clone());
+        }
+        match ServiceClient::new(&a.name, url, auth, self.policy.clone(), self.stats.clone()) {
+            Ok(c) => {
+                let c = Arc::new(c);
+                self.services.insert(a.name.clone(), c.clone());
+                Some(c)
+            }
+            Err(e) => {
+                tracing::warn!(account = %a.name, "the Batch service is not shown: {e}");
+                None
+            }
+        }
+    }
+
     /// The client, or none (logged) for an account whose storage cannot have one: the
     /// account is still shown, without `storage/`, instead of vanishing.
     fn client_or_none(&mut self, a: &AccountConfig) -> Option<Arc<HttpBlobStore>> {
@@ -445,10 +503,16 @@ async fn connect_all(
         }
         Ok(Account::new(a, store))
     });
-    futures::future::join_all(checks)
+    let services: Vec<_> = accounts.iter().map(|a| stores.service(a)).collect();
+    let shown: Result<Vec<_>, String> = futures::future::join_all(checks)
         .await
         .into_iter()
-        .collect()
+        .collect();
+    Ok(shown?
+        .into_iter()
+        .zip(services)
+        .map(|(a, s)| a.with_service(s))
+        .collect())
 }
 
 /// Re-reads the accounts every `every`, and soon after storage refuses a credential (a key
@@ -488,10 +552,14 @@ async fn refresh_accounts(
         };
         let mut accounts = Vec::new();
         for a in &found {
-            accounts.push(Account::new(a, stores.client_or_none(a)));
+            let service = stores.service(a);
+            accounts.push(Account::new(a, stores.client_or_none(a)).with_service(service));
         }
         stores
             .by_account
+            .retain(|name, _| found.iter().any(|a| &a.name == name));
+        stores
+            .services
             .retain(|name, _| found.iter().any(|a| &a.name == name));
         tracing::info!(accounts = accounts.len(), "accounts refreshed");
         ns.set_accounts(accounts);

@@ -66,6 +66,7 @@ pub fn file_attr(a: &Attr, uid: u32, gid: u32) -> FileAttr {
     let kind = match a.kind {
         Kind::Dir => FileType::Directory,
         Kind::File => FileType::RegularFile,
+        Kind::Symlink => FileType::Symlink,
     };
     FileAttr {
         ino: INodeNo(a.ino),
@@ -108,6 +109,7 @@ pub fn errno(e: &FsError) -> Errno {
         FsError::Write(_) => Errno::EIO,
         FsError::Storage(BlobError::Denied { .. }) => Errno::EACCES,
         FsError::Storage(_) => Errno::EIO,
+        FsError::Unavailable(_) => Errno::from_i32(libc::EHOSTDOWN),
     }
 }
 
@@ -134,7 +136,7 @@ fn attr(
 
 fn log_error(op: &str, ino: u64, e: &FsError) {
     match e {
-        FsError::Storage(_) | FsError::Stale | FsError::Write(_) => {
+        FsError::Storage(_) | FsError::Stale | FsError::Write(_) | FsError::Unavailable(_) => {
             tracing::warn!(op, ino, error = %e, "failed")
         }
         _ => tracing::debug!(op, ino, error = %e, "failed"),
@@ -196,6 +198,13 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
             async move { ns.getattr(ino.0).await },
             attr(reply, ttl, uid, gid),
         );
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.ns.readlink(ino.0) {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {

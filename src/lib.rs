@@ -3,9 +3,11 @@
 //! Data flows one way: kernel → [`fuse`] → [`fs`] (namespace) → [`cache`] (pages, budget) and
 //! [`write`] (drafts, spill) → [`blob`] (storage client). Where accounts come from (config
 //! file, compute node, Resource Manager discovery, Entra ID) is [`accounts`]; the mount daemon
-//! that ties them together is [`daemon`].
+//! that ties them together is [`daemon`]. The Batch service (jobs, tasks, pools, nodes and
+//! their files) is read through [`batch`].
 
 pub mod accounts;
+pub mod batch;
 pub mod blob;
 pub mod cache;
 pub mod daemon;
@@ -65,6 +67,9 @@ pub struct MountArgs {
     /// Refuse every change (EROFS).
     #[arg(long)]
     pub read_only: bool,
+    /// Show no account's Batch service (`jobs/`, `pools/`); per account: `service = false`.
+    #[arg(long)]
+    pub no_service: bool,
     /// Where uploaded blocks of files being written are kept until their commit (in an
     /// unlinked file, so a crash leaves nothing behind). Default: $TMPDIR or /tmp.
     #[arg(long)]

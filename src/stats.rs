@@ -39,6 +39,8 @@ counters! {
     dirty_bytes: "bytes written by applications and not yet uploaded",
     retries: "attempts repeated after a retryable failure",
     errors: "operations that failed after retries (not counting 404/409/412 answers)",
+    service_requests: "requests sent to the Batch service",
+    service_bytes: "bytes received from the Batch service's Get File",
     cache_hits: "pages served from the page cache",
     cache_misses: "pages a reader had to fetch (not prefetched)",
     prefetched_pages: "pages fetched ahead of the reader",

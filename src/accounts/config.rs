@@ -70,6 +70,50 @@ pub struct AccountConfig {
     pub primary_key: Option<Secret>,
     pub secondary_key: Option<Secret>,
     pub storage: Option<StorageConfig>,
+    pub service: ServiceConfig,
+}
+
+/// The Batch service of an account: where it is, whether to show it, and, for an account
+/// without keys, as whom to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// Full URL: `https://` + `accountEndpoint`, or the endpoint as configured with its
+    /// scheme (`http://127.0.0.1:8443` for tests and proxies).
+    pub url: Option<String>,
+    /// `service = false` hides `jobs/` and `pools/`.
+    pub enabled: bool,
+    /// Entra ID for the Batch resource, used when no key is known.
+    pub identity: Option<Identity>,
+    /// On a compute node, the task's job-scoped `AZ_BATCH_AUTHENTICATION_TOKEN`.
+    pub task_token: Option<Secret>,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            url: None,
+            enabled: true,
+            identity: None,
+            task_token: None,
+        }
+    }
+}
+
+impl ServiceConfig {
+    /// The service URL for an endpoint given as a host (`x.westeurope.batch.azure.com`, as
+    /// ARM shows it) or as a URL.
+    pub fn url_of(endpoint: &str) -> Option<String> {
+        let e = endpoint.trim().trim_end_matches('/');
+        if e.is_empty() {
+            return None;
+        }
+        Some(
+            match e.starts_with("http://") || e.starts_with("https://") {
+                true => e.to_string(),
+                false => format!("https://{e}"),
+            },
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -171,6 +215,9 @@ struct RawAccount {
     secondary_key_file: Field,
     secondary_key_env: Field,
     storage: Option<Spanned<RawStorage>>,
+    service: Option<Spanned<bool>>,
+    identity: Field,
+    client_id: Field,
 }
 
 #[derive(Deserialize)]
@@ -307,7 +354,26 @@ impl Ctx<'_> {
                 ),
             ));
         }
+        let service_url = match &raw.endpoint {
+            Some(e) if e.get_ref().contains("://") => Some(self.http_url(e, "endpoint")?),
+            Some(e) => ServiceConfig::url_of(e.get_ref()),
+            None => None,
+        };
         let endpoint = raw.endpoint.map(|e| host_only(e.get_ref()));
+        let identity = match raw.identity {
+            Some(kind) => Some(
+                Identity::parse(kind.get_ref(), raw.client_id.map(Spanned::into_inner))
+                    .map_err(|m| self.field_err(&kind, "identity", m))?,
+            ),
+            None if raw.client_id.is_some() => {
+                return Err(self.err(
+                    at,
+                    "client_id",
+                    "client_id needs identity = \"managed-identity\"",
+                ));
+            }
+            None => None,
+        };
         let primary_key = self.secret(
             raw.primary_key,
             raw.primary_key_file,
@@ -340,6 +406,12 @@ impl Ctx<'_> {
             primary_key,
             secondary_key,
             storage,
+            service: ServiceConfig {
+                url: service_url,
+                enabled: raw.service.is_none_or(Spanned::into_inner),
+                identity,
+                task_token: None,
+            },
         })
     }
 

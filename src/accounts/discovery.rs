@@ -12,7 +12,9 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::accounts::config::{AccountConfig, Credential, DiscoveryConfig, StorageConfig, Unread};
+use crate::accounts::config::{
+    AccountConfig, Credential, DiscoveryConfig, ServiceConfig, StorageConfig, Unread,
+};
 use crate::accounts::identity::TokenSource;
 use crate::blob::retry::{self, Step};
 use crate::secret::Secret;
@@ -258,7 +260,14 @@ impl Arm {
         }
         let endpoint = props["accountEndpoint"].as_str().map(str::to_string);
         let location = body["location"].as_str().map(str::to_string);
+        let service = ServiceConfig {
+            url: endpoint.as_deref().and_then(ServiceConfig::url_of),
+            // The identity that sees the account may reach its service without keys.
+            identity: Some(self.scope.identity.clone()),
+            ..ServiceConfig::default()
+        };
         Some(AccountConfig {
+            service,
             source: self.scope_label(),
             endpoint,
             location,

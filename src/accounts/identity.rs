@@ -18,6 +18,8 @@ use azure_identity::{
 use crate::secret::Secret;
 
 pub const STORAGE_SCOPE: &str = "https://storage.azure.com/.default";
+/// The Batch resource; the double slash is what Microsoft's SDKs send.
+pub const BATCH_SCOPE: &str = "https://batch.core.windows.net//.default";
 pub const ARM_ENDPOINT: &str = "https://management.azure.com";
 
 /// A token is renewed once it has less than this left, so no request carries one that

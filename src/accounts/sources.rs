@@ -5,9 +5,10 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::accounts::config::{self, AccountConfig, Config, DiscoveryConfig};
+use crate::accounts::config::{self, AccountConfig, Config, DiscoveryConfig, ServiceConfig};
 use crate::accounts::discovery::{self, Arm};
 use crate::accounts::identity::Identity;
+use crate::secret::Secret;
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct SourceArgs {
@@ -41,6 +42,20 @@ pub struct SourceArgs {
 struct NodeAccount {
     name: String,
     endpoint: Option<String>,
+    /// `AZ_BATCH_ACCOUNT_URL` as given (with its scheme).
+    url: Option<String>,
+    /// The task's `AZ_BATCH_AUTHENTICATION_TOKEN`, job-scoped.
+    task_token: Option<Secret>,
+}
+
+impl NodeAccount {
+    /// What the node's environment adds to its account's description.
+    fn apply(&self, a: &mut AccountConfig) {
+        if a.service.url.is_none() {
+            a.service.url = self.url.as_deref().and_then(ServiceConfig::url_of);
+        }
+        a.service.task_token = self.task_token.clone();
+    }
 }
 
 pub struct Sources {
@@ -128,6 +143,7 @@ impl Sources {
         if let Some(a) = self.config.accounts.iter().find(|a| a.name == node.name) {
             let mut a = a.clone();
             a.endpoint = a.endpoint.or_else(|| node.endpoint.clone());
+            node.apply(&mut a);
             return Ok(vec![a]);
         }
         let found = match &self.arm {
@@ -135,7 +151,10 @@ impl Sources {
             None => Err("no discovery".into()),
         };
         match found {
-            Ok(v) if !v.is_empty() => Ok(v),
+            Ok(mut v) if !v.is_empty() => {
+                v.iter_mut().for_each(|a| node.apply(a));
+                Ok(v)
+            }
             Ok(_) => Err(format!(
                 "--node: account {} is not in {} and the node's identity sees no Batch \
                  account of that name",
@@ -161,11 +180,20 @@ fn node_account() -> Result<NodeAccount, String> {
             "--node: AZ_BATCH_ACCOUNT_NAME `{name}` is not a Batch account name"
         ));
     }
-    let endpoint = std::env::var("AZ_BATCH_ACCOUNT_URL")
+    let url = std::env::var("AZ_BATCH_ACCOUNT_URL")
         .ok()
-        .map(|u| config::host_only(&u))
-        .filter(|u| !u.is_empty());
-    Ok(NodeAccount { name, endpoint })
+        .filter(|u| !u.trim().is_empty());
+    let endpoint = url.as_deref().map(config::host_only);
+    let task_token = std::env::var("AZ_BATCH_AUTHENTICATION_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| Secret::new(t.trim()));
+    Ok(NodeAccount {
+        name,
+        endpoint,
+        url,
+        task_token,
+    })
 }
 
 /// Discovery settings: the file's `[discovery]`, overridden by flags. A node always may

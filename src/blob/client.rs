@@ -239,7 +239,7 @@ struct Answer {
 }
 
 /// What one failed attempt means for the next.
-type Failure = Step<BlobError>;
+pub(crate) type Failure = Step<BlobError>;
 
 impl HttpBlobStore {
     pub fn new(
@@ -667,7 +667,7 @@ impl HttpBlobStore {
     }
 }
 
-fn classify(status: StatusCode, code: String, retry_after: Option<Duration>) -> Failure {
+pub(crate) fn classify(status: StatusCode, code: String, retry_after: Option<Duration>) -> Failure {
     let s = status.as_u16();
     match s {
         404 => Step::Final(BlobError::NotFound),
@@ -679,7 +679,7 @@ fn classify(status: StatusCode, code: String, retry_after: Option<Duration>) -> 
     }
 }
 
-fn transport(e: reqwest::Error) -> Failure {
+pub(crate) fn transport(e: reqwest::Error) -> Failure {
     let e = e.without_url();
     let mut msg = e.to_string();
     let mut refused = false;
@@ -707,7 +707,7 @@ fn header_value(v: &str) -> Result<HeaderValue, Failure> {
 }
 
 /// A header value HTTP libraries will not print in their debug output.
-fn sensitive(v: &str) -> Result<HeaderValue, Failure> {
+pub(crate) fn sensitive(v: &str) -> Result<HeaderValue, Failure> {
     let mut value = header_value(v)?;
     value.set_sensitive(true);
     Ok(value)

@@ -87,6 +87,32 @@ pub struct Cache {
     stats: Arc<Stats>,
 }
 
+/// Where the bytes of cached files come from: a blob store, or the Batch service's files on
+/// compute nodes (`container` names a files root there).
+pub trait Source: Send + Sync + 'static {
+    fn get_range(
+        &self,
+        container: &str,
+        name: &str,
+        offset: u64,
+        len: u64,
+        if_match: Option<&str>,
+    ) -> impl std::future::Future<Output = Result<Bytes, BlobError>> + Send;
+}
+
+impl<S: BlobStore> Source for S {
+    fn get_range(
+        &self,
+        container: &str,
+        name: &str,
+        offset: u64,
+        len: u64,
+        if_match: Option<&str>,
+    ) -> impl std::future::Future<Output = Result<Bytes, BlobError>> + Send {
+        BlobStore::get_range(self, container, name, offset, len, if_match)
+    }
+}
+
 /// One version of one blob, as an open file sees it.
 pub struct BlobRef<S> {
     pub store: Arc<S>,
@@ -158,7 +184,7 @@ impl Cache {
     }
 
     /// Reads `[offset, offset+len)` of `blob` (clamped to its size) through the cache.
-    pub async fn read<S: BlobStore>(
+    pub async fn read<S: Source>(
         self: &Arc<Self>,
         blob: &BlobRef<S>,
         ra: &Mutex<Readahead>,
@@ -327,7 +353,7 @@ impl Cache {
         tx
     }
 
-    fn spawn_fetch<S: BlobStore>(
+    fn spawn_fetch<S: Source>(
         self: &Arc<Self>,
         blob: &BlobRef<S>,
         run: Run,

@@ -31,6 +31,11 @@ pub enum NodeKey {
         container: String,
         name: String,
     },
+    /// A node of the Batch service's trees (`jobs/`, `pools/`).
+    Service {
+        acct: usize,
+        node: super::service::Svc,
+    },
 }
 
 impl NodeKey {

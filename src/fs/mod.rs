@@ -16,6 +16,7 @@ pub mod drafts;
 pub mod inode;
 pub mod listing;
 mod rename;
+pub mod service;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -27,6 +28,7 @@ use bytes::Bytes;
 
 use crate::accounts::account;
 use crate::accounts::config::AccountConfig;
+use crate::batch::ServiceClient;
 use crate::blob::{self, BlobError, BlobProps, BlobStore, meta};
 use crate::cache::{BlobRef, Cache, Readahead};
 use crate::stats::{STATS_FILE, Stats};
@@ -36,6 +38,7 @@ pub use dircache::{Entry, Listing};
 use drafts::{Closed, Drafts};
 use inode::{DirMeta, Inodes, Meta, NodeKey, ROOT_INO};
 use listing::EntryKind;
+use service::{Docs, NodeFiles, Svc};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
@@ -73,6 +76,9 @@ pub enum FsError {
     Write(String),
     #[error("storage: {0}")]
     Storage(BlobError),
+    /// The Batch service cannot reach what holds the data (a node gone or rebooting).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl From<WriteError> for FsError {
@@ -109,6 +115,7 @@ const MARKER_RECHECK: Duration = Duration::from_secs(30);
 pub enum Kind {
     Dir,
     File,
+    Symlink,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,6 +186,8 @@ pub struct Account<S> {
     json: Arc<[u8]>,
     keys: Option<Arc<[u8]>>,
     storage: Option<Storage<S>>,
+    /// The Batch service, when the account has a credential for it.
+    service: Option<Arc<ServiceClient>>,
     /// When this description of the account was made: the mtime of its files.
     seen: SystemTime,
 }
@@ -198,8 +207,15 @@ impl<S> Account<S> {
                 store,
                 pinned: cfg.storage.as_ref().and_then(|s| s.container.clone()),
             }),
+            service: None,
             seen: SystemTime::now(),
         }
+    }
+
+    /// Shows the account's Batch service (`jobs/`, `pools/`) through `client`.
+    pub fn with_service(mut self, client: Option<Arc<ServiceClient>>) -> Self {
+        self.service = client;
+        self
     }
 }
 
@@ -207,6 +223,12 @@ enum Handle<S> {
     Static(Arc<[u8]>),
     Blob {
         blob: BlobRef<S>,
+        readahead: Mutex<Readahead>,
+    },
+    /// A task's or node's file; its version follows the size the last getattr saw.
+    Service {
+        ino: u64,
+        file: Mutex<Arc<BlobRef<NodeFiles>>>,
         readahead: Mutex<Readahead>,
     },
     /// A handle of a file that has a draft (open for writing by this or another handle).
@@ -239,6 +261,7 @@ pub struct Namespace<S> {
     stats: Arc<Stats>,
     dir_handles: Mutex<HashMap<u64, Arc<Listing>>>,
     drafts: Drafts<Draft<S>>,
+    docs: Docs,
     next_fh: AtomicU64,
     mount_time: SystemTime,
 }
@@ -287,6 +310,7 @@ impl<S: BlobStore> Namespace<S> {
             handles: Mutex::new(HashMap::new()),
             dir_handles: Mutex::new(HashMap::new()),
             drafts: Drafts::default(),
+            docs: Docs::default(),
             next_fh: AtomicU64::new(1),
             mount_time: SystemTime::now(),
         }
@@ -404,6 +428,7 @@ impl<S: BlobStore> Namespace<S> {
                 a
             }
             NodeKey::Stats => self.file_attr(ino, 0, SystemTime::now(), 0o444),
+            NodeKey::Service { acct, node } => self.svc_attr(ino, *acct, node, meta, dir),
             NodeKey::AccountJson(a) => match self.account(*a) {
                 Ok(a) => self.file_attr(ino, a.json.len() as u64, a.seen, 0o444),
                 Err(_) => self.file_attr(ino, 0, self.mount_time, 0o444),
@@ -496,13 +521,16 @@ impl<S: BlobStore> Namespace<S> {
                     // parent does not return.
                     return match attr.kind {
                         Kind::Dir => self.getattr(attr.ino).await,
-                        Kind::File => Ok(attr),
+                        Kind::File | Kind::Symlink => Ok(attr),
                     };
                 }
                 if !listing::valid_name(name) {
                     return Err(FsError::NotFound);
                 }
                 return self.probe(parent, *acct, container, prefix, name).await;
+            }
+            NodeKey::Service { acct, node } => {
+                return self.svc_lookup(parent, *acct, node, name).await;
             }
             NodeKey::AccountJson(_) | NodeKey::Keys(_) | NodeKey::File { .. } | NodeKey::Stats => {
                 return Err(FsError::NotDir);
@@ -566,6 +594,9 @@ impl<S: BlobStore> Namespace<S> {
             let n = t.get(ino).ok_or(FsError::NotFound)?;
             (n.key.clone(), n.meta.clone(), n.dir, n.marker_checked)
         };
+        if let NodeKey::Service { acct, node } = &key {
+            return self.svc_getattr(ino, *acct, node).await;
+        }
         // A directory known only as a prefix: its marker, if any, holds its mode and times.
         if let NodeKey::Dir {
             acct,
@@ -660,7 +691,7 @@ impl<S: BlobStore> Namespace<S> {
         // from memory and need no gate.
         if !matches!(
             self.key_of(ino)?,
-            NodeKey::Containers(_) | NodeKey::Dir { .. }
+            NodeKey::Containers(_) | NodeKey::Dir { .. } | NodeKey::Service { .. }
         ) {
             return self.listing_locked(ino).await;
         }
@@ -685,6 +716,12 @@ impl<S: BlobStore> Namespace<S> {
                 }
                 if a.storage.is_some() {
                     v.push(self.entry("storage", self.storage_root(*i), ino, None));
+                }
+                if a.service.is_some() {
+                    for (name, node) in [("jobs", Svc::Jobs), ("pools", Svc::Pools)] {
+                        let key = NodeKey::Service { acct: *i, node };
+                        v.push(self.entry(name, key, ino, None));
+                    }
                 }
                 v
             }
@@ -744,7 +781,14 @@ impl<S: BlobStore> Namespace<S> {
                     .collect();
                 return Ok(self.dirs.store(ino, ticket, Listing::new(v)));
             }
-            NodeKey::AccountJson(_) | NodeKey::Keys(_) | NodeKey::File { .. } | NodeKey::Stats => {
+            NodeKey::Service { acct, node } if node.kind() == Kind::Dir => {
+                return self.svc_listing(ino, *acct, node).await;
+            }
+            NodeKey::AccountJson(_)
+            | NodeKey::Keys(_)
+            | NodeKey::File { .. }
+            | NodeKey::Stats
+            | NodeKey::Service { .. } => {
                 return Err(FsError::NotDir);
             }
         };
@@ -791,6 +835,7 @@ impl<S: BlobStore> Namespace<S> {
         }
         if lock(&self.inodes).forget(ino, n) {
             self.dirs.forget(ino);
+            self.docs.forget(ino);
         }
     }
 
@@ -813,6 +858,14 @@ impl<S: BlobStore> Namespace<S> {
                     "account.json" => NodeKey::AccountJson(*i),
                     "keys" if a.keys.is_some() => NodeKey::Keys(*i),
                     "storage" if a.storage.is_some() => self.storage_root(*i),
+                    "jobs" if a.service.is_some() => NodeKey::Service {
+                        acct: *i,
+                        node: Svc::Jobs,
+                    },
+                    "pools" if a.service.is_some() => NodeKey::Service {
+                        acct: *i,
+                        node: Svc::Pools,
+                    },
                     _ => return None,
                 }
             }
@@ -830,6 +883,10 @@ impl<S: BlobStore> Namespace<S> {
                 container,
                 prefix,
             } => in_dir(*acct, container, prefix, name, is_dir),
+            NodeKey::Service { acct, node } => NodeKey::Service {
+                acct: *acct,
+                node: node.child(name, is_dir)?,
+            },
             _ => return None,
         })
     }
@@ -872,6 +929,7 @@ impl<S: BlobStore> Namespace<S> {
             NodeKey::AccountJson(_) | NodeKey::Keys(_) | NodeKey::Stats if write => {
                 return Err(FsError::Denied);
             }
+            NodeKey::Service { acct, node } => return self.svc_open(ino, acct, &node, write).await,
             NodeKey::Stats => {
                 direct_io = true;
                 let inodes = self.inode_count() as u64;
@@ -1033,6 +1091,7 @@ impl<S: BlobStore> Namespace<S> {
             } => Ok((acct, container, prefix)),
             NodeKey::Containers(_) => Err(FsError::NotPermitted),
             NodeKey::Root | NodeKey::Account(_) => Err(FsError::Denied),
+            NodeKey::Service { .. } => Err(FsError::ReadOnly),
             _ => Err(FsError::NotDir),
         }
     }
@@ -1193,6 +1252,11 @@ impl<S: BlobStore> Namespace<S> {
                 .cache
                 .read(blob, readahead, offset, size as u64)
                 .await?),
+            Handle::Service {
+                ino,
+                file,
+                readahead,
+            } => self.svc_read(*ino, file, readahead, offset, size).await,
             Handle::Draft {
                 draft, readahead, ..
             } => Ok(draft.read(readahead, offset, size as u64).await?),
@@ -1280,6 +1344,7 @@ impl<S: BlobStore> Namespace<S> {
                     .await;
             }
             NodeKey::Dir { .. } => return Err(FsError::IsDir),
+            NodeKey::Service { .. } => return Err(FsError::ReadOnly),
             _ => return Err(FsError::NotPermitted),
         };
         self.check_writable()?;

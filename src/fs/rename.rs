@@ -83,6 +83,8 @@ impl<S: BlobStore> Namespace<S> {
                     self.drafts.moved(src.ino, new_parent, new_name);
                 }
             }
+            // Links only exist in the read-only service trees.
+            Kind::Symlink => return Err(FsError::ReadOnly),
             Kind::Dir => {
                 let (from, to) = (format!("{from}/"), format!("{to}/"));
                 if let Some(d) = &dst {

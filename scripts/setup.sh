@@ -10,6 +10,10 @@ AZURITE_VERSION=3.35.0
 AZURITE_MAIN=.tools/azurite/node_modules/azurite/dist/src/blob/main.js
 # Microsoft's Python SDK, the independent client of tests/corpus.rs.
 AZURE_BLOB_PY_VERSION=12.31.1
+# Microsoft's Batch SDK: tests/batch_standin.py checks Shared Key signatures with its signing
+# code (azure.batch._patch.BatchSharedKeyAuthPolicy), and the benchmark uses it as the reference
+# client.
+AZURE_BATCH_PY_VERSION=15.1.0
 
 missing=()
 command -v fusermount3 >/dev/null || missing+=(fuse3)
@@ -54,6 +58,13 @@ if [ "$py_installed" != "$AZURE_BLOB_PY_VERSION" ]; then
     [ -x .tools/py/bin/python ] || /usr/bin/python3 -m venv .tools/py
     .tools/py/bin/python -m pip install --quiet --disable-pip-version-check \
         "azure-storage-blob==$AZURE_BLOB_PY_VERSION" >/dev/null
+fi
+batch_installed=$(.tools/py/bin/python -c 'import azure.batch as b; print(b.__version__)' 2>/dev/null || true)
+if [ "$batch_installed" != "$AZURE_BATCH_PY_VERSION" ]; then
+    echo "setup: installing azure-batch==$AZURE_BATCH_PY_VERSION into .tools/py"
+    [ -x .tools/py/bin/python ] || /usr/bin/python3 -m venv .tools/py
+    .tools/py/bin/python -m pip install --quiet --disable-pip-version-check \
+        "azure-batch==$AZURE_BATCH_PY_VERSION" >/dev/null
 fi
 
 if ! command -v cargo >/dev/null; then

@@ -136,7 +136,7 @@ fn attr(
 
 fn log_error(op: &str, ino: u64, e: &FsError) {
     match e {
-        FsError::Storage(_) | FsError::Stale | FsError::Write(_) | FsError::Unavailable(_) => {
+        FsError::Storage(_) | FsError::Stale | FsError::Write(_) => {
             tracing::warn!(op, ino, error = %e, "failed")
         }
         _ => tracing::debug!(op, ino, error = %e, "failed"),

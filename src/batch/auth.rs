@@ -45,15 +45,17 @@ pub fn string_to_sign(account: &str, r: &SignInput<'_>) -> String {
     s.push('/');
     s.push_str(account);
     s.push_str(r.path);
-    let mut query: Vec<(String, &str)> = r
+    // Names as sent (not lowercased, unlike storage), sorted as they are: what Microsoft's
+    // SDK signs, and what the service checks.
+    let mut query: Vec<(&str, &str)> = r
         .query
         .iter()
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.as_str()))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     query.sort();
     for (k, v) in query {
         s.push('\n');
-        s.push_str(&k);
+        s.push_str(k);
         s.push(':');
         s.push_str(v);
     }

@@ -57,6 +57,8 @@ struct Request<'a> {
     query: Vec<(String, String)>,
     ocp_headers: Vec<(String, String)>,
     fetch: u64,
+    /// Refusals are not worth a log line.
+    quiet: bool,
 }
 
 type Failure = Step<BlobError>;
@@ -139,7 +141,16 @@ impl ServiceClient {
 
     /// Get File Properties (HEAD) of a task's or node's file; `path` ends in `/files/...`.
     pub async fn file_props(&self, path: &str) -> Result<FileProps, BlobError> {
-        let headers = self.execute(self.request("head", path, &[])).await?.0;
+        let headers = match self.execute(self.request("head", path, &[])).await {
+            Ok((headers, _)) => headers,
+            // An answer to HEAD has no body, so no error code: a one-byte GET says which
+            // conflict it is (files cleaned up, or a node that cannot be reached).
+            Err(BlobError::Conflict(code)) if code.is_empty() => {
+                self.file_range(path, 0, 1).await?;
+                return Err(BlobError::Conflict(code));
+            }
+            Err(e) => return Err(e),
+        };
         let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let size = match get("ocp-batch-file-isdirectory") {
             Some(d) if d.eq_ignore_ascii_case("true") => None,
@@ -158,6 +169,24 @@ impl ServiceClient {
             last_modified,
             mode: get("ocp-batch-file-mode").and_then(parse_mode),
         })
+    }
+
+    /// The first `len` bytes of a file, and the time it was last modified, asked for on the
+    /// side of a lookup: a refusal is not logged (the lookup's own request says what failed).
+    pub async fn file_start(&self, path: &str, len: u64) -> Result<(SystemTime, Bytes), BlobError> {
+        let mut req = self.request("get_range", path, &[]);
+        req.ocp_headers
+            .push(("ocp-range".into(), format!("bytes=0-{}", len.max(1) - 1)));
+        req.fetch = len;
+        req.quiet = true;
+        let (headers, body) = self.execute(req).await?;
+        Stats::add(&self.stats.service_bytes, body.len() as u64);
+        let modified = headers
+            .get("last-modified")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+            .ok_or_else(|| BlobError::BadResponse("Get File without Last-Modified".into()))?;
+        Ok((modified, body))
     }
 
     /// `len` bytes of a file from `offset` (fewer where the file ends sooner).
@@ -199,6 +228,7 @@ impl ServiceClient {
             query: q,
             ocp_headers: Vec::new(),
             fetch: 0,
+            quiet: false,
         }
     }
 
@@ -349,7 +379,11 @@ impl ServiceClient {
             .unwrap_or("");
         let failure = classify(status, code.clone(), retry::retry_after(&headers));
         let retried = matches!(failure, Step::Retry { .. });
+        let told = !code.is_empty() || req.method != Method::HEAD;
         match status.as_u16() {
+            _ if req.quiet => {}
+            // The GET that follows a HEAD refused without a code says which.
+            409 if !told => {}
             // A name that is not there is a normal answer to a lookup; a node that is gone
             // is worth a line.
             404 | 412 if code != "NodeNotFound" => tracing::debug!(

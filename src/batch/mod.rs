@@ -64,9 +64,14 @@ pub fn file_item(v: &Value) -> Option<FileItem> {
         Value::Number(n) => n.as_u64()?,
         _ => 0,
     };
+    // Whole seconds, as Get File Properties gives them, so a file's time (and the version it
+    // is cached under) does not change between a listing and a HEAD.
     let last_modified = parse_time(&p["lastModified"])
         .or_else(|| parse_time(&p["creationTime"]))
-        .unwrap_or(SystemTime::UNIX_EPOCH);
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map_or(SystemTime::UNIX_EPOCH, |d| {
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(d.as_secs())
+        });
     Some(FileItem {
         name,
         props: FileProps {
@@ -102,7 +107,7 @@ mod tests {
             .last_modified
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap();
-        assert_eq!(secs.as_millis(), 1_796_205_600_500);
+        assert_eq!(secs.as_millis(), 1_796_205_600_000);
         let d = file_item(&json!({"name": "wd", "isDirectory": true, "properties": {}})).unwrap();
         assert!(d.props.is_dir && d.props.size == 0);
         assert!(

@@ -389,6 +389,45 @@ impl Cache {
         });
     }
 
+    /// Keeps `data`, the first bytes of `blob`, as its pages (those not cached or in flight
+    /// already), if the budget has room without waiting: bytes a lookup brought along so the
+    /// read that follows needs no request. Only whole pages are kept, and a last partial page
+    /// only if `data` reaches the end of the blob.
+    pub fn prime<S>(&self, blob: &BlobRef<S>, data: &Bytes) {
+        let len = data.len() as u64;
+        let pages = match len >= blob.size {
+            true => blob.size.div_ceil(PAGE),
+            false => len / PAGE,
+        };
+        let fresh: Vec<u64> = {
+            let inner = self.lock();
+            (0..pages).filter(|&p| !inner.has(&blob.id, p)).collect()
+        };
+        let bytes = fresh
+            .iter()
+            .map(|&p| page_of(data, 0, p).len() as u64)
+            .sum();
+        if fresh.is_empty() || !self.try_reserve(bytes) {
+            return;
+        }
+        let mut inner = self.lock();
+        for p in fresh {
+            let key = Key {
+                blob: blob.id.clone(),
+                page: p,
+            };
+            // Another fetch may have brought the page meanwhile: count each page once.
+            if let Some(old) = inner.lru.put(key, page_of(data, 0, p)) {
+                inner.used = inner.used.saturating_sub(old.len() as u64);
+            }
+        }
+    }
+
+    /// Whether the first page of `blob` is cached or on its way.
+    pub fn has_start<S>(&self, blob: &BlobRef<S>) -> bool {
+        self.lock().has(&blob.id, 0)
+    }
+
     /// Waits until `len` more bytes fit in the budget, evicting least recently used pages.
     /// Writers use it for the bytes they buffer, so reads and writes share one budget.
     pub async fn reserve(&self, len: u64) {

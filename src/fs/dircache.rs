@@ -136,6 +136,13 @@ impl DirCache {
         (c.at.elapsed() < self.ttl).then(|| c.listing.clone())
     }
 
+    /// The listing of `ino` if it is younger than `age`, fresh or not.
+    pub fn within(&self, ino: u64, age: Duration) -> Option<Arc<Listing>> {
+        let st = self.state();
+        let c = st.cached.get(&ino)?;
+        (c.at.elapsed() < age).then(|| c.listing.clone())
+    }
+
     /// Whether a lookup miss in `ino` should list it again rather than probe one name: it
     /// was listed moments ago (someone is walking it) and is small enough to list cheaply.
     pub fn worth_relisting(&self, ino: u64) -> bool {

@@ -26,7 +26,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -37,6 +37,12 @@ use super::{Attr, Entry, FsError, Handle, Kind, Listing, Namespace, Opened, Resu
 use crate::batch::{self, FileProps, ServiceClient, conventions, encode_path};
 use crate::blob::{BlobError, BlobStore};
 use crate::cache::{BlobRef, Readahead, Source};
+
+/// How long a job, task, pool or node seen in a listing is taken to exist without asking.
+const LISTED_EXISTS: Duration = Duration::from_secs(60);
+/// What a lookup of a node file fetches of it on the side: a read of a log's first 128 KiB
+/// (what `cat` asks for first) then costs no request.
+const LOOKAHEAD: u64 = 128 * 1024;
 
 /// A node of the service's trees.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -518,6 +524,13 @@ impl<S: BlobStore> Namespace<S> {
                 if let Some(l) = self.dirs.fresh(parent) {
                     return listed(l);
                 }
+                // Jobs, tasks, pools and nodes come and go rarely: one listed a moment ago is
+                // taken as there (its documents are still fetched within --attr-timeout), so
+                // reading every task of a listing does not ask for each task again.
+                let recent = self.dirs.within(parent, LISTED_EXISTS);
+                if let Some(a) = recent.as_ref().and_then(|l| l.find(name)) {
+                    return Ok(a.clone());
+                }
                 if !valid_id(name) {
                     return Err(FsError::NotFound);
                 }
@@ -555,12 +568,34 @@ impl<S: BlobStore> Namespace<S> {
                 if !valid_name(name) {
                     return Err(FsError::NotFound);
                 }
-                let path = format!("{}/{}", files.root(), encode_path(&join(dir, name)));
-                let props = self.service(acct)?.file_props(&path).await.map_err(error)?;
+                let rel = join(dir, name);
+                let path = format!("{}/{}", files.root(), encode_path(&rel));
+                let client = self.service(acct)?;
+                // The first bytes come along, in parallel: a lookup is mostly followed by a
+                // read, and a log is mostly small, so `cat` of a task's file costs one round
+                // trip. Not when the cache holds them already.
+                let known_file = self.known_file(acct, files, &rel);
+                let ahead = async {
+                    match known_file.as_ref().is_some_and(|f| self.cache.has_start(f)) {
+                        true => None,
+                        false => client.file_start(&path, LOOKAHEAD).await.ok(),
+                    }
+                };
+                let (props, ahead) = tokio::join!(client.file_props(&path), ahead);
+                let props = props.map_err(error)?;
                 let child = svc.child(name, props.is_dir).ok_or(FsError::NotFound)?;
                 let known = match props.is_dir {
                     true => Known::dir_at(props.last_modified),
-                    false => Known::File(props),
+                    false => {
+                        if let Some((modified, data)) = ahead
+                            && modified == props.last_modified
+                            && data.len() as u64 == props.size.min(LOOKAHEAD)
+                        {
+                            let file = self.node_file(acct, files, &rel, &file_meta(&props))?;
+                            self.cache.prime(&file, &data);
+                        }
+                        Known::File(props)
+                    }
                 };
                 Ok(self.svc_node(acct, child, parent, known))
             }
@@ -642,6 +677,18 @@ impl<S: BlobStore> Namespace<S> {
             Svc::Output(_) => Err(FsError::Invalid),
             _ => Err(FsError::IsDir),
         }
+    }
+
+    /// The version of a node file this mount knows now, if any.
+    fn known_file(&self, acct: usize, files: &Files, path: &str) -> Option<BlobRef<NodeFiles>> {
+        let key = NodeKey::Service {
+            acct,
+            node: Svc::File(files.clone(), path.to_string()),
+        };
+        let t = lock(&self.inodes);
+        let meta = t.get(t.find(&key)?)?.meta.clone()?;
+        drop(t);
+        self.node_file(acct, files, path, &meta).ok()
     }
 
     fn node_file(

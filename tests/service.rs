@@ -1,0 +1,452 @@
+//! The Batch service through a real mount: `jobs/` and `pools/` served from the stand-in of
+//! tests/batch_standin.py (which checks every request with Microsoft's own `azure-batch`
+//! signing code), read with ordinary tools.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::arm::{FakeArm, State};
+use common::standin::{ACCOUNT, KEY, Standin};
+use common::{Azurite, DEV_ACCOUNT, DEV_KEY, Mount, data, fails, ok};
+use serde_json::{Value, json};
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A job with a finished, a failed and a running task, and a pool with a node.
+fn fixture() -> Value {
+    json!({
+        "jobs": [{
+            "id": "render", "state": "active", "poolId": "pool1",
+            "tasks": [
+                {"id": "t1", "state": "completed", "exitCode": 0, "node": "pool1/node1",
+                 "files": {"stdout.txt": "frame 1 done\n", "stderr.txt": "",
+                           "wd/out/frame.bin": {"b64": b64(&data(300_000, 1))},
+                           "wd/render.py": "print('hi')\n"}},
+                {"id": "t2", "state": "completed", "exitCode": 1, "node": "pool1/node1",
+                 "files": {"stdout.txt": "frame 2\n",
+                           "stderr.txt": "Error: missing texture rock.png\n"}},
+                {"id": "t3", "state": "running", "node": "pool1/node1",
+                 "files": {"stdout.txt": "starting\n", "stderr.txt": ""}}
+            ]
+        }, {
+            "id": "my-_EVEN_MORE_-terrific-job", "state": "completed", "poolId": "pool1",
+            "tasks": [{"id": "only", "state": "completed", "exitCode": 0,
+                       "files": {"stdout.txt": "ok\n"}}]
+        }],
+        "pools": [{"id": "pool1", "nodes": [{"id": "node1", "state": "idle",
+            "files": {"startup/stdout.txt": "node ready\n", "shared/data/a.txt": "shared\n"}}]}]
+    })
+}
+
+fn with_key(s: &Standin) -> String {
+    s.config(&format!("primary_key = \"{KEY}\""))
+}
+
+fn with_storage(s: &Standin, az: &Azurite) -> String {
+    format!(
+        "{}[account.storage]\naccount = \"{DEV_ACCOUNT}\"\nendpoint = \"{}\"\nkey = \"{DEV_KEY}\"\n",
+        with_key(s),
+        az.endpoint()
+    )
+}
+
+fn count(requests: &[Value], path: &str) -> usize {
+    requests.iter().filter(|r| r["path"] == path).count()
+}
+
+#[test]
+fn task_files_read_with_shell_tools() {
+    let s = Standin::start(&fixture(), &[]);
+    let m = Mount::start(&with_key(&s), &[]);
+    let a = format!("{ACCOUNT}/jobs/render");
+    assert_eq!(ok(m.sh(&format!("ls {a}/tasks"))), "t1\nt2\nt3\n");
+    assert_eq!(
+        ok(m.sh(&format!("ls {a}"))),
+        "job.json\ntasks\n",
+        "no output link without storage"
+    );
+    assert_eq!(
+        ok(m.sh(&format!("cat {a}/tasks/t1/files/stdout.txt"))),
+        "frame 1 done\n"
+    );
+    // cp -r of a task's files: the tree and every byte, compared with what the node holds.
+    let dst = tempfile::tempdir().unwrap();
+    let d = dst.path().display();
+    ok(m.sh(&format!("cp -r {a}/tasks/t1/files {d}/t1")));
+    assert_eq!(
+        std::fs::read(dst.path().join("t1/wd/out/frame.bin")).unwrap(),
+        data(300_000, 1)
+    );
+    assert_eq!(
+        ok(m.sh(&format!("cd {d}/t1 && find . -type f | sort"))),
+        "./stderr.txt\n./stdout.txt\n./wd/out/frame.bin\n./wd/render.py\n"
+    );
+    // The worked example of the README: the failed tasks of a job and their stderr.
+    let failed = ok(m.sh(&format!(
+        "grep -l '\"result\": \"failure\"' {a}/tasks/*/task.json | xargs -n1 dirname"
+    )));
+    assert_eq!(failed, format!("{a}/tasks/t2\n"));
+    assert_eq!(
+        ok(m.sh(&format!("cat {a}/tasks/t2/files/stderr.txt"))),
+        "Error: missing texture rock.png\n"
+    );
+    let task: Value =
+        serde_json::from_str(&ok(m.sh(&format!("cat {a}/tasks/t2/task.json")))).unwrap();
+    assert_eq!(task["executionInfo"]["exitCode"], 1);
+    let job: Value = serde_json::from_str(&ok(m.sh(&format!("cat {a}/job.json")))).unwrap();
+    assert_eq!(job["id"], "render");
+    // Sizes from the listing match what a read returns.
+    let sizes = ok(m.sh(&format!(
+        "stat -c '%s %n' {a}/tasks/t1/task.json {a}/tasks/t2/files/stderr.txt"
+    )));
+    assert!(sizes.contains("32 "), "{sizes}");
+    let json_len = ok(m.sh(&format!("cat {a}/tasks/t1/task.json | wc -c")))
+        .trim()
+        .to_string();
+    assert!(
+        sizes.starts_with(&format!("{json_len} ")),
+        "{sizes} vs {json_len}"
+    );
+    // Pools and nodes.
+    let n = format!("{ACCOUNT}/pools/pool1/nodes/node1");
+    assert_eq!(
+        ok(m.sh(&format!("ls {n} {n}/files"))),
+        format!("{n}:\nfiles\nnode.json\n\n{n}/files:\nshared\nstartup\n")
+    );
+    assert_eq!(
+        ok(m.sh(&format!("cat {n}/files/shared/data/a.txt"))),
+        "shared\n"
+    );
+    assert!(
+        ok(m.sh(&format!("cat {ACCOUNT}/pools/pool1/pool.json"))).contains("\"id\": \"pool1\"")
+    );
+    // Read-only, everywhere.
+    for cmd in [
+        format!("touch {a}/tasks/t1/files/new"),
+        format!("mkdir {a}/x"),
+        format!("rm {a}/job.json"),
+        format!("echo x >> {a}/tasks/t1/files/stdout.txt"),
+        format!("mv {a}/tasks/t1/files/stdout.txt {a}/tasks/t1/files/o.txt"),
+    ] {
+        let err = fails(m.sh(&cmd));
+        assert!(err.contains("Read-only file system"), "{cmd}: {err}");
+    }
+    // A name that is not there, in each kind of directory.
+    for p in [
+        "jobs/nope",
+        "jobs/render/tasks/nope",
+        "jobs/render/tasks/t1/files/nope",
+        "pools/nope",
+    ] {
+        fails(m.sh(&format!("stat {ACCOUNT}/{p}")));
+    }
+    s.no_violations();
+}
+
+#[test]
+fn a_growing_stdout_is_followed_by_tail_f() {
+    let s = Standin::start(&fixture(), &[]);
+    let m = Mount::start(&with_key(&s), &[]);
+    let file = m.p(&format!("{ACCOUNT}/jobs/render/tasks/t3/files/stdout.txt"));
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let mut tail = Command::new("tail")
+        .args(["-f", "-s", "0.2"])
+        .arg(&file)
+        .stdout(Stdio::from(out.reopen().unwrap()))
+        .spawn()
+        .unwrap();
+    let mut expected = String::from("starting\n");
+    for i in 0..4 {
+        std::thread::sleep(Duration::from_millis(700));
+        let line = format!("step {i}: {}\n", "x".repeat(i * 5000));
+        s.post(
+            "append",
+            json!({"job": "render", "task": "t3", "path": "stdout.txt", "data": line}),
+        );
+        expected.push_str(&line);
+    }
+    let start = Instant::now();
+    while std::fs::read_to_string(out.path())
+        .unwrap_or_default()
+        .len()
+        < expected.len()
+        && start.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = tail.kill();
+    let _ = tail.wait();
+    let got = std::fs::read_to_string(out.path()).unwrap();
+    assert_eq!(
+        got, expected,
+        "tail -f shows exactly what the task wrote, nothing more"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), expected);
+    s.no_violations();
+}
+
+#[test]
+fn ls_l_of_ten_thousand_tasks_costs_ten_list_requests() {
+    let s = Standin::start_generated(&["--bench-tasks", "10000"]);
+    let m = Mount::start(&with_key(&s), &[]);
+    let tasks = format!("{ACCOUNT}/jobs/bench/tasks");
+    ok(m.sh(&format!("stat {tasks} >/dev/null")));
+    s.reset();
+    let listing = ok(m.sh(&format!("ls -l {tasks}")));
+    assert_eq!(
+        listing.lines().filter(|l| l.starts_with('d')).count(),
+        10_000
+    );
+    let requests = s.requests();
+    assert_eq!(
+        count(&requests, "/jobs/bench/tasks"),
+        10,
+        "{:#?}",
+        &requests[..requests.len().min(20)]
+    );
+    // Nothing per task (the kernel may look the job up again: one Get Job).
+    let per_task = requests.iter().filter(|r| {
+        r["path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("/jobs/bench/tasks/"))
+    });
+    assert_eq!(per_task.count(), 0);
+    assert!(
+        requests.len() <= 11,
+        "{:#?}",
+        &requests[..requests.len().min(20)]
+    );
+    assert!(
+        requests.iter().all(|r| r["query"]["$select"].is_string()),
+        "lists select what is shown"
+    );
+    // grep -r over many tasks' stderr.txt.
+    let hits = ok(m.sh(&format!(
+        "grep -rh 'stderr line 5' {tasks}/task-000[0-4]?/files/stderr.txt | wc -l"
+    )));
+    assert_eq!(hits.trim(), "50");
+    s.no_violations();
+}
+
+#[test]
+fn output_links_point_at_the_job_containers_of_the_file_conventions() {
+    let az = Azurite::start();
+    let store = az.store();
+    // sha1("my-_even_more_-terrific-job"), computed independently of batchfs.
+    let hashed = "job-my-even-more-te-68b05a7d8aa6aa65b9a6892c667a6c406a16ad65";
+    for c in ["job-render", hashed] {
+        store.container(c);
+        store.put(c, "$JobOutput/result.txt", format!("from {c}\n"));
+    }
+    let s = Standin::start(&fixture(), &[]);
+    let m = Mount::start(&with_storage(&s, &az), &[]);
+    let j = format!("{ACCOUNT}/jobs");
+    assert_eq!(
+        ok(m.sh(&format!("readlink {j}/render/output"))),
+        "../../storage/job-render\n"
+    );
+    assert_eq!(
+        ok(m.sh(&format!("cat '{j}/render/output/$JobOutput/result.txt'"))),
+        "from job-render\n"
+    );
+    let link = ok(m.sh(&format!("readlink {j}/my-_EVEN_MORE_-terrific-job/output")));
+    assert_eq!(link, format!("../../storage/{hashed}\n"));
+    assert_eq!(
+        ok(m.sh(&format!(
+            "cat '{j}/my-_EVEN_MORE_-terrific-job/output/$JobOutput/result.txt'"
+        ))),
+        format!("from {hashed}\n")
+    );
+    assert!(ok(m.sh(&format!("ls -l {j}/render"))).contains("output -> ../../storage/job-render"));
+    s.no_violations();
+}
+
+#[test]
+fn files_of_a_gone_node_fail_with_a_documented_errno_and_one_log_line() {
+    let s = Standin::start(&fixture(), &[]);
+    let m = Mount::start(
+        &with_key(&s),
+        &["--attr-timeout", "0", "--dir-timeout", "0"],
+    );
+    let t = format!("{ACCOUNT}/jobs/render/tasks");
+    s.post(
+        "task-state",
+        json!({"job": "render", "task": "t1", "files": "unavailable"}),
+    );
+    let err = fails(m.sh(&format!("cat {t}/t1/files/stdout.txt")));
+    assert!(err.contains("Host is down"), "{err}");
+    s.post(
+        "task-state",
+        json!({"job": "render", "task": "t2", "files": "nodegone"}),
+    );
+    let err = fails(m.sh(&format!("ls {t}/t2/files")));
+    assert!(err.contains("No such file or directory"), "{err}");
+    s.post(
+        "task-state",
+        json!({"job": "render", "task": "t3", "files": "cleanedup"}),
+    );
+    let err = fails(m.sh(&format!("cat {t}/t3/files/stdout.txt")));
+    assert!(err.contains("No such file or directory"), "{err}");
+    // The task itself is still there.
+    for task in ["t1", "t2", "t3"] {
+        assert!(
+            ok(m.sh(&format!("cat {t}/{task}/task.json"))).contains(&format!("\"id\": \"{task}\""))
+        );
+    }
+    let log = m.log_text();
+    for code in ["TaskFilesUnavailable", "NodeNotFound", "TaskFilesCleanedup"] {
+        let line = log
+            .lines()
+            .find(|l| l.contains(code))
+            .unwrap_or_else(|| panic!("no log line for {code}:\n{log}"));
+        assert!(line.contains("request_id="), "{line}");
+    }
+    assert!(!log.contains(KEY));
+    s.no_violations();
+}
+
+#[test]
+fn throttling_is_retried_after_the_time_the_service_asks() {
+    let s = Standin::start(&fixture(), &[]);
+    let m = Mount::start(&with_key(&s), &[]);
+    s.post("fail", json!({"count": 2, "status": 503, "code": "ServerBusy", "retry_after": 1, "paths": "/tasks"}));
+    let start = Instant::now();
+    assert_eq!(
+        ok(m.sh(&format!("ls {ACCOUNT}/jobs/render/tasks"))),
+        "t1\nt2\nt3\n"
+    );
+    assert!(
+        start.elapsed() >= Duration::from_secs(2),
+        "Retry-After was honoured"
+    );
+    let statuses: Vec<i64> = s
+        .requests()
+        .iter()
+        .filter(|r| r["path"] == "/jobs/render/tasks")
+        .map(|r| r["status"].as_i64().unwrap_or(0))
+        .collect();
+    assert_eq!(statuses, [503, 503, 200]);
+    // A service that stays busy gives EIO within --timeout, not a hang.
+    s.post(
+        "fail",
+        json!({"count": 1000, "status": 503, "code": "ServerBusy", "retry_after": 1}),
+    );
+    let m2 = Mount::start(&with_key(&s), &["--timeout", "3"]);
+    let start = Instant::now();
+    let err = fails(m2.sh(&format!("ls {ACCOUNT}/pools")));
+    assert!(err.contains("Input/output error"), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        start.elapsed()
+    );
+    s.no_violations();
+}
+
+#[test]
+fn accounts_without_keys_use_entra_id_or_the_task_token() {
+    let arm = FakeArm::start(State {
+        token: "entra-token-for-batch".into(),
+        ..Default::default()
+    });
+    let s = Standin::start(
+        &fixture(),
+        &[
+            "--token",
+            "entra-token-for-batch",
+            "--task-token",
+            "task-token-7:render",
+        ],
+    );
+    // Entra ID: a managed identity's token for the Batch resource.
+    let m = Mount::prepare(&s.config("identity = \"managed-identity\""));
+    let out = m.mount_env(&[], &arm.identity_env());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        ok(m.sh(&format!("ls {ACCOUNT}/jobs/render/tasks"))),
+        "t1\nt2\nt3\n"
+    );
+    assert_eq!(ok(m.sh(&format!("ls {ACCOUNT}/pools"))), "pool1\n");
+    assert!(s.requests().iter().all(|r| r["auth"] == "bearer"));
+    let resources = arm.state.lock().unwrap().token_resources.clone();
+    assert!(
+        resources
+            .iter()
+            .any(|r| r.starts_with("https://batch.core.windows.net")),
+        "{resources:?}"
+    );
+    drop(m);
+
+    // On a compute node: the task's job-scoped token.
+    s.reset();
+    let m = Mount::prepare(&s.config(""));
+    let env = vec![
+        ("AZ_BATCH_ACCOUNT_NAME".to_string(), ACCOUNT.to_string()),
+        ("AZ_BATCH_ACCOUNT_URL".to_string(), s.url()),
+        (
+            "AZ_BATCH_AUTHENTICATION_TOKEN".to_string(),
+            "task-token-7".to_string(),
+        ),
+    ];
+    let out = m.mount_env(&["--node"], &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        ok(m.sh(&format!(
+            "cat {ACCOUNT}/jobs/render/tasks/t2/files/stderr.txt"
+        ))),
+        "Error: missing texture rock.png\n"
+    );
+    let err = fails(m.sh(&format!("ls {ACCOUNT}/pools")));
+    assert!(
+        err.contains("Permission denied"),
+        "the token is for one job: {err}"
+    );
+    assert!(!m.log_text().contains("task-token-7"));
+    drop(m);
+
+    // No credential, or the service hidden: no jobs/ or pools/.
+    let m = Mount::start(&s.config(""), &[]);
+    assert_eq!(ok(m.sh(&format!("ls {ACCOUNT}"))), "account.json\n");
+    drop(m);
+    let m = Mount::start(&with_key(&s), &["--no-service"]);
+    assert_eq!(ok(m.sh(&format!("ls {ACCOUNT}"))), "account.json\nkeys\n");
+    drop(m);
+    let m = Mount::start(
+        &s.config(&format!("primary_key = \"{KEY}\"\nservice = false")),
+        &[],
+    );
+    assert_eq!(ok(m.sh(&format!("ls {ACCOUNT}"))), "account.json\nkeys\n");
+    s.no_violations();
+}
+
+#[test]
+fn the_stand_in_agrees_with_microsofts_batch_sdk() {
+    // The stand-in is only a fair judge if the official client finds nothing to object to:
+    // the SDK lists, pages, reads ranges and meets each error code through it.
+    let out = Command::new(common::standin::PYTHON)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/batch_standin_check.py"
+        ))
+        .output()
+        .expect("python runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(" 0 failed"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -26,7 +26,8 @@ fn fixture() -> Value {
                 {"id": "t1", "state": "completed", "exitCode": 0, "node": "pool1/node1",
                  "files": {"stdout.txt": "frame 1 done\n", "stderr.txt": "",
                            "wd/out/frame.bin": {"b64": b64(&data(300_000, 1))},
-                           "wd/render.py": "print('hi')\n"}},
+                           "wd/render.py": "print('hi')\n",
+                           "wd/odd names/a b$%+é.txt": "odd\n"}},
                 {"id": "t2", "state": "completed", "exitCode": 1, "node": "pool1/node1",
                  "files": {"stdout.txt": "frame 2\n",
                            "stderr.txt": "Error: missing texture rock.png\n"}},
@@ -84,7 +85,7 @@ fn task_files_read_with_shell_tools() {
     );
     assert_eq!(
         ok(m.sh(&format!("cd {d}/t1 && find . -type f | sort"))),
-        "./stderr.txt\n./stdout.txt\n./wd/out/frame.bin\n./wd/render.py\n"
+        "./stderr.txt\n./stdout.txt\n./wd/odd names/a b$%+é.txt\n./wd/out/frame.bin\n./wd/render.py\n"
     );
     // The worked example of the README: the failed tasks of a job and their stderr.
     let failed = ok(m.sh(&format!(

@@ -731,4 +731,36 @@ container = "input"
         let e = p("[[account]]\nname = \"abc\"\nsecondary_key = \" \"\n").unwrap_err();
         assert_eq!((e.line, e.message.as_str()), (Some(3), "is empty"));
     }
+
+    #[test]
+    fn the_batch_service_endpoint_credential_and_switch() {
+        let c = p("[[account]]\nname = \"abc\"\nendpoint = \"abc.westeurope.batch.azure.com/\"\n")
+            .unwrap();
+        let svc = &c.accounts[0].service;
+        assert_eq!(
+            svc.url.as_deref(),
+            Some("https://abc.westeurope.batch.azure.com")
+        );
+        assert!(svc.enabled && svc.identity.is_none());
+        let c = p(
+            "[[account]]\nname = \"abc\"\nendpoint = \"http://127.0.0.1:8443/\"\n\
+                   identity = \"azure-cli\"\nservice = false\n",
+        )
+        .unwrap();
+        let a = &c.accounts[0];
+        assert_eq!(a.service.url.as_deref(), Some("http://127.0.0.1:8443"));
+        assert_eq!(
+            a.endpoint.as_deref(),
+            Some("127.0.0.1:8443"),
+            "accountEndpoint is a host"
+        );
+        assert_eq!(a.service.identity, Some(Identity::Cli));
+        assert!(!a.service.enabled);
+        let e = p("[[account]]\nname = \"abc\"\nidentity = \"msi\"\n").unwrap_err();
+        assert_eq!((e.line, e.field.as_deref()), (Some(3), Some("identity")));
+        let e = p("[[account]]\nname = \"abc\"\nendpoint = \"ftp://x/\"\n").unwrap_err();
+        assert_eq!((e.line, e.field.as_deref()), (Some(3), Some("endpoint")));
+        let e = p("[[account]]\nname = \"abc\"\nservice = \"no\"\n").unwrap_err();
+        assert_eq!(e.line, Some(3));
+    }
 }

@@ -6,11 +6,6 @@
 //! "Authenticate requests to the Azure Batch service" in the Batch REST reference; the tests
 //! check our signatures against Microsoft's own `azure-batch` Python package.
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
-
 use crate::secret::Secret;
 
 /// What of a request goes into the signature.
@@ -34,43 +29,15 @@ pub fn string_to_sign(account: &str, r: &SignInput<'_>) -> String {
         "{}\n\n\n\n\n\n\n\n\n\n{}\n\n",
         r.method, r.if_unmodified_since
     );
-    let mut headers: Vec<_> = r.ocp_headers.iter().collect();
-    headers.sort();
-    for (k, v) in headers {
-        s.push_str(k);
-        s.push(':');
-        s.push_str(v.trim());
-        s.push('\n');
-    }
-    s.push('/');
-    s.push_str(account);
-    s.push_str(r.path);
-    // Names as sent (not lowercased, unlike storage), sorted as they are: what Microsoft's
-    // SDK signs, and what the service checks.
-    let mut query: Vec<(&str, &str)> = r
-        .query
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    query.sort();
-    for (k, v) in query {
-        s.push('\n');
-        s.push_str(k);
-        s.push(':');
-        s.push_str(v);
-    }
+    // Query names as sent (not lowercased, unlike storage): what Microsoft's SDK signs, and
+    // what the service checks.
+    crate::blob::auth::push_canonical(&mut s, r.ocp_headers, account, r.path, r.query);
     s
 }
 
 /// The `Authorization` header value.
 pub fn authorization(account: &str, key: &Secret, r: &SignInput<'_>) -> Result<String, String> {
-    let key = STANDARD
-        .decode(key.expose())
-        .map_err(|_| "the Batch account key is not valid base64".to_string())?;
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key).map_err(|e| e.to_string())?;
-    mac.update(string_to_sign(account, r).as_bytes());
-    let sig = STANDARD.encode(mac.finalize().into_bytes());
-    Ok(format!("SharedKey {account}:{sig}"))
+    crate::blob::auth::shared_key(account, key, &string_to_sign(account, r), "Batch account")
 }
 
 #[cfg(test)]

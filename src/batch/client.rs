@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::HeaderMap;
 use reqwest::{Method, Url};
 use serde_json::Value;
 
@@ -19,7 +19,7 @@ use super::auth::{SignInput, authorization};
 use super::{API_VERSION, BlobError, FileProps, parse_mode};
 use crate::accounts::identity::TokenSource;
 use crate::blob::RetryPolicy;
-use crate::blob::client::{classify, sensitive, transport};
+use crate::blob::client::{bearer_of, classify, http_client, insert_headers, sensitive, transport};
 use crate::blob::retry::{self, Step};
 use crate::secret::Secret;
 use crate::stats::Stats;
@@ -79,15 +79,8 @@ impl ServiceClient {
             )));
         }
         let base_path = base.path().trim_end_matches('/').to_string();
-        let http = reqwest::Client::builder()
-            .connect_timeout(policy.connect_timeout)
-            .pool_max_idle_per_host(64)
-            .tcp_nodelay(true)
-            .user_agent(concat!("batchfs/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| BlobError::Transport(e.without_url().to_string()))?;
         Ok(ServiceClient {
-            http,
+            http: http_client(&policy)?,
             account: account.to_string(),
             base,
             base_path,
@@ -334,20 +327,9 @@ impl ServiceClient {
             }
         };
         if let Some(source) = bearer {
-            let token = source
-                .token()
-                .await
-                .map_err(|e| Step::Final(BlobError::Token(e)))?;
-            let value = sensitive(&format!("Bearer {}", token.expose()))?;
-            headers.insert(reqwest::header::AUTHORIZATION, value);
+            headers.insert(reqwest::header::AUTHORIZATION, bearer_of(&source).await?);
         }
-        for (k, v) in &ocp {
-            let name = HeaderName::from_bytes(k.as_bytes())
-                .map_err(|e| Step::Final(BlobError::BadResponse(e.to_string())))?;
-            let value = HeaderValue::from_str(v)
-                .map_err(|_| Step::Final(BlobError::BadResponse("header value".into())))?;
-            headers.insert(name, value);
-        }
+        insert_headers(&mut headers, &ocp)?;
         let query: Vec<String> = req
             .query
             .iter()

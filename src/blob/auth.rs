@@ -37,7 +37,26 @@ pub fn string_to_sign(account: &str, r: &SignInput<'_>) -> String {
         "{}\n\n\n{}\n\n{}\n\n\n{}\n{}\n\n\n",
         r.method, length, r.content_type, r.if_match, r.if_none_match
     );
-    let mut headers: Vec<_> = r.ms_headers.iter().collect();
+    let query: Vec<(String, String)> = r
+        .query
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .collect();
+    push_canonical(&mut s, r.ms_headers, account, r.path, &query);
+    s
+}
+
+/// The end of a Shared Key string to sign, as storage and the Batch service both build it:
+/// the service's own headers (names lowercase) sorted as `name:value` lines, then
+/// `/{account}{path}`, then each query parameter as `\n{name}:{value}`, sorted.
+pub fn push_canonical(
+    s: &mut String,
+    headers: &[(String, String)],
+    account: &str,
+    path: &str,
+    query: &[(String, String)],
+) {
+    let mut headers: Vec<_> = headers.iter().collect();
     headers.sort();
     for (k, v) in headers {
         s.push_str(k);
@@ -47,29 +66,35 @@ pub fn string_to_sign(account: &str, r: &SignInput<'_>) -> String {
     }
     s.push('/');
     s.push_str(account);
-    s.push_str(r.path);
-    let mut query: Vec<(String, &str)> = r
-        .query
-        .iter()
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.as_str()))
-        .collect();
+    s.push_str(path);
+    let mut query: Vec<_> = query.iter().collect();
     query.sort();
     for (k, v) in query {
         s.push('\n');
-        s.push_str(&k);
+        s.push_str(k);
         s.push(':');
         s.push_str(v);
     }
-    s
 }
 
 /// The `Authorization` header value. `key` was checked to be base64 when the config loaded.
 pub fn authorization(account: &str, key: &Secret, r: &SignInput<'_>) -> Result<String, String> {
+    shared_key(account, key, &string_to_sign(account, r), "storage")
+}
+
+/// `SharedKey account:signature`, the HMAC-SHA256 of `to_sign` with the base64 `key` (the
+/// scheme of storage and of the Batch service alike; `whose` names the key in errors).
+pub fn shared_key(
+    account: &str,
+    key: &Secret,
+    to_sign: &str,
+    whose: &str,
+) -> Result<String, String> {
     let key = STANDARD
         .decode(key.expose())
-        .map_err(|_| "the storage key is not valid base64".to_string())?;
+        .map_err(|_| format!("the {whose} key is not valid base64"))?;
     let mut mac = Hmac::<Sha256>::new_from_slice(&key).map_err(|e| e.to_string())?;
-    mac.update(string_to_sign(account, r).as_bytes());
+    mac.update(to_sign.as_bytes());
     let sig = STANDARD.encode(mac.finalize().into_bytes());
     Ok(format!("SharedKey {account}:{sig}"))
 }

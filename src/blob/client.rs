@@ -250,15 +250,8 @@ impl HttpBlobStore {
         let base = Url::parse(&cfg.endpoint)
             .map_err(|e| BlobError::BadResponse(format!("endpoint {}: {e}", cfg.endpoint)))?;
         let base_path = base.path().trim_end_matches('/').to_string();
-        let http = reqwest::Client::builder()
-            .connect_timeout(policy.connect_timeout)
-            .pool_max_idle_per_host(64)
-            .tcp_nodelay(true)
-            .user_agent(concat!("batchfs/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| BlobError::Transport(e.without_url().to_string()))?;
         Ok(HttpBlobStore {
-            http,
+            http: http_client(&policy)?,
             account: cfg.account.clone(),
             base,
             base_path,
@@ -557,18 +550,9 @@ impl HttpBlobStore {
             Auth::Bearer(source) => Some(source.clone()),
         };
         if let Some(source) = bearer {
-            let token = source
-                .token()
-                .await
-                .map_err(|e| Step::Final(BlobError::Token(e)))?;
-            let value = sensitive(&format!("Bearer {}", token.expose()))?;
-            headers.insert(reqwest::header::AUTHORIZATION, value);
+            headers.insert(reqwest::header::AUTHORIZATION, bearer_of(&source).await?);
         }
-        for (k, v) in &ms_headers {
-            let name = HeaderName::from_bytes(k.as_bytes())
-                .map_err(|e| Step::Final(BlobError::BadResponse(e.to_string())))?;
-            headers.insert(name, header_value(v)?);
-        }
+        insert_headers(&mut headers, &ms_headers)?;
         if !op.if_match.is_empty() {
             headers.insert(reqwest::header::IF_MATCH, header_value(&op.if_match)?);
         }
@@ -700,6 +684,39 @@ pub(crate) fn transport(e: reqwest::Error) -> Failure {
         },
         false => Step::retry(BlobError::Transport(msg), None),
     }
+}
+
+/// The HTTP client of a service: connections kept for reuse, no Nagle delay.
+pub(crate) fn http_client(policy: &RetryPolicy) -> Result<reqwest::Client, BlobError> {
+    reqwest::Client::builder()
+        .connect_timeout(policy.connect_timeout)
+        .pool_max_idle_per_host(64)
+        .tcp_nodelay(true)
+        .user_agent(concat!("batchfs/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| BlobError::Transport(e.without_url().to_string()))
+}
+
+/// `Authorization: Bearer` with a token from `source`, valid for a few more minutes.
+pub(crate) async fn bearer_of(source: &TokenSource) -> Result<HeaderValue, Failure> {
+    let token = source
+        .token()
+        .await
+        .map_err(|e| Step::Final(BlobError::Token(e)))?;
+    sensitive(&format!("Bearer {}", token.expose()))
+}
+
+/// Adds the service's own headers (`x-ms-*`, `ocp-*`), names lowercase.
+pub(crate) fn insert_headers(
+    headers: &mut HeaderMap,
+    pairs: &[(String, String)],
+) -> Result<(), Failure> {
+    for (k, v) in pairs {
+        let name = HeaderName::from_bytes(k.as_bytes())
+            .map_err(|e| Step::Final(BlobError::BadResponse(e.to_string())))?;
+        headers.insert(name, header_value(v)?);
+    }
+    Ok(())
 }
 
 fn header_value(v: &str) -> Result<HeaderValue, Failure> {

@@ -800,6 +800,24 @@ mod tests {
     }
 
     #[test]
+    fn documents_are_fresh_for_their_ttl_and_go_with_their_node() {
+        let docs = Docs::default();
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(7);
+        docs.put(5, b"{}\n".to_vec(), t);
+        let ttl = Duration::from_millis(50);
+        assert_eq!(docs.fresh(5, ttl).map(|d| d.mtime), Some(t));
+        std::thread::sleep(ttl);
+        assert!(docs.fresh(5, ttl).is_none(), "stale after the TTL");
+        assert_eq!(
+            docs.get(5).map(|d| d.bytes.len()),
+            Some(3),
+            "but kept for attributes"
+        );
+        docs.forget(5);
+        assert!(docs.get(5).is_none());
+    }
+
+    #[test]
     fn files_that_are_cleaned_up_are_gone_and_an_unreachable_node_is_down() {
         assert!(matches!(
             error(BlobError::Conflict("TaskFilesCleanedup".into())),

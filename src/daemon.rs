@@ -149,6 +149,17 @@ fn run_mount(args: &MountArgs, mut notify: Option<&mut std::io::Stdout>) -> Res 
     let mut stores = Stores::new(policy, stats.clone());
     stores.no_service = args.no_service;
     let accounts = rt.block_on(connect_all(&found, &mut stores))?;
+    // A Batch service that refuses does not stop the mount (storage is still worth having),
+    // but the user hears of it now rather than at the first `ls jobs`.
+    for w in rt.block_on(check_services(&found, &stores)) {
+        tracing::warn!("{w}");
+        match notify.as_deref_mut() {
+            Some(n) => {
+                let _ = writeln!(n, "warning: {w}");
+            }
+            None => eprintln!("batchfs: warning: {w}"),
+        }
+    }
     let ns = Arc::new(Namespace::new(accounts, opts, stats));
     if sources.discovers() && !refresh.is_zero() {
         rt.spawn(refresh_accounts(
@@ -568,6 +579,37 @@ async fn refresh_accounts(
 
 /// One cheap request that proves the endpoint answers and the credential is accepted.
 /// Bounded by [`CHECK_TIMEOUT`]: a mount that cannot reach storage should say so soon.
+/// One List Jobs of one item per account whose service signs with a key or an identity (a
+/// task's token may only read its own job), all at once: what is wrong, account by account.
+async fn check_services(accounts: &[AccountConfig], stores: &Stores) -> Vec<String> {
+    let checks = accounts.iter().filter_map(|a| {
+        let client = stores.services.get(&a.name)?;
+        if a.primary_key.is_none() && a.secondary_key.is_none() && a.service.identity.is_none() {
+            return None;
+        }
+        Some(async move {
+            let query = [("$select", "id"), ("maxresults", "1")];
+            let r = tokio::time::timeout(CHECK_TIMEOUT, client.get_json("/jobs", &query)).await;
+            let e = match r {
+                Ok(Ok(_)) => return None,
+                Ok(Err(e)) => e,
+                Err(_) => BlobError::Timeout(CHECK_TIMEOUT),
+            };
+            Some(format!(
+                "account {}: the Batch service at {} does not answer ({e}); jobs/ and pools/ \
+                 fail until it does",
+                a.name,
+                client.url()
+            ))
+        })
+    });
+    futures::future::join_all(checks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
 async fn check_storage<S: BlobStore>(a: &AccountConfig, store: &S) -> Res {
     let Some(s) = &a.storage else { return Ok(()) };
     let request = async {

@@ -451,3 +451,24 @@ fn the_stand_in_agrees_with_microsofts_batch_sdk() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_refused_key_is_reported_at_mount_and_gives_eacces() {
+    let s = Standin::start(&fixture(), &[]);
+    let wrong = "d3Jvbmcta2V5LWZvci10aGUtYmF0Y2gtc2VydmljZQ==";
+    let m = Mount::prepare(&s.config(&format!("primary_key = \"{wrong}\"")));
+    let out = m.mount_cmd(&[]);
+    assert!(out.status.success(), "storage is still worth mounting");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("Batch service") && said.contains("AuthenticationFailed"),
+        "{said}"
+    );
+    assert!(!said.contains(wrong) && !m.log_text().contains(wrong));
+    let err = fails(m.sh(&format!("ls {ACCOUNT}/jobs")));
+    assert!(err.contains("Permission denied"), "{err}");
+}

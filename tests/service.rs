@@ -472,3 +472,57 @@ fn a_refused_key_is_reported_at_mount_and_gives_eacces() {
     let err = fails(m.sh(&format!("ls {ACCOUNT}/jobs")));
     assert!(err.contains("Permission denied"), "{err}");
 }
+
+#[test]
+fn a_service_that_stalls_or_refuses_gives_eio_in_time_and_recovers() {
+    use common::proxy::{Mode, Proxy};
+    let s = Standin::start(&fixture(), &[]);
+    // A TCP proxy: the path after the port is only its own bookkeeping.
+    let proxy = Proxy::start(&format!("{}/x", s.url()));
+    let url = proxy.endpoint().trim_end_matches("/x").to_string();
+    let config = format!(
+        "[[account]]\nname = \"{ACCOUNT}\"\nendpoint = \"{url}\"\nprimary_key = \"{KEY}\"\n"
+    );
+    let m = Mount::start(
+        &config,
+        &[
+            "--timeout",
+            "3",
+            "--attr-timeout",
+            "0",
+            "--dir-timeout",
+            "0",
+        ],
+    );
+    let t = format!("{ACCOUNT}/jobs/render/tasks");
+    assert_eq!(
+        ok(m.sh(&format!("cat {t}/t1/files/stdout.txt"))),
+        "frame 1 done\n"
+    );
+    for mode in [
+        Mode::Stall,
+        Mode::Refuse,
+        Mode::CutReplies(100),
+        Mode::Error500,
+    ] {
+        proxy.set(mode);
+        let start = Instant::now();
+        let err = fails(m.sh(&format!("cat {t}/t2/task.json")));
+        let took = start.elapsed();
+        assert!(err.contains("Input/output error"), "{mode:?}: {err}");
+        assert!(
+            took < Duration::from_secs(8),
+            "{mode:?}: EIO after {took:?}"
+        );
+        // Other accounts' files and the account's own files answer meanwhile.
+        let start = Instant::now();
+        ok(m.sh(&format!("cat {ACCOUNT}/account.json >/dev/null")));
+        assert!(start.elapsed() < Duration::from_secs(1));
+        proxy.set(Mode::Pass);
+        assert!(
+            ok(m.sh(&format!("cat {t}/t2/task.json"))).contains("\"t2\""),
+            "{mode:?}: recovered"
+        );
+    }
+    s.no_violations();
+}

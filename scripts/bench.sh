@@ -5,12 +5,17 @@
 #   R  Azurite on loopback
 #   S  the same Azurite behind a shaping proxy: +20 ms before each response, 25 MiB/s per
 #      connection (a compute node talking to cloud storage)
+# The case `batch` measures the Batch service instead: `ls -l` of a job's 10,000 tasks and `cat`
+# of 1,000 tasks' stderr.txt through batchfs, against Microsoft's azure-batch SDK doing the same
+# (benches/batch_sdk.py), both on tests/batch_standin.py with 20 ms before each response (B).
+# It needs neither Azurite nor rclone.
 # It prints a table of medians and writes it to docs/benchmarks.md.
 #
 # Settings (environment): BENCH_SIZE (bytes per large blob, default 1 GiB), REPEAT (runs per
 # measurement, default 3), RANDOM_SECS (random-read duration, default 30), BENCH_OUT (default
-# docs/benchmarks.md), BACKENDS (default "R S"), CASES (default "read write"), REPEAT_SMALL
-# (runs of the many-small-files cases, default 1: rclone takes minutes for each).
+# docs/benchmarks.md), BACKENDS (default "R S"), CASES (default "read write batch"),
+# REPEAT_SMALL (runs of the many-small-files cases and of the batch case, default 1: rclone
+# takes minutes for each).
 # Raw figures are kept in docs/benchmarks.raw: a run replaces the figures it measured and
 # keeps the others, so `CASES=write` refreshes the write rows of the table only.
 set -euo pipefail
@@ -22,19 +27,23 @@ export REPEAT_SMALL=${REPEAT_SMALL:-1}
 RANDOM_SECS=${RANDOM_SECS:-30}
 OUT=${BENCH_OUT:-docs/benchmarks.md}
 BACKENDS=${BACKENDS:-R S}
-CASES=${CASES:-read write}
+CASES=${CASES:-read write batch}
 RAW=${BENCH_RAW:-docs/benchmarks.raw}
 has_case() { [[ " $CASES " == *" $1 "* ]]; }
+# The cases on storage (Azurite, rclone, the blob client); `batch` needs none of it.
+storage_cases() { has_case read || has_case write; }
 
 scripts/setup.sh --build
 export PATH="$HOME/.cargo/bin:$PATH"
 missing=()
-for t in rclone fio bindfs python3; do command -v "$t" >/dev/null || missing+=("$t"); done
+tools=(python3)
+if storage_cases; then tools+=(rclone fio bindfs); fi
+for t in "${tools[@]}"; do command -v "$t" >/dev/null || missing+=("$t"); done
 if [ "${#missing[@]}" -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-cargo build --release --quiet --example benchtool
+if storage_cases; then cargo build --release --quiet --example benchtool; fi
 BIN=$ROOT/target/release/batchfs
 TOOL=$ROOT/target/release/examples/benchtool
 
@@ -99,7 +108,7 @@ sas_url = $(endpoint "$b")/bench?$("$TOOL" sas)
 EOF
     done
 }
-start_backends
+if storage_cases; then start_backends; fi
 
 if has_case read; then
     echo "bench: seeding 4 x $((SIZE >> 20)) MiB and 20,000 small blobs"
@@ -151,6 +160,17 @@ mibs() { python3 -c "import sys; print(f'{float(sys.argv[1]) / 1048576 / float(s
 RESULTS=$WORK/results
 : >"$RESULTS"
 record() { echo "$*" >>"$RESULTS"; echo "  $*"; } # case backend system value unit
+# What the table says of a case's run (its date, its number of runs), as `KIND CASE - VALUE
+# UNIT`, merged like the figures: a run of one case leaves the others' as they were.
+meta() { echo "$1 $2 - $3 $4" >>"$RESULTS"; }
+TODAY=$(date +%Y%m%d)
+if has_case read; then meta date read "$TODAY" date; meta repeat read "$REPEAT" runs; fi
+if has_case write; then
+    meta date write "$TODAY" date; meta repeat write "$REPEAT" runs
+    meta repeat_small write "$REPEAT_SMALL" runs
+fi
+if has_case batch; then meta date batch "$TODAY" date; meta repeat_small batch "$REPEAT_SMALL" runs; fi
+if storage_cases; then meta version rclone "$(rclone version | awk 'NR == 1 {print $2}')" -; fi
 
 seq_read() { # system backend readers -> seconds
     mount_fs "$1" "$2"
@@ -324,6 +344,100 @@ PY
     umount "$WORK/src"
 fi
 
+if has_case batch; then
+    # The stand-in of the Batch service: job `bench` with 10,000 completed tasks, each with a
+    # stdout.txt and a stderr.txt of 6 lines; every response comes 20 ms after its request.
+    BATCH_ACCOUNT=benchbatch
+    BATCH_KEY=$(head -c 64 /dev/urandom | base64 -w0)
+    BATCH_TASKS=10000
+    BATCH_FILES=1000
+    .tools/py/bin/python tests/batch_standin.py --account "$BATCH_ACCOUNT" --key "$BATCH_KEY" \
+        --bench-tasks "$BATCH_TASKS" --latency-ms 20 --port-file "$WORK/standin.port" \
+        >"$WORK/standin.log" 2>&1 &
+    PIDS+=("$!")
+    for _ in $(seq 600); do [ -s "$WORK/standin.port" ] && break; sleep 0.1; done
+    if [ ! -s "$WORK/standin.port" ]; then
+        echo "bench: the Batch stand-in did not start:" >&2
+        cat "$WORK/standin.log" >&2
+        exit 1
+    fi
+    BATCH_URL=http://127.0.0.1:$(cat "$WORK/standin.port")
+    printf '[[account]]\nname = "%s"\nendpoint = "%s"\nprimary_key = "%s"\n' \
+        "$BATCH_ACCOUNT" "$BATCH_URL" "$BATCH_KEY" >"$WORK/batchfs-batch.toml"
+    chmod 600 "$WORK/batchfs-batch.toml"
+    JOB=$MP/$BATCH_ACCOUNT/jobs/bench
+    standin() { # METHOD NAME: the stand-in's control API
+        python3 -c 'import sys, urllib.request as u
+r = u.Request(sys.argv[2], method=sys.argv[1], data=b"" if sys.argv[1] == "POST" else None)
+sys.stdout.write(u.urlopen(r).read().decode())' "$1" "$BATCH_URL/_standin/$2"
+    }
+    # The data requests since the last reset: "ALL LISTS-OF-TASKS FAILED".
+    standin_requests() {
+        standin GET requests | python3 -c 'import json, sys
+r = json.load(sys.stdin)
+lists = sum(1 for x in r if x["path"].rstrip("/").endswith("/tasks"))
+print(len(r), lists, sum(1 for x in r if x["status"] >= 400))'
+    }
+    # batch_fs NAME COMMAND: times COMMAND (bash, in the job's directory) on a fresh mount with
+    # default options; sets SECS, and REQS to the data requests the mount made meanwhile.
+    batch_fs() {
+        "$BIN" mount --config "$WORK/batchfs-batch.toml" "$MP"
+        standin POST reset >/dev/null
+        local start; start=$(now)
+        # Not pipefail: `head` closes the pipe before `ls` is done.
+        if ! (cd "$JOB" && bash -c "$2"); then
+            echo "bench: batch $1 failed on batchfs" >&2
+            exit 1
+        fi
+        SECS=$(secs_since "$start")
+        local failed
+        read -r REQS _ failed < <(standin_requests)
+        if [ "$failed" != 0 ]; then
+            echo "bench: batch $1: $failed requests of batchfs failed" >&2
+            exit 1
+        fi
+        unmount_fs
+    }
+    echo "bench: Batch service, $BATCH_TASKS tasks, $REPEAT_SMALL run(s)"
+    ls_t=(); ls_r=(); cat_t=(); cat_r=(); sdk_ls=(); sdk_dl=(); sdk_cat=(); sdk_lsr=(); sdk_r=()
+    for i in $(seq "$REPEAT_SMALL"); do
+        batch_fs ls 'ls -l tasks >/dev/null'
+        ls_t+=("$SECS"); ls_r+=("$REQS")
+        echo "  run $i: batchfs ls -l $SECS s, $REQS requests"
+        batch_fs cat "ls tasks | head -$BATCH_FILES | sed 's|^|tasks/|; s|\$|/files/stderr.txt|' | xargs cat >/dev/null"
+        cat_t+=("$SECS"); cat_r+=("$REQS")
+        echo "  run $i: batchfs cat $SECS s, $REQS requests"
+        standin POST reset >/dev/null
+        sdk=$(.tools/py/bin/python benches/batch_sdk.py "$BATCH_URL" "$BATCH_ACCOUNT" "$BATCH_KEY" bench "$BATCH_FILES")
+        read -r reqs lists failed < <(standin_requests)
+        read -r list_s tasks download_s files < <(python3 -c 'import json, sys
+r = json.loads(sys.argv[1])
+print(r["list_s"], r["tasks"], r["download_s"], r["files"])' "$sdk")
+        if [ "$tasks" != "$BATCH_TASKS" ] || [ "$files" != "$BATCH_FILES" ] || [ "$failed" != 0 ]; then
+            echo "bench: the SDK run went wrong: $sdk; $failed requests failed" >&2
+            exit 1
+        fi
+        sdk_ls+=("$list_s"); sdk_dl+=("$download_s"); sdk_lsr+=("$lists"); sdk_r+=("$reqs")
+        sdk_cat+=("$(python3 -c 'import sys; print(f"{float(sys.argv[1]) + float(sys.argv[2]):.3f}")' "$list_s" "$download_s")")
+        echo "  run $i: SDK list $list_s s ($lists requests), downloads $download_s s ($reqs requests in all)"
+    done
+    violations=$(standin GET violations)
+    if [ "$(python3 -c 'import json, sys; print(len(json.loads(sys.argv[1])))' "$violations")" != 0 ]; then
+        echo "bench: FAILED: the Batch stand-in recorded violations:" >&2
+        echo "$violations" >&2
+        exit 1
+    fi
+    record "batchls B batchfs $(median "${ls_t[@]}") s"
+    record "batchls B sdk $(median "${sdk_ls[@]}") s"
+    record "batchlsreq B batchfs $(median "${ls_r[@]}") requests"
+    record "batchlsreq B sdk $(median "${sdk_lsr[@]}") requests"
+    record "batchcat B batchfs $(median "${cat_t[@]}") s"
+    record "batchcat B sdk $(median "${sdk_cat[@]}") s"
+    record "batchdl B sdk $(median "${sdk_dl[@]}") s"
+    record "batchcatreq B batchfs $(median "${cat_r[@]}") requests"
+    record "batchcatreq B sdk $(median "${sdk_r[@]}") requests"
+fi
+
 # Merge: this run's figures replace the same (case, backend, system) of earlier runs.
 touch "$RAW"
 python3 - "$RAW" "$RESULTS" <<'PY'
@@ -337,12 +451,15 @@ open(raw, "w").writelines(kept + fresh)
 PY
 
 python3 - "$RAW" "$OUT" "$SIZE" "$REPEAT" "$RANDOM_SECS" <<'PY'
-import sys, collections, datetime, platform, os, subprocess
+import sys, collections, datetime, platform, os
 results, out, size, repeat, rsecs = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
 r = collections.defaultdict(dict)
 for line in open(results):
     case, backend, system, value, unit = line.split()
-    r[(case, backend)][system] = (float(value), unit)
+    try:
+        r[(case, backend)][system] = (float(value), unit)
+    except ValueError:  # a version
+        r[(case, backend)][system] = (value, unit)
 
 def v(case, b, s):
     return r.get((case, b), {}).get(s, (None, ""))[0]
@@ -350,15 +467,38 @@ def v(case, b, s):
 def ratio(a, b):
     return f"{a / b:.2f}x" if a and b else "n/a"
 
+def meta(kind, case):
+    return v(kind, case, "-")
+
+def day(case):
+    d = meta("date", case)
+    if d is None:
+        return "an earlier run"
+    d = f"{d:.0f}"
+    return f"{d[:4]}-{d[4:6]}-{d[6:]}"
+
+def runs(kind, case, default):
+    n = meta(kind, case)
+    return f"{n:.0f}" if n is not None else default
+
+def n(x):
+    return "" if x is None else f"{x:.0f}"
+
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 mem = next((l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")), "0")
-rclone = subprocess.run(["rclone", "version"], capture_output=True, text=True).stdout.splitlines()[0]
+# The rclone of the last run of the read or write case (a run of `batch` alone needs none).
+rclone = f", rclone {meta('version', 'rclone')}" if meta("version", "rclone") else ""
+# When each part of the table was measured (the last run of its case).
+dates = [f"the {name} rows on {day(case)}" for case, name in
+         [("read", "read"), ("write", "write"), ("batch", "Batch service")] if meta("date", case) is not None]
 lines = [
     "# Benchmarks",
     "",
-    f"Run by `scripts/bench.sh` on {datetime.date.today()}: {os.cpu_count()} cores ({cpu}), "
-    f"{int(mem) // 1048576} GiB, Linux {platform.release()}, {rclone}. Large blobs are "
-    f"{size >> 20} MiB; each figure is the median of {repeat} runs (random reads: "
+    f"Run by `scripts/bench.sh` on {os.cpu_count()} cores ({cpu}), "
+    f"{int(mem) // 1048576} GiB, Linux {platform.release()}{rclone}"
+    + (f": {', '.join(dates)}" if dates else f" on {datetime.date.today()}")
+    + f". Large blobs are {size >> 20} MiB; each figure is the median of "
+    f"{runs('repeat', 'read', repeat)} runs (random reads: "
     f"{rsecs} s per system). R is Azurite on loopback; S is the same Azurite behind the "
     "shaping proxy (+20 ms before each response, 25 MiB/s per connection). rclone-best is "
     "`--vfs-cache-mode full --vfs-read-ahead 512M --buffer-size 64M --vfs-read-chunk-size 32M "
@@ -390,9 +530,11 @@ for b in ["R", "S"]:
 bf, bind, rb = v("warm", "R", "batchfs"), v("warm", "R", "bindfs-tmpfs"), v("warm", "R", "rclone-best")
 if bf is not None:
     lines.append(f"| 2. warm re-read (MiB/s) | R | {bf} | {bind} (bindfs over tmpfs) | | {rb} | {ratio(bf, bind)} | {ratio(bf, rb)} | ≥ 0.8x bindfs |")
+small = runs("repeat_small", "write", os.environ.get("REPEAT_SMALL", "1"))
 lines += [
     "",
-    f"Cases 7 and 8 are the median of {os.environ.get('REPEAT_SMALL', '1')} run(s) per system.",
+    f"Cases 7 and 8 are the median of {small} run(s) per system (`REPEAT_SMALL={small}`): rclone "
+    "needs minutes for each.",
     "",
     "Writes: each time runs from the command's start until storage holds the result (batchfs",
     "has committed when `close` or `fsync` returns; rclone uploads after `close`). rclone runs",
@@ -414,6 +556,34 @@ for b in ["R", "S"]:
         bf, rc = v(case, b, "batchfs"), v(case, b, "rclone-writes")
         if bf is not None:
             lines.append(f"| {name} | {b} | {bf} | | {rc} | | {ratio(rc, bf)} faster | faster than rclone |")
+if v("batchls", "B", "batchfs") is not None or v("batchcat", "B", "batchfs") is not None:
+    lines += [
+        "",
+        "Batch service: `tests/batch_standin.py --bench-tasks 10000 --latency-ms 20` (B: each "
+        "response 20 ms after its request; Shared Key signatures checked with the SDK's code), a "
+        "job `bench` of 10,000 completed tasks whose stderr.txt has 6 lines (about 300 bytes). "
+        "batchfs runs with its default options on a fresh mount for each measurement: `ls -l` of "
+        "`jobs/bench/tasks`, and, from `jobs/bench`, `ls tasks | head -1000 | sed "
+        "'s|^|tasks/|; s|$|/files/stderr.txt|' | xargs cat`. The reference is Microsoft's "
+        "`azure-batch` 15.1.0 Python SDK as a script would use it (`benches/batch_sdk.py`): "
+        "one List Tasks with `$select` of the id and times, then 1,000 Get Task File one after "
+        "another; its `cat` figure is that list plus the downloads, as the batchfs command lists "
+        "the tasks too. Requests are the data requests in the stand-in's log during the "
+        f"measurement. Each figure is the median of {runs('repeat_small', 'batch', '1')} run(s) "
+        "per system, the systems alternating within the run.",
+        "",
+        "| case | backend | batchfs | azure-batch SDK | batchfs vs SDK | requests: batchfs; SDK |",
+        "|---|---|---|---|---|---|",
+    ]
+    bf, sdk = v("batchls", "B", "batchfs"), v("batchls", "B", "sdk")
+    if bf is not None:
+        lines.append(f"| 9. Batch: `ls -l` of 10,000 tasks, cold (s, lower is better) | B | {bf} | {sdk} | "
+                     f"{ratio(sdk, bf)} faster | {n(v('batchlsreq', 'B', 'batchfs'))}; {n(v('batchlsreq', 'B', 'sdk'))} |")
+    bf, sdk, dl = v("batchcat", "B", "batchfs"), v("batchcat", "B", "sdk"), v("batchdl", "B", "sdk")
+    if bf is not None:
+        parts = f" (downloads alone {dl})" if dl is not None else ""
+        lines.append(f"| 9. Batch: `cat` of 1,000 tasks' stderr.txt, cold (s) | B | {bf} | {sdk}{parts} | "
+                     f"{ratio(sdk, bf)} faster | {n(v('batchcatreq', 'B', 'batchfs'))}; {n(v('batchcatreq', 'B', 'sdk'))} |")
 text = "\n".join(lines) + "\n"
 print(text)
 os.makedirs(os.path.dirname(out) or ".", exist_ok=True)

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The demo: starts Azurite on loopback with two storage accounts, fills them with sample data
-# shaped like Batch task files, writes a config with two Batch accounts, and mounts batchfs.
+# shaped like Batch task files, starts the Batch service stand-in (tests/batch_standin.py
+# --demo: a job `render` with a finished, a failed and a running task, a pool `pool1`) for the
+# first account, writes a config with two Batch accounts, and mounts batchfs.
 #
 #   scripts/demo.sh [MOUNTPOINT]    set up and mount (default /mnt/batch)
-#   scripts/demo.sh stop            unmount and stop Azurite
+#   scripts/demo.sh stop            unmount and stop Azurite and the stand-in
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -15,10 +17,12 @@ stop() {
         "$BIN" unmount --lazy "$(cat "$DEMO/mountpoint")" 2>/dev/null || true
         rm -f "$DEMO/mountpoint"
     fi
-    if [ -f "$DEMO/azurite.pid" ]; then
-        kill "$(cat "$DEMO/azurite.pid")" 2>/dev/null || true
-        rm -f "$DEMO/azurite.pid"
-    fi
+    for p in azurite standin; do
+        if [ -f "$DEMO/$p.pid" ]; then
+            kill "$(cat "$DEMO/$p.pid")" 2>/dev/null || true
+            rm -f "$DEMO/$p.pid"
+        fi
+    done
 }
 
 if [ "${1:-}" = "stop" ]; then
@@ -48,6 +52,18 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 
+# The Batch service of `demobatch`: the stand-in on a free port it picks and writes to a file.
+BATCH_KEY=$(head -c 64 /dev/urandom | base64 -w0)
+setsid .tools/py/bin/python tests/batch_standin.py --account demobatch --key "$BATCH_KEY" \
+    --demo --port-file "$DEMO/standin.port" >"$DEMO/standin.log" 2>&1 &
+echo $! >"$DEMO/standin.pid"
+for _ in $(seq 100); do
+    [ -s "$DEMO/standin.port" ] && break
+    sleep 0.1
+done
+[ -s "$DEMO/standin.port" ] || { echo "demo: the Batch stand-in did not start:" >&2; cat "$DEMO/standin.log" >&2; exit 1; }
+batch_port=$(cat "$DEMO/standin.port")
+
 # Sample data: a render job's task outputs and logs, an input container, a pinned container.
 d1=$DEMO/data1
 for t in 1 2 3; do
@@ -59,6 +75,11 @@ for t in 1 2 3; do
 done
 mkdir -p "$d1/job-20261127-render/\$JobOutput"
 printf 'frames,3\nstatus,completed\n' >"$d1/job-20261127-render/\$JobOutput/summary.csv"
+# The output container of the stand-in's job `render` (Batch File Conventions: job-<id>),
+# which jobs/render/output links to.
+mkdir -p "$d1/job-render/\$JobOutput" "$d1/job-render/frame-0001/\$TaskOutput"
+printf 'frame,status,seconds\n1,ok,7.1\n2,failed,0.4\n3,running,\n' >"$d1/job-render/\$JobOutput/summary.csv"
+head -c 20000 /dev/urandom >"$d1/job-render/frame-0001/\$TaskOutput/frame-0001.png"
 mkdir -p "$d1/input/scenes"
 printf '{"resolution": [1920, 1080], "samples": 128}\n' >"$d1/input/params.json"
 head -c $((16 << 20)) /dev/urandom >"$d1/input/scenes/city block.blend"
@@ -74,13 +95,14 @@ seed demostore2 "$KEY2" "$d2"
 umask 077
 cat >"$DEMO/accounts.toml" <<TOML
 # Demo accounts: two Batch accounts, each linked to a storage account in the local Azurite.
+# demobatch's Batch service is the local stand-in, reached with its primary key.
 [[account]]
 name = "demobatch"
-endpoint = "demobatch.westeurope.batch.azure.com"
+endpoint = "http://127.0.0.1:$batch_port"
 location = "westeurope"
 subscription_id = "00000000-0000-0000-0000-000000000000"
 resource_group = "rg-demo"
-primary_key = "$(head -c 64 /dev/urandom | base64 -w0)"
+primary_key = "$BATCH_KEY"
 secondary_key = "$(head -c 64 /dev/urandom | base64 -w0)"
 [account.storage]
 account = "demostore1"
@@ -102,7 +124,7 @@ mkdir -p "$MP"
 "$BIN" mount --config "$DEMO/accounts.toml" --log-file "$DEMO/batchfs.log" "$MP"
 echo "$MP" >"$DEMO/mountpoint"
 
-echo "batchfs is mounted at $MP (Azurite on 127.0.0.1:$port; logs in $DEMO/batchfs.log)"
+echo "batchfs is mounted at $MP (Azurite on 127.0.0.1:$port, Batch stand-in on 127.0.0.1:$batch_port; logs in $DEMO/batchfs.log)"
 echo
 ls -R "$MP"
 cat <<HINTS
@@ -114,6 +136,16 @@ Try:
   find $MP -name '*.exr'
   cp -r $MP/demobatch/storage/input /tmp/input-copy
   $BIN accounts --config $DEMO/accounts.toml
+The Batch service (read-only):
+  ls $MP/demobatch/jobs/render/tasks
+  cat $MP/demobatch/jobs/render/tasks/frame-0001/files/stdout.txt
+  ls $MP/demobatch/pools/pool1/nodes
+  ls $MP/demobatch/jobs/render/output/
+Which task failed, and why:
+  grep -l '"result": "failure"' $MP/demobatch/jobs/render/tasks/*/task.json
+  cat $MP/demobatch/jobs/render/tasks/frame-0002/files/stderr.txt
+Follow the running task (a line a second; Ctrl-C to stop):
+  tail -f $MP/demobatch/jobs/render/tasks/frame-0003/files/stdout.txt
 Stop it with:
   scripts/demo.sh stop
 HINTS

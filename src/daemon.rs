@@ -31,6 +31,9 @@ use crate::{MountArgs, logging};
 
 const CHILD_ENV: &str = "BATCHFS_DAEMON_CHILD";
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+/// The Batch service check at mount is only worth a warning: it never holds a mount (at boot,
+/// say) for long.
+const SERVICE_CHECK: Duration = Duration::from_secs(3);
 const MIN_EARLY_REFRESH: Duration = Duration::from_secs(10);
 
 type Res = Result<(), String>;
@@ -435,10 +438,18 @@ impl Stores {
     /// without any, or with the service hidden.
     fn service(&mut self, a: &AccountConfig) -> Option<Arc<ServiceClient>> {
         let svc = &a.service;
-        let url = svc
+        let Some(url) = svc
             .url
             .as_deref()
-            .filter(|_| svc.enabled && !self.no_service);
+            .filter(|_| svc.enabled && !self.no_service)
+        else {
+            self.services.remove(&a.name);
+            return None;
+        };
+        let known = self
+            .services
+            .get(&a.name)
+            .filter(|c| c.url().trim_end_matches('/') == url.trim_end_matches('/'));
         let auth = match (
             &a.primary_key,
             &a.secondary_key,
@@ -446,6 +457,10 @@ impl Stores {
             &svc.task_token,
         ) {
             (Some(k), _, _, _) | (None, Some(k), _, _) => Some(Auth::SharedKey(k.clone())),
+            // The same identity keeps its token source, and the token it holds.
+            (None, None, Some(id), _) if known.is_some_and(|c| c.serves(id)) => {
+                return known.cloned();
+            }
             (None, None, Some(id), _) => match TokenSource::new(id, BATCH_SCOPE) {
                 Ok(t) => Some(Auth::Bearer(Arc::new(t))),
                 Err(e) => {
@@ -456,13 +471,11 @@ impl Stores {
             (None, None, None, Some(t)) => Some(Auth::Token(t.clone())),
             _ => None,
         };
-        let (Some(url), Some(auth)) = (url, auth) else {
+        let Some(auth) = auth else {
             self.services.remove(&a.name);
             return None;
         };
-        if let Some(c) = self.services.get(&a.name)
-            && c.url().trim_end_matches('/') == url.trim_end_matches('/')
-        {
+        if let Some(c) = known {
             c.set_auth(auth);
             return Some(c.clone());
         }
@@ -577,8 +590,6 @@ async fn refresh_accounts(
     }
 }
 
-/// One cheap request that proves the endpoint answers and the credential is accepted.
-/// Bounded by [`CHECK_TIMEOUT`]: a mount that cannot reach storage should say so soon.
 /// One List Jobs of one item per account whose service signs with a key or an identity (a
 /// task's token may only read its own job), all at once: what is wrong, account by account.
 async fn check_services(accounts: &[AccountConfig], stores: &Stores) -> Vec<String> {
@@ -589,11 +600,11 @@ async fn check_services(accounts: &[AccountConfig], stores: &Stores) -> Vec<Stri
         }
         Some(async move {
             let query = [("$select", "id"), ("maxresults", "1")];
-            let r = tokio::time::timeout(CHECK_TIMEOUT, client.get_json("/jobs", &query)).await;
+            let r = tokio::time::timeout(SERVICE_CHECK, client.get_json("/jobs", &query)).await;
             let e = match r {
                 Ok(Ok(_)) => return None,
                 Ok(Err(e)) => e,
-                Err(_) => BlobError::Timeout(CHECK_TIMEOUT),
+                Err(_) => BlobError::Timeout(SERVICE_CHECK),
             };
             Some(format!(
                 "account {}: the Batch service at {} does not answer ({e}); jobs/ and pools/ \
@@ -610,6 +621,8 @@ async fn check_services(accounts: &[AccountConfig], stores: &Stores) -> Vec<Stri
         .collect()
 }
 
+/// One cheap request that proves the endpoint answers and the credential is accepted.
+/// Bounded by [`CHECK_TIMEOUT`]: a mount that cannot reach storage should say so soon.
 async fn check_storage<S: BlobStore>(a: &AccountConfig, store: &S) -> Res {
     let Some(s) = &a.storage else { return Ok(()) };
     let request = async {

@@ -18,7 +18,10 @@ fn layout_account_files_and_keys() {
 
     let root = ok(m.sh("ls -1"));
     assert_eq!(root, "alpha\nbeta\n");
-    assert_eq!(ok(m.sh("ls -1 alpha")), "account.json\nkeys\nstorage\n");
+    assert_eq!(
+        ok(m.sh("ls -1 alpha")),
+        "account.json\njobs\nkeys\npools\nstorage\n"
+    );
     // No keys and no storage configured: neither appears.
     assert_eq!(ok(m.sh("ls -1 beta")), "account.json\n");
     fails(m.sh("stat beta/keys"));

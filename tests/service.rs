@@ -101,7 +101,12 @@ fn task_files_read_with_shell_tools() {
     assert_eq!(task["executionInfo"]["exitCode"], 1);
     let job: Value = serde_json::from_str(&ok(m.sh(&format!("cat {a}/job.json")))).unwrap();
     assert_eq!(job["id"], "render");
-    // Sizes from the listing match what a read returns.
+    // Sizes from the listing (ls -l: no request per file) match what a read returns.
+    let listed = ok(m.sh(&format!(
+        "ls -l {a}/tasks/t1/files/wd/out | awk '{{print $5}}' | tail -1"
+    )));
+    assert_eq!(listed.trim(), "300000");
+    // And from a lookup.
     let sizes = ok(m.sh(&format!(
         "stat -c '%s %n' {a}/tasks/t1/task.json {a}/tasks/t2/files/stderr.txt"
     )));
@@ -133,6 +138,8 @@ fn task_files_read_with_shell_tools() {
         format!("rm {a}/job.json"),
         format!("echo x >> {a}/tasks/t1/files/stdout.txt"),
         format!("mv {a}/tasks/t1/files/stdout.txt {a}/tasks/t1/files/o.txt"),
+        format!("chmod 600 {a}/tasks/t1/task.json"),
+        format!("truncate -s 0 {a}/tasks/t1/files/stdout.txt"),
     ] {
         let err = fails(m.sh(&cmd));
         assert!(err.contains("Read-only file system"), "{cmd}: {err}");
@@ -285,6 +292,8 @@ fn files_of_a_gone_node_fail_with_a_documented_errno_and_one_log_line() {
         "task-state",
         json!({"job": "render", "task": "t2", "files": "nodegone"}),
     );
+    let err = fails(m.sh(&format!("cat {t}/t2/files/stderr.txt")));
+    assert!(err.contains("No such file or directory"), "{err}");
     let err = fails(m.sh(&format!("ls {t}/t2/files")));
     assert!(err.contains("No such file or directory"), "{err}");
     s.post(
@@ -300,12 +309,16 @@ fn files_of_a_gone_node_fail_with_a_documented_errno_and_one_log_line() {
         );
     }
     let log = m.log_text();
-    for code in ["TaskFilesUnavailable", "NodeNotFound", "TaskFilesCleanedup"] {
-        let line = log
-            .lines()
-            .find(|l| l.contains(code))
-            .unwrap_or_else(|| panic!("no log line for {code}:\n{log}"));
-        assert!(line.contains("request_id="), "{line}");
+    // One line for each failed command (`cat` and `ls` of t2 are two), each with the
+    // service's code and request id.
+    for (code, commands) in [
+        ("TaskFilesUnavailable", 1),
+        ("NodeNotFound", 2),
+        ("TaskFilesCleanedup", 1),
+    ] {
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(code)).collect();
+        assert_eq!(lines.len(), commands, "{code}:\n{log}");
+        assert!(lines.iter().all(|l| l.contains("request_id=")), "{lines:?}");
     }
     assert!(!log.contains(KEY));
     s.no_violations();

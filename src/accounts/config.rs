@@ -360,6 +360,11 @@ impl Ctx<'_> {
             None => None,
         };
         let endpoint = raw.endpoint.map(|e| host_only(e.get_ref()));
+        // Without an endpoint, the public cloud's name for it.
+        let service_url = service_url.or_else(|| {
+            let loc = raw.location.as_ref()?.get_ref();
+            Some(format!("https://{}.{loc}.batch.azure.com", name.get_ref()))
+        });
         let identity = match raw.identity {
             Some(kind) => Some(
                 Identity::parse(kind.get_ref(), raw.client_id.map(Spanned::into_inner))
@@ -407,6 +412,7 @@ impl Ctx<'_> {
             secondary_key,
             storage,
             service: ServiceConfig {
+                // Without an endpoint, the public cloud's name for it.
                 url: service_url,
                 enabled: raw.service.is_none_or(Spanned::into_inner),
                 identity,

@@ -55,6 +55,11 @@ impl NodeAccount {
             a.service.url = self.url.as_deref().and_then(ServiceConfig::url_of);
         }
         a.service.task_token = self.task_token.clone();
+        // Discovery's identity found the account; it may hold no role on the Batch service,
+        // while the task's token surely reads its own job: prefer the token then.
+        if self.task_token.is_some() && a.arm_body.is_some() {
+            a.service.identity = None;
+        }
     }
 }
 

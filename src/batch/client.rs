@@ -57,8 +57,10 @@ struct Request<'a> {
     query: Vec<(String, String)>,
     ocp_headers: Vec<(String, String)>,
     fetch: u64,
-    /// Refusals are not worth a log line.
+    /// Refusals are not worth a log line, unless they say a node is gone or unreachable.
     quiet: bool,
+    /// No retry.
+    once: bool,
 }
 
 type Failure = Step<BlobError>;
@@ -93,6 +95,14 @@ impl ServiceClient {
     /// From now on, sign with `auth` (a rotated key).
     pub fn set_auth(&self, auth: Auth) {
         *self.auth.write().unwrap_or_else(|p| p.into_inner()) = auth;
+    }
+
+    /// Whether requests carry tokens of `identity` now.
+    pub fn serves(&self, identity: &crate::accounts::identity::Identity) -> bool {
+        match &*self.auth.read().unwrap_or_else(|p| p.into_inner()) {
+            Auth::Bearer(t) => t.serves(identity),
+            _ => false,
+        }
     }
 
     /// The endpoint, for telling one client from another.
@@ -133,17 +143,9 @@ impl ServiceClient {
     }
 
     /// Get File Properties (HEAD) of a task's or node's file; `path` ends in `/files/...`.
+    /// A refusal has no error code (a HEAD answer has no body): see [`Self::explain`].
     pub async fn file_props(&self, path: &str) -> Result<FileProps, BlobError> {
-        let headers = match self.execute(self.request("head", path, &[])).await {
-            Ok((headers, _)) => headers,
-            // An answer to HEAD has no body, so no error code: a one-byte GET says which
-            // conflict it is (files cleaned up, or a node that cannot be reached).
-            Err(BlobError::Conflict(code)) if code.is_empty() => {
-                self.file_range(path, 0, 1).await?;
-                return Err(BlobError::Conflict(code));
-            }
-            Err(e) => return Err(e),
-        };
+        let headers = self.execute(self.request("head", path, &[])).await?.0;
         let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let size = match get("ocp-batch-file-isdirectory") {
             Some(d) if d.eq_ignore_ascii_case("true") => None,
@@ -164,6 +166,20 @@ impl ServiceClient {
         })
     }
 
+    /// What a refused HEAD of `path` meant: a one-byte GET says which 409 it was (files
+    /// cleaned up, or a node that cannot be reached) and whether a 404 was the node's, and its
+    /// refusal gets the log line. Other errors, and a GET that succeeds, keep `e`.
+    pub async fn explain(&self, path: &str, e: BlobError) -> BlobError {
+        match e {
+            BlobError::NotFound | BlobError::Conflict(_) => match self.file_range(path, 0, 1).await
+            {
+                Err(why @ (BlobError::NotFound | BlobError::Conflict(_))) => why,
+                _ => e,
+            },
+            e => e,
+        }
+    }
+
     /// The first `len` bytes of a file, and the time it was last modified, asked for on the
     /// side of a lookup: a refusal is not logged (the lookup's own request says what failed).
     pub async fn file_start(&self, path: &str, len: u64) -> Result<(SystemTime, Bytes), BlobError> {
@@ -172,6 +188,8 @@ impl ServiceClient {
             .push(("ocp-range".into(), format!("bytes=0-{}", len.max(1) - 1)));
         req.fetch = len;
         req.quiet = true;
+        // One try: a lookup does not wait on it beyond its own answer.
+        req.once = true;
         let (headers, body) = self.execute(req).await?;
         Stats::add(&self.stats.service_bytes, body.len() as u64);
         let modified = headers
@@ -222,22 +240,16 @@ impl ServiceClient {
             ocp_headers: Vec::new(),
             fetch: 0,
             quiet: false,
+            once: false,
         }
     }
 
-    /// The path and query of a next link, which must point back at this service: a token or
-    /// a signature is never sent anywhere else.
+    /// The path and query of a next link. Only those are used: the request goes to this
+    /// client's endpoint whatever host the link names (behind a proxy, the service names
+    /// itself), so a token or signature is never sent anywhere else.
     fn next_link(&self, link: &str) -> Result<(String, Vec<(String, String)>), BlobError> {
         let url =
             Url::parse(link).map_err(|e| BlobError::BadResponse(format!("odata.nextLink: {e}")))?;
-        if url.host_str() != self.base.host_str()
-            || url.port_or_known_default() != self.base.port_or_known_default()
-        {
-            return Err(BlobError::BadResponse(format!(
-                "odata.nextLink points at another host ({})",
-                url.host_str().unwrap_or("")
-            )));
-        }
         let path = url
             .path()
             .strip_prefix(self.base_path.as_str())
@@ -257,7 +269,7 @@ impl ServiceClient {
         }
         let allowance = Duration::from_secs_f64(req.fetch as f64 / FLOOR_RATE);
         let policy = retry::Policy {
-            max_attempts: u32::MAX,
+            max_attempts: if req.once { 1 } else { u32::MAX },
             deadline: (self.policy.deadline + allowance).min(left),
             base_backoff: self.policy.base_backoff,
             max_backoff: self.policy.max_backoff,
@@ -362,8 +374,9 @@ impl ServiceClient {
         let failure = classify(status, code.clone(), retry::retry_after(&headers));
         let retried = matches!(failure, Step::Retry { .. });
         let told = !code.is_empty() || req.method != Method::HEAD;
+        let telling = status.as_u16() == 409 || code == "NodeNotFound";
         match status.as_u16() {
-            _ if req.quiet => {}
+            _ if req.quiet && !telling => {}
             // The GET that follows a HEAD refused without a code says which.
             409 if !told => {}
             // A name that is not there is a normal answer to a lookup; a node that is gone

@@ -57,7 +57,9 @@ pub fn parse_mode(s: &str) -> Option<u32> {
 
 /// One item of a List Files answer; `None` for an item without a usable name.
 pub fn file_item(v: &Value) -> Option<FileItem> {
-    let name = v["name"].as_str()?.trim_matches('/').to_string();
+    // Windows nodes separate with `\`: shown, and asked for again, with `/`.
+    let name = v["name"].as_str()?.replace('\\', "/");
+    let name = name.trim_matches('/').to_string();
     let p = &v["properties"];
     let size = match &p["contentLength"] {
         Value::String(s) => s.parse().ok()?,
@@ -108,6 +110,8 @@ mod tests {
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap();
         assert_eq!(secs.as_millis(), 1_796_205_600_000);
+        let w = file_item(&json!({"name": "startup\\ProcessEnv.cmd", "properties": {}})).unwrap();
+        assert_eq!(w.name, "startup/ProcessEnv.cmd");
         let d = file_item(&json!({"name": "wd", "isDirectory": true, "properties": {}})).unwrap();
         assert!(d.props.is_dir && d.props.size == 0);
         assert!(

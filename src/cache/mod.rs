@@ -394,6 +394,7 @@ impl Cache {
     /// read that follows needs no request. Only whole pages are kept, and a last partial page
     /// only if `data` reaches the end of the blob.
     pub fn prime<S>(&self, blob: &BlobRef<S>, data: &Bytes) {
+        let data = &data.slice(..data.len().min(blob.size as usize));
         let len = data.len() as u64;
         let pages = match len >= blob.size {
             true => blob.size.div_ceil(PAGE),

@@ -228,7 +228,7 @@ enum Handle<S> {
     /// A task's or node's file; its version follows the size the last getattr saw.
     Service {
         ino: u64,
-        file: Mutex<Arc<BlobRef<NodeFiles>>>,
+        file: Mutex<(Meta, Arc<BlobRef<NodeFiles>>)>,
         readahead: Mutex<Readahead>,
     },
     /// A handle of a file that has a draft (open for writing by this or another handle).

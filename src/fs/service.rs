@@ -38,11 +38,15 @@ use crate::batch::{self, FileProps, ServiceClient, conventions, encode_path};
 use crate::blob::{BlobError, BlobStore};
 use crate::cache::{BlobRef, Readahead, Source};
 
+/// `*.json`: the Get answers carry environment settings, which can hold secrets.
+const DOC_MODE: u16 = 0o440;
 /// How long a job, task, pool or node seen in a listing is taken to exist without asking.
 const LISTED_EXISTS: Duration = Duration::from_secs(60);
 /// What a lookup of a node file fetches of it on the side: a read of a log's first 128 KiB
 /// (what `cat` asks for first) then costs no request.
 const LOOKAHEAD: u64 = 128 * 1024;
+/// The most a lookup waits for those bytes: they are a bonus, never a delay.
+const AHEAD_WAIT: Duration = Duration::from_secs(2);
 
 /// A node of the service's trees.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -193,6 +197,10 @@ fn item_time(v: &Value) -> Option<SystemTime> {
     .find_map(|k| batch::parse_time(&v[*k]))
 }
 
+/// Past this many documents kept, those older than [`DOC_KEEP`] are dropped.
+const MAX_DOCS: usize = 4096;
+const DOC_KEEP: Duration = Duration::from_secs(10);
+
 /// JSON documents (`job.json`...) as last fetched: the one owner of that state.
 #[derive(Default)]
 pub struct Docs {
@@ -221,7 +229,13 @@ impl Docs {
             mtime,
             fetched: Instant::now(),
         };
-        lock(&self.map).insert(ino, doc.clone());
+        let mut map = lock(&self.map);
+        // Documents of entries the kernel never held are not forgotten by it: past a bound,
+        // those no longer fresh go (they are fetched again when asked for).
+        if map.len() >= MAX_DOCS {
+            map.retain(|_, d| d.fetched.elapsed() < DOC_KEEP);
+        }
+        map.insert(ino, doc.clone());
         doc
     }
 
@@ -258,9 +272,29 @@ pub fn error(e: BlobError) -> FsError {
             FsError::NotFound
         }
         BlobError::Conflict(code) => FsError::Unavailable(code),
-        BlobError::PreconditionFailed => FsError::Stale,
+        // A range past the end: the file shrank since its size was read.
+        BlobError::PreconditionFailed | BlobError::Status { status: 416, .. } => FsError::Stale,
         e => FsError::Storage(e),
     }
+}
+
+/// What is known of a node file after `new` came: it never goes back to an older state (a
+/// listing sent before a HEAD but answered after it, or a read racing another), since a
+/// smaller size makes the kernel drop pages and `tail -f` start again. Later mtime wins; at
+/// the same mtime, the larger size (a log that grew within a second). The kept state counts
+/// as fetched now.
+fn learnt(old: Option<Meta>, new: Meta) -> Meta {
+    match old {
+        Some(mut old) if later(&old, &new) => {
+            old.fetched = new.fetched;
+            old
+        }
+        _ => new,
+    }
+}
+
+fn later(a: &Meta, b: &Meta) -> bool {
+    (a.mtime, a.size) > (b.mtime, b.size)
 }
 
 /// What a version of a node file is known by: its size and time.
@@ -318,7 +352,7 @@ impl<S: BlobStore> Namespace<S> {
                         mtime,
                         ..Default::default()
                     }),
-                    Known::File(p) => n.meta = Some(file_meta(&p)),
+                    Known::File(p) => n.meta = Some(learnt(n.meta.take(), file_meta(&p))),
                     Known::Nothing => {}
                 }
                 (n.meta.clone(), n.dir)
@@ -349,9 +383,10 @@ impl<S: BlobStore> Namespace<S> {
                 let (size, mtime) = meta.map_or((0, self.mount_time), |m| (m.size, m.mtime));
                 self.file_attr(ino, size, mtime, perm)
             }
+            // Documents may hold environment settings (secrets, at times): owner and group.
             s if s.kind() == Kind::File => match self.docs.get(ino) {
-                Some(d) => self.file_attr(ino, d.bytes.len() as u64, d.mtime, 0o444),
-                None => self.file_attr(ino, 0, self.mount_time, 0o444),
+                Some(d) => self.file_attr(ino, d.bytes.len() as u64, d.mtime, DOC_MODE),
+                None => self.file_attr(ino, 0, self.mount_time, DOC_MODE),
             },
             _ => self.dir_attr(ino, 0o555, dir.mtime),
         }
@@ -463,8 +498,9 @@ impl<S: BlobStore> Namespace<S> {
         let query: Vec<(&str, &str)> = match dir {
             "" => vec![("recursive", "false")],
             d => {
-                // OData string literals double their quotes.
-                filter = format!("startswith(name,'{}/')", d.replace('\'', "''"));
+                // OData string literals double their quotes. No separator after the name:
+                // Windows nodes use `\\`; siblings that merely share the prefix are skipped.
+                filter = format!("startswith(name,'{}')", d.replace('\'', "''"));
                 vec![("recursive", "true"), ("$filter", filter.as_str())]
             }
         };
@@ -527,7 +563,10 @@ impl<S: BlobStore> Namespace<S> {
                 // Jobs, tasks, pools and nodes come and go rarely: one listed a moment ago is
                 // taken as there (its documents are still fetched within --attr-timeout), so
                 // reading every task of a listing does not ask for each task again.
-                let recent = self.dirs.within(parent, LISTED_EXISTS);
+                let recent = match self.opts.dir_ttl.is_zero() {
+                    true => None,
+                    false => self.dirs.within(parent, LISTED_EXISTS),
+                };
                 if let Some(a) = recent.as_ref().and_then(|l| l.find(name)) {
                     return Ok(a.clone());
                 }
@@ -578,11 +617,26 @@ impl<S: BlobStore> Namespace<S> {
                 let ahead = async {
                     match known_file.as_ref().is_some_and(|f| self.cache.has_start(f)) {
                         true => None,
-                        false => client.file_start(&path, LOOKAHEAD).await.ok(),
+                        false => {
+                            tokio::time::timeout(AHEAD_WAIT, client.file_start(&path, LOOKAHEAD))
+                                .await
+                                .ok()
+                        }
                     }
                 };
                 let (props, ahead) = tokio::join!(client.file_props(&path), ahead);
-                let props = props.map_err(error)?;
+                let props = match (props, ahead.as_ref()) {
+                    (Ok(p), _) => p,
+                    // The GET's answer has the code the HEAD's could not carry.
+                    (Err(BlobError::NotFound | BlobError::Conflict(_)), Some(Err(e))) => {
+                        return Err(error(e.clone()));
+                    }
+                    (Err(e @ BlobError::Conflict(_)), _) => {
+                        return Err(error(client.explain(&path, e).await));
+                    }
+                    (Err(e), _) => return Err(error(e)),
+                };
+                let ahead = ahead.and_then(|r| r.ok());
                 let child = svc.child(name, props.is_dir).ok_or(FsError::NotFound)?;
                 let known = match props.is_dir {
                     true => Known::dir_at(props.last_modified),
@@ -634,12 +688,19 @@ impl<S: BlobStore> Namespace<S> {
             return Ok(m);
         }
         let url = format!("{}/{}", files.root(), encode_path(path));
-        let props = self.service(acct)?.file_props(&url).await.map_err(error)?;
+        let client = self.service(acct)?;
+        let props = match client.file_props(&url).await {
+            Ok(p) => p,
+            // A file this mount knew is gone, or its node is: say which.
+            Err(e) => return Err(error(client.explain(&url, e).await)),
+        };
         if props.is_dir {
-            return Err(FsError::IsDir);
+            // The name is a directory now: this node is not what it named.
+            return Err(FsError::Stale);
         }
-        let meta = file_meta(&props);
+        let mut meta = file_meta(&props);
         if let Some(n) = lock(&self.inodes).get_mut(ino) {
+            meta = learnt(n.meta.take(), meta);
             n.meta = Some(meta.clone());
         }
         Ok(meta)
@@ -663,7 +724,7 @@ impl<S: BlobStore> Namespace<S> {
                 let file = self.node_file(acct, files, path, &meta)?;
                 let handle = Handle::Service {
                     ino,
-                    file: Mutex::new(Arc::new(file)),
+                    file: Mutex::new((meta, Arc::new(file))),
                     readahead: Mutex::new(Readahead::default()),
                 };
                 Ok(self.add_handle(handle, keep_cache, false))
@@ -714,24 +775,26 @@ impl<S: BlobStore> Namespace<S> {
     pub(super) async fn svc_read(
         &self,
         ino: u64,
-        file: &Mutex<Arc<BlobRef<NodeFiles>>>,
+        file: &Mutex<(Meta, Arc<BlobRef<NodeFiles>>)>,
         readahead: &Mutex<Readahead>,
         offset: u64,
         size: u32,
     ) -> Result<Bytes> {
-        let current = lock(&self.inodes).get(ino).and_then(|n| n.meta.clone());
         let blob = {
+            // Under the handle's lock, so two reads never swap an older version back in.
             let mut f = lock(file);
+            let current = lock(&self.inodes).get(ino).and_then(|n| n.meta.clone());
             if let Some(m) = current
-                && version(&m) != f.etag
+                && later(&m, &f.0)
                 && let NodeKey::Service {
                     acct,
                     node: Svc::File(files, path),
                 } = self.key_of(ino)?
             {
-                *f = Arc::new(self.node_file(acct, &files, &path, &m)?);
+                let blob = Arc::new(self.node_file(acct, &files, &path, &m)?);
+                *f = (m, blob);
             }
-            f.clone()
+            f.1.clone()
         };
         self.cache
             .read(&blob, readahead, offset, size as u64)
@@ -828,5 +891,13 @@ mod tests {
             FsError::Unavailable(_)
         ));
         assert!(matches!(error(BlobError::NotFound), FsError::NotFound));
+        let past_the_end = BlobError::Status {
+            status: 416,
+            code: "InvalidRange".into(),
+        };
+        assert!(
+            matches!(error(past_the_end), FsError::Stale),
+            "a file that shrank"
+        );
     }
 }

@@ -394,6 +394,8 @@ subscription_id = "00000000-0000-0000-0000-000000000001"
 resource_group = "rg-batch"
 primary_key = "cHJpbWFyeS1rZXk="
 secondary_key = "c2Vjb25kYXJ5LWtleQ=="
+# No Batch service answers for this account in tests (tests/service.rs has its own).
+service = false
 [account.storage]
 account = "{DEV_ACCOUNT}"
 endpoint = "{ep}"

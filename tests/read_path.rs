@@ -20,7 +20,7 @@ fn layout_account_files_and_keys() {
     assert_eq!(root, "alpha\nbeta\n");
     assert_eq!(
         ok(m.sh("ls -1 alpha")),
-        "account.json\njobs\nkeys\npools\nstorage\n"
+        "account.json\nkeys\nstorage\n"
     );
     // No keys and no storage configured: neither appears.
     assert_eq!(ok(m.sh("ls -1 beta")), "account.json\n");

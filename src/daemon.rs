@@ -450,28 +450,15 @@ impl Stores {
             .services
             .get(&a.name)
             .filter(|c| c.url().trim_end_matches('/') == url.trim_end_matches('/'));
-        let auth = match (
-            &a.primary_key,
-            &a.secondary_key,
-            &svc.identity,
-            &svc.task_token,
-        ) {
-            (Some(k), _, _, _) | (None, Some(k), _, _) => Some(Auth::SharedKey(k.clone())),
-            // The same identity keeps its token source, and the token it holds.
-            (None, None, Some(id), _) if known.is_some_and(|c| c.serves(id)) => {
-                return known.cloned();
-            }
-            (None, None, Some(id), _) => match TokenSource::new(id, BATCH_SCOPE) {
-                Ok(t) => Some(Auth::Bearer(Arc::new(t))),
-                Err(e) => {
-                    tracing::warn!(account = %a.name, "no token for the Batch service: {e}");
-                    None
-                }
-            },
-            (None, None, None, Some(t)) => Some(Auth::Token(t.clone())),
-            _ => None,
-        };
-        let Some(auth) = auth else {
+        // The same identity keeps its token source, and the token it holds.
+        if let (Some(c), Some(id)) = (known, &svc.identity)
+            && a.primary_key.is_none()
+            && a.secondary_key.is_none()
+            && c.serves(id)
+        {
+            return Some(c.clone());
+        }
+        let Some(auth) = service_auth(a) else {
             self.services.remove(&a.name);
             return None;
         };
@@ -590,22 +577,51 @@ async fn refresh_accounts(
     }
 }
 
+/// How an account's Batch service requests are signed: its key, else an Entra ID identity,
+/// else (on a node) the task's token; `None` without any.
+fn service_auth(a: &AccountConfig) -> Option<Auth> {
+    let svc = &a.service;
+    match (
+        &a.primary_key,
+        &a.secondary_key,
+        &svc.identity,
+        &svc.task_token,
+    ) {
+        (Some(k), _, _, _) | (None, Some(k), _, _) => Some(Auth::SharedKey(k.clone())),
+        (None, None, Some(id), _) => match TokenSource::new(id, BATCH_SCOPE) {
+            Ok(t) => Some(Auth::Bearer(Arc::new(t))),
+            Err(e) => {
+                tracing::warn!(account = %a.name, "no token for the Batch service: {e}");
+                None
+            }
+        },
+        (None, None, None, Some(t)) => Some(Auth::Token(t.clone())),
+        _ => None,
+    }
+}
+
+/// One List Jobs of one item: the service answers and takes the credential. Bounded by
+/// [`SERVICE_CHECK`].
+async fn check_service(client: &ServiceClient) -> Result<(), BlobError> {
+    let query = [("$select", "id"), ("maxresults", "1")];
+    match tokio::time::timeout(SERVICE_CHECK, client.get_json("/jobs", &query)).await {
+        Ok(r) => r.map(|_| ()),
+        Err(_) => Err(BlobError::Timeout(SERVICE_CHECK)),
+    }
+}
+
+/// Whether a check can tell anything: a task's token may only read its own job.
+fn checkable(a: &AccountConfig) -> bool {
+    a.primary_key.is_some() || a.secondary_key.is_some() || a.service.identity.is_some()
+}
+
 /// One List Jobs of one item per account whose service signs with a key or an identity (a
 /// task's token may only read its own job), all at once: what is wrong, account by account.
 async fn check_services(accounts: &[AccountConfig], stores: &Stores) -> Vec<String> {
     let checks = accounts.iter().filter_map(|a| {
-        let client = stores.services.get(&a.name)?;
-        if a.primary_key.is_none() && a.secondary_key.is_none() && a.service.identity.is_none() {
-            return None;
-        }
+        let client = stores.services.get(&a.name).filter(|_| checkable(a))?;
         Some(async move {
-            let query = [("$select", "id"), ("maxresults", "1")];
-            let r = tokio::time::timeout(SERVICE_CHECK, client.get_json("/jobs", &query)).await;
-            let e = match r {
-                Ok(Ok(_)) => return None,
-                Ok(Err(e)) => e,
-                Err(_) => BlobError::Timeout(SERVICE_CHECK),
-            };
+            let e = check_service(client).await.err()?;
             Some(format!(
                 "account {}: the Batch service at {} does not answer ({e}); jobs/ and pools/ \
                  fail until it does",
@@ -664,6 +680,21 @@ pub fn accounts(args: &SourceArgs) -> Res {
     let rows = rt.block_on(futures::future::join_all(found.iter().map(|a| {
         let policy = policy.clone();
         async move {
+            let service = match (a.service.url.as_deref(), service_auth(a)) {
+                _ if !a.service.enabled => "off".to_string(),
+                (Some(url), Some(auth)) => {
+                    match ServiceClient::new(&a.name, url, auth, policy.clone(), Default::default())
+                    {
+                        Err(e) => format!("error: {e}"),
+                        Ok(_) if !checkable(a) => "task token".to_string(),
+                        Ok(c) => match check_service(&c).await {
+                            Ok(()) => "ok".to_string(),
+                            Err(e) => format!("error: {e}"),
+                        },
+                    }
+                }
+                _ => "-".to_string(),
+            };
             let status = match &a.storage {
                 None => "no storage".to_string(),
                 Some(s) => match HttpBlobStore::new(s, policy, Default::default()) {
@@ -674,15 +705,15 @@ pub fn accounts(args: &SourceArgs) -> Res {
                     },
                 },
             };
-            (a, status)
+            (a, status, service)
         }
     })));
     let mut lines = vec![format!(
-        "{:<24} {:<32} {:<20} {:<6} STORAGE",
-        "ACCOUNT", "STORAGE ACCOUNT", "CONTAINER", "KEYS"
+        "{:<24} {:<32} {:<20} {:<6} {:<20} BATCH SERVICE",
+        "ACCOUNT", "STORAGE ACCOUNT", "CONTAINER", "KEYS", "STORAGE"
     )];
     let mut failed = 0;
-    for (a, status) in &rows {
+    for (a, status, service) in &rows {
         let storage = a
             .storage
             .as_ref()
@@ -704,7 +735,7 @@ pub fn accounts(args: &SourceArgs) -> Res {
             failed += 1;
         }
         lines.push(format!(
-            "{:<24} {:<32} {:<20} {:<6} {status}",
+            "{:<24} {:<32} {:<20} {:<6} {status:<20} {service}",
             a.name, storage, container, keys
         ));
     }

@@ -484,6 +484,28 @@ fn a_refused_key_is_reported_at_mount_and_gives_eacces() {
     assert!(!said.contains(wrong) && !m.log_text().contains(wrong));
     let err = fails(m.sh(&format!("ls {ACCOUNT}/jobs")));
     assert!(err.contains("Permission denied"), "{err}");
+    // `batchfs accounts` says so too; with the right key, ok.
+    let accounts = |config: &std::path::Path| {
+        let out = Command::new(common::BIN)
+            .arg("accounts")
+            .arg("--config")
+            .arg(config)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = accounts(&m.config);
+    assert!(
+        out.contains("BATCH SERVICE") && out.contains("AuthenticationFailed"),
+        "{out}"
+    );
+    let good = Mount::prepare(&with_key(&s));
+    let out = accounts(&good.config);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(ACCOUNT) && l.ends_with(" ok")),
+        "{out}"
+    );
 }
 
 #[test]

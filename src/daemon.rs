@@ -467,7 +467,11 @@ impl Stores {
             return Some(c.clone());
         }
         match ServiceClient::new(&a.name, url, auth, self.policy.clone(), self.stats.clone()) {
-            Ok(c) => {
+            Ok(mut c) => {
+                // As for storage: only discovered keys can change on a refresh.
+                if a.arm_body.is_some() {
+                    c = c.notify_denied(self.denied.clone());
+                }
                 let c = Arc::new(c);
                 self.services.insert(a.name.clone(), c.clone());
                 Some(c)
@@ -546,7 +550,9 @@ async fn refresh_accounts(
                 // At most one early refresh per MIN_EARLY_REFRESH: a credential that is
                 // simply wrong must not turn every failed request into ARM traffic.
                 tokio::time::sleep_until(last + MIN_EARLY_REFRESH).await;
-                tracing::info!("storage refused a credential: refreshing the accounts now");
+                tracing::info!(
+                    "storage or the Batch service refused a credential: refreshing the accounts now"
+                );
             }
         }
         last = tokio::time::Instant::now();

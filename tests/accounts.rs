@@ -27,6 +27,7 @@ fn batch(name: &str, storage: Option<&str>) -> FakeBatch {
         modes: None,
         primary: format!("batch-primary-{name}-secret1"),
         secondary: format!("batch-secondary-{name}-secret2"),
+        endpoint: None,
     }
 }
 
@@ -570,7 +571,7 @@ fn a_refused_key_makes_the_mount_fetch_rotated_keys_at_once() {
         "{:?}",
         start.elapsed()
     );
-    assert!(m.log_text().contains("storage refused a credential"));
+    assert!(m.log_text().contains("refused a credential: refreshing"));
     w.no_violations();
 }
 

@@ -43,6 +43,7 @@ Control API (no auth, never logged, path prefix /_standin/):
                                 auth: sharedkey|bearer|none, status, range}
     GET  /_standin/violations   list of strings
     POST /_standin/reset        clears the request log, the violations and pending failures
+    POST /_standin/key          {"key": BASE64}: the account's key from now on (a rotation)
     POST /_standin/append       {"job","task","path","data"|"b64"} or {"pool","node",...}:
                                 appends to the file (creating it and its directories)
     POST /_standin/fail         {"count","status","code","retry_after"?,"paths"?,"message"?}:
@@ -763,6 +764,12 @@ class Handler(BaseHTTPRequestHandler):
                     })
             if self.command != "POST":
                 return self._json(404, {"error": f"no control endpoint {self.command} /_standin/{what}"})
+            if what == "key":
+                # The account's key was regenerated: only the new one signs from now on.
+                base64.b64decode(req["key"], validate=True)
+                with S.lock:
+                    S.key = req["key"]
+                return self._json(200, {"ok": True})
             if what == "reset":
                 with S.lock:
                     S.requests.clear()

@@ -561,3 +561,70 @@ fn a_service_that_stalls_or_refuses_gives_eio_in_time_and_recovers() {
     }
     s.no_violations();
 }
+
+#[test]
+fn a_rotated_key_found_by_discovery_is_used_after_the_service_refuses_the_old_one() {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let s = Standin::start(&fixture(), &[]);
+    let arm = FakeArm::start(State {
+        subscription: "sub-rotation".into(),
+        token: "arm-token".into(),
+        batch: vec![common::arm::FakeBatch {
+            name: ACCOUNT.into(),
+            resource_group: "rg".into(),
+            storage: None,
+            storage_mode: None,
+            modes: None,
+            primary: KEY.into(),
+            secondary: b64("the-secondary-key-of-alpha"),
+            endpoint: Some(s.url()),
+        }],
+        ..Default::default()
+    });
+    let m = Mount::prepare("");
+    let args = [
+        "--subscription",
+        "sub-rotation",
+        "--arm-endpoint",
+        &arm.endpoint(),
+        "--refresh",
+        "600",
+    ];
+    let out = m.mount_env(&args, &arm.identity_env());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        ok(m.sh(&format!("ls {ACCOUNT}/jobs"))),
+        "my-_EVEN_MORE_-terrific-job\nrender\n"
+    );
+    // The key is regenerated in Azure: the service takes only the new one, ARM lists it.
+    let rotated = b64("a-regenerated-primary-key-of-alpha");
+    s.post("key", json!({"key": rotated}));
+    arm.state.lock().unwrap().batch[0].primary = rotated.clone();
+    std::thread::sleep(Duration::from_millis(1100)); // the listing of jobs/ expires
+    let start = Instant::now();
+    let mut listed = String::new();
+    while start.elapsed() < Duration::from_secs(25) {
+        match m.sh(&format!("ls {ACCOUNT}/jobs")) {
+            o if o.status.success() => {
+                listed = String::from_utf8_lossy(&o.stdout).into_owned();
+                break;
+            }
+            _ => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+    assert_eq!(
+        listed,
+        "my-_EVEN_MORE_-terrific-job\nrender\n",
+        "{}",
+        m.log_text()
+    );
+    assert!(m.log_text().contains("refused a credential: refreshing"));
+    assert!(!m.log_text().contains(&rotated) && !m.log_text().contains(KEY));
+    let keys = ok(m.sh(&format!("cat {ACCOUNT}/keys")));
+    assert!(keys.contains(&rotated), "keys shows the new key");
+}

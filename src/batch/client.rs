@@ -47,6 +47,8 @@ pub struct ServiceClient {
     auth: RwLock<Auth>,
     policy: RetryPolicy,
     stats: Arc<Stats>,
+    /// Told when the service refuses the key: it may have been regenerated (rotation).
+    on_denied: Option<Arc<tokio::sync::Notify>>,
 }
 
 struct Request<'a> {
@@ -89,7 +91,14 @@ impl ServiceClient {
             auth: RwLock::new(auth),
             policy,
             stats,
+            on_denied: None,
         })
+    }
+
+    /// Signals `notify` whenever the service refuses the key, so the accounts are read again.
+    pub fn notify_denied(mut self, notify: Arc<tokio::sync::Notify>) -> Self {
+        self.on_denied = Some(notify);
+        self
     }
 
     /// From now on, sign with `auth` (a rotated key).
@@ -372,6 +381,15 @@ impl ServiceClient {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         let failure = classify(status, code.clone(), retry::retry_after(&headers));
+        // A job-scoped token refused outside its job says nothing about the key.
+        if let (Step::Final(BlobError::Denied { .. }), Some(n)) = (&failure, &self.on_denied)
+            && matches!(
+                &*self.auth.read().unwrap_or_else(|p| p.into_inner()),
+                Auth::SharedKey(_)
+            )
+        {
+            n.notify_one();
+        }
         let retried = matches!(failure, Step::Retry { .. });
         let told = !code.is_empty() || req.method != Method::HEAD;
         let telling = status.as_u16() == 409 || code == "NodeNotFound";

@@ -27,6 +27,8 @@ pub struct FakeBatch {
     pub modes: Option<Vec<&'static str>>,
     pub primary: String,
     pub secondary: String,
+    /// `accountEndpoint` (default `<name>.westeurope.batch.azure.com`).
+    pub endpoint: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -131,7 +133,7 @@ fn storage_id(sub: &str, s: &FakeStorage) -> String {
 
 fn batch_json(s: &State, b: &FakeBatch) -> Value {
     let mut props = json!({
-        "accountEndpoint": format!("{}.westeurope.batch.azure.com", b.name),
+        "accountEndpoint": b.endpoint.clone().unwrap_or_else(|| format!("{}.westeurope.batch.azure.com", b.name)),
         "provisioningState": "Succeeded",
         "poolAllocationMode": "BatchService",
         "dedicatedCoreQuota": 20,

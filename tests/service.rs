@@ -78,7 +78,25 @@ fn task_files_read_with_shell_tools() {
     // cp -r of a task's files: the tree and every byte, compared with what the node holds.
     let dst = tempfile::tempdir().unwrap();
     let d = dst.path().display();
+    s.reset();
     ok(m.sh(&format!("cp -r {a}/tasks/t1/files {d}/t1")));
+    // Through the page cache in ranged Get File requests, no byte fetched twice.
+    let mut ranges: Vec<(u64, u64)> = s
+        .requests()
+        .iter()
+        .filter(|r| {
+            r["method"] == "GET" && r["path"] == "/jobs/render/tasks/t1/files/wd/out/frame.bin"
+        })
+        .map(|r| {
+            let range = r["range"].as_str().expect("an ocp-range on every read");
+            let (a, b) = range.trim_start_matches("bytes=").split_once('-').unwrap();
+            (a.parse().unwrap(), b.parse().unwrap())
+        })
+        .collect();
+    ranges.sort();
+    assert!(!ranges.is_empty());
+    assert!(ranges.windows(2).all(|w| w[0].1 < w[1].0), "{ranges:?}");
+    assert_eq!(ranges.last().map(|r| r.1), Some(299_999), "{ranges:?}");
     assert_eq!(
         std::fs::read(dst.path().join("t1/wd/out/frame.bin")).unwrap(),
         data(300_000, 1)

@@ -95,6 +95,13 @@ fn task_files_read_with_shell_tools() {
         .collect();
     ranges.sort();
     assert!(!ranges.is_empty());
+    // One List Files for files/ and one for wd/, whose answer holds everything under it.
+    let lists = s.requests();
+    let lists: Vec<&Value> = lists
+        .iter()
+        .filter(|r| r["path"] == "/jobs/render/tasks/t1/files")
+        .collect();
+    assert_eq!(lists.len(), 2, "{lists:#?}");
     assert!(ranges.windows(2).all(|w| w[0].1 < w[1].0), "{ranges:?}");
     assert_eq!(ranges.last().map(|r| r.1), Some(299_999), "{ranges:?}");
     assert_eq!(

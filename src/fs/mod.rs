@@ -38,7 +38,7 @@ pub use dircache::{Entry, Listing};
 use drafts::{Closed, Drafts};
 use inode::{DirMeta, Inodes, Meta, NodeKey, ROOT_INO};
 use listing::EntryKind;
-use service::{Docs, NodeFiles, Svc};
+use service::{Docs, NodeFiles, Subtrees, Svc};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
@@ -262,6 +262,7 @@ pub struct Namespace<S> {
     dir_handles: Mutex<HashMap<u64, Arc<Listing>>>,
     drafts: Drafts<Draft<S>>,
     docs: Docs,
+    subtrees: Subtrees,
     next_fh: AtomicU64,
     mount_time: SystemTime,
 }
@@ -311,6 +312,7 @@ impl<S: BlobStore> Namespace<S> {
             dir_handles: Mutex::new(HashMap::new()),
             drafts: Drafts::default(),
             docs: Docs::default(),
+            subtrees: Subtrees::default(),
             next_fh: AtomicU64::new(1),
             mount_time: SystemTime::now(),
         }

@@ -34,7 +34,7 @@ use serde_json::Value;
 use super::inode::{DirMeta, Meta, NodeKey};
 use super::listing::valid_name;
 use super::{Attr, Entry, FsError, Handle, Kind, Listing, Namespace, Opened, Result, lock};
-use crate::batch::{self, FileProps, ServiceClient, conventions, encode_path};
+use crate::batch::{self, FileItem, FileProps, ServiceClient, conventions, encode_path};
 use crate::blob::{BlobError, BlobStore};
 use crate::cache::{BlobRef, Readahead, Source};
 
@@ -197,6 +197,8 @@ fn item_time(v: &Value) -> Option<SystemTime> {
     .find_map(|k| batch::parse_time(&v[*k]))
 }
 
+/// Recursive answers older than this are dropped (they serve `--dir-timeout` at most).
+const SUBTREE_KEEP: Duration = Duration::from_secs(60);
 /// Past this many documents kept, those older than [`DOC_KEEP`] are dropped.
 const MAX_DOCS: usize = 4096;
 const DOC_KEEP: Duration = Duration::from_secs(10);
@@ -486,13 +488,18 @@ impl<S: BlobStore> Namespace<S> {
         Ok(self.dirs.store(ino, ticket, Listing::new(v)))
     }
 
-    /// The entries of one directory of a task's or node's files, by name.
+    /// The entries of one directory of a task's or node's files, by name: from a recursive
+    /// answer for it or a directory above it fetched within `--dir-timeout`, else one List
+    /// Files (the root non-recursively; a subdirectory with everything under it, kept).
     async fn list_files(
         &self,
         acct: usize,
         files: &Files,
         dir: &str,
     ) -> Result<BTreeMap<String, FileProps>> {
+        if let Some(items) = self.subtrees.covering(acct, files, dir, self.opts.dir_ttl) {
+            return Ok(children(&items, dir));
+        }
         let client = self.service(acct)?;
         let filter;
         let query: Vec<(&str, &str)> = match dir {
@@ -505,44 +512,10 @@ impl<S: BlobStore> Namespace<S> {
             }
         };
         let items = client.list(&files.root(), &query).await.map_err(error)?;
-        let mut out: BTreeMap<String, FileProps> = BTreeMap::new();
-        for item in items.iter().filter_map(batch::file_item) {
-            let rel = match dir {
-                "" => item.name.as_str(),
-                d => match item.name.strip_prefix(d).and_then(|r| r.strip_prefix('/')) {
-                    Some(r) => r,
-                    None => continue,
-                },
-            };
-            let (first, deeper) = match rel.split_once('/') {
-                Some((first, _)) => (first, true),
-                None => (rel, false),
-            };
-            if !valid_name(first) {
-                if !first.is_empty() {
-                    tracing::warn!(name = %item.name, "a node file whose name cannot be a path is not shown");
-                }
-                continue;
-            }
-            let props = match deeper {
-                // A directory known only from what is under it.
-                true => FileProps {
-                    is_dir: true,
-                    size: 0,
-                    last_modified: item.props.last_modified,
-                    mode: None,
-                },
-                false => item.props,
-            };
-            match out.get_mut(first) {
-                Some(known) if known.is_dir && props.is_dir => {
-                    known.last_modified = known.last_modified.max(props.last_modified);
-                }
-                Some(known) if known.is_dir => {}
-                _ => {
-                    out.insert(first.to_string(), props);
-                }
-            }
+        let items: Vec<FileItem> = items.iter().filter_map(batch::file_item).collect();
+        let out = children(&items, dir);
+        if !dir.is_empty() {
+            self.subtrees.put(acct, files, dir, items);
         }
         Ok(out)
     }
@@ -816,6 +789,103 @@ impl<S: BlobStore> Namespace<S> {
     }
 }
 
+/// The direct children of `dir` among `items` (names relative to the files root), by name.
+/// A directory known only from deeper names is a child too.
+fn children(items: &[FileItem], dir: &str) -> BTreeMap<String, FileProps> {
+    let mut out: BTreeMap<String, FileProps> = BTreeMap::new();
+    for item in items {
+        let rel = match dir {
+            "" => item.name.as_str(),
+            d => match item.name.strip_prefix(d).and_then(|r| r.strip_prefix('/')) {
+                Some(r) => r,
+                None => continue,
+            },
+        };
+        let (first, deeper) = match rel.split_once('/') {
+            Some((first, _)) => (first, true),
+            None => (rel, false),
+        };
+        if !valid_name(first) {
+            if !first.is_empty() {
+                tracing::warn!(name = %item.name, "a node file whose name cannot be a path is not shown");
+            }
+            continue;
+        }
+        let props = match deeper {
+            true => FileProps {
+                is_dir: true,
+                size: 0,
+                last_modified: item.props.last_modified,
+                mode: None,
+            },
+            false => item.props.clone(),
+        };
+        match out.get_mut(first) {
+            Some(known) if known.is_dir && props.is_dir => {
+                known.last_modified = known.last_modified.max(props.last_modified);
+            }
+            Some(known) if known.is_dir => {}
+            _ => {
+                out.insert(first.to_string(), props);
+            }
+        }
+    }
+    out
+}
+
+/// Recursive List Files answers, for `--dir-timeout`: the one owner of that state. Listing
+/// `wd/` brings everything under it, so `cp -r` or `find` of `wd/` lists its subdirectories
+/// from that answer instead of asking again for each.
+#[derive(Default)]
+pub struct Subtrees {
+    map: Mutex<HashMap<(usize, Files), Vec<Subtree>>>,
+}
+
+struct Subtree {
+    dir: String,
+    at: Instant,
+    items: Arc<Vec<FileItem>>,
+}
+
+impl Subtrees {
+    /// A fresh answer for `dir` or a directory above it.
+    fn covering(
+        &self,
+        acct: usize,
+        files: &Files,
+        dir: &str,
+        ttl: Duration,
+    ) -> Option<Arc<Vec<FileItem>>> {
+        if dir.is_empty() {
+            return None;
+        }
+        let map = lock(&self.map);
+        let trees = map.get(&(acct, files.clone()))?;
+        trees
+            .iter()
+            .filter(|t| t.at.elapsed() < ttl)
+            .find(|t| dir == t.dir || dir.starts_with(&format!("{}/", t.dir)))
+            .map(|t| t.items.clone())
+    }
+
+    /// Keeps the answer for `dir`; answers no longer fresh enough to use go.
+    fn put(&self, acct: usize, files: &Files, dir: &str, items: Vec<FileItem>) {
+        let mut map = lock(&self.map);
+        let keep = SUBTREE_KEEP;
+        map.retain(|_, trees| {
+            trees.retain(|t| t.at.elapsed() < keep);
+            !trees.is_empty()
+        });
+        let trees = map.entry((acct, files.clone())).or_default();
+        trees.retain(|t| t.dir != dir);
+        trees.push(Subtree {
+            dir: dir.to_string(),
+            at: Instant::now(),
+            items: Arc::new(items),
+        });
+    }
+}
+
 /// What a listing or lookup learnt of a node.
 enum Known {
     Dir(Option<SystemTime>),
@@ -860,6 +930,56 @@ mod tests {
             "/pools/p%201/nodes/n/files"
         );
         assert!(valid_id("my-_EVEN_MORE_-terrific-job") && !valid_id("a.b") && !valid_id(""));
+    }
+
+    fn item(name: &str, is_dir: bool) -> FileItem {
+        FileItem {
+            name: name.into(),
+            props: FileProps {
+                is_dir,
+                size: 1,
+                last_modified: SystemTime::UNIX_EPOCH,
+                mode: None,
+            },
+        }
+    }
+
+    #[test]
+    fn a_recursive_answer_lists_every_directory_under_it() {
+        let items = vec![
+            item("wd", true),
+            item("wd/a.txt", false),
+            item("wd/out", true),
+            item("wd/out/f.bin", false),
+            item("wd/deep/er/x", false),
+            item("wd2/other", false),
+        ];
+        let names = |dir: &str| children(&items, dir).into_keys().collect::<Vec<_>>();
+        assert_eq!(names("wd"), ["a.txt", "deep", "out"]);
+        assert!(
+            children(&items, "wd")["deep"].is_dir,
+            "known only from deeper names"
+        );
+        assert_eq!(names("wd/out"), ["f.bin"]);
+        assert_eq!(names("wd/deep/er"), ["x"]);
+        let files = Files::Task("j".into(), "t".into());
+        let trees = Subtrees::default();
+        trees.put(0, &files, "wd", items.clone());
+        let ttl = Duration::from_secs(5);
+        assert!(trees.covering(0, &files, "wd/out", ttl).is_some());
+        assert!(trees.covering(0, &files, "wd", ttl).is_some());
+        assert!(
+            trees.covering(0, &files, "wd2", ttl).is_none(),
+            "a sibling sharing the prefix"
+        );
+        assert!(
+            trees.covering(1, &files, "wd", ttl).is_none(),
+            "another account"
+        );
+        assert!(
+            trees.covering(0, &files, "wd", Duration::ZERO).is_none(),
+            "stale"
+        );
     }
 
     #[test]

@@ -257,8 +257,10 @@ impl ServiceClient {
     /// client's endpoint whatever host the link names (behind a proxy, the service names
     /// itself), so a token or signature is never sent anywhere else.
     fn next_link(&self, link: &str) -> Result<(String, Vec<(String, String)>), BlobError> {
-        let url =
-            Url::parse(link).map_err(|e| BlobError::BadResponse(format!("odata.nextLink: {e}")))?;
+        // Absolute as the service writes it; a relative one is taken against the endpoint.
+        let url = Url::parse(link)
+            .or_else(|_| self.base.join(link))
+            .map_err(|e| BlobError::BadResponse(format!("odata.nextLink: {e}")))?;
         let path = url
             .path()
             .strip_prefix(self.base_path.as_str())
@@ -410,5 +412,39 @@ impl ServiceClient {
                 status = s, code, request_id, will_retry = retried, "Batch service refused a request"),
         }
         Err(failure)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_links_are_followed_on_our_own_endpoint() {
+        let c = ServiceClient::new(
+            "acct",
+            "http://127.0.0.1:8443/proxy",
+            Auth::Token(Secret::new("t")),
+            RetryPolicy::default(),
+            Arc::default(),
+        )
+        .unwrap();
+        let (path, query) = c
+            .next_link("https://acct.westeurope.batch.azure.com/proxy/jobs/j/tasks?api-version=2025-06-01&$skiptoken=a%2Fb")
+            .unwrap();
+        assert_eq!(path, "/jobs/j/tasks");
+        assert!(query.contains(&("$skiptoken".to_string(), "a/b".to_string())));
+        let (path, _) = c.next_link("/proxy/pools?$skiptoken=x").unwrap();
+        assert_eq!(path, "/pools");
+        assert!(
+            ServiceClient::new(
+                "a",
+                "ftp://x",
+                Auth::Token(Secret::new("t")),
+                RetryPolicy::default(),
+                Arc::default()
+            )
+            .is_err()
+        );
     }
 }

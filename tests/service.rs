@@ -653,3 +653,30 @@ fn a_rotated_key_found_by_discovery_is_used_after_the_service_refuses_the_old_on
     let keys = ok(m.sh(&format!("cat {ACCOUNT}/keys")));
     assert!(keys.contains(&rotated), "keys shows the new key");
 }
+
+#[test]
+fn a_task_with_thousands_of_files_is_listed_page_by_page() {
+    let files: serde_json::Map<String, Value> = (0..2500)
+        .map(|i| (format!("wd/out/part-{i:05}.csv"), json!(format!("{i}\n"))))
+        .chain([("stdout.txt".to_string(), json!("done\n"))])
+        .collect();
+    let fx = json!({"jobs": [{"id": "big", "tasks": [{"id": "t", "state": "completed",
+        "exitCode": 0, "files": files}]}]});
+    let s = Standin::start(&fx, &[]);
+    let m = Mount::start(&with_key(&s), &[]);
+    let out = format!("{ACCOUNT}/jobs/big/tasks/t/files/wd/out");
+    ok(m.sh(&format!(
+        "stat {ACCOUNT}/jobs/big/tasks/t/files/wd >/dev/null"
+    )));
+    s.reset();
+    let listing = ok(m.sh(&format!("ls -l {out}")));
+    assert_eq!(listing.lines().filter(|l| l.starts_with('-')).count(), 2500);
+    let lists = s
+        .requests()
+        .iter()
+        .filter(|r| r["path"] == "/jobs/big/tasks/t/files")
+        .count();
+    assert_eq!(lists, 3, "2,500 files in pages of 1,000");
+    assert_eq!(ok(m.sh(&format!("cat {out}/part-02499.csv"))), "2499\n");
+    s.no_violations();
+}

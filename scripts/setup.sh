@@ -52,20 +52,18 @@ if [ ! -f "$AZURITE_MAIN" ] || [ "$installed" != "$AZURITE_VERSION" ]; then
     npm install --prefix .tools/azurite --no-audit --no-fund --loglevel=error "azurite@$AZURITE_VERSION" >/dev/null
 fi
 
-py_installed=$(.tools/py/bin/python -c 'import azure.storage.blob as b; print(b.__version__)' 2>/dev/null || true)
-if [ "$py_installed" != "$AZURE_BLOB_PY_VERSION" ]; then
-    echo "setup: installing azure-storage-blob==$AZURE_BLOB_PY_VERSION into .tools/py"
-    [ -x .tools/py/bin/python ] || /usr/bin/python3 -m venv .tools/py
-    .tools/py/bin/python -m pip install --quiet --disable-pip-version-check \
-        "azure-storage-blob==$AZURE_BLOB_PY_VERSION" >/dev/null
-fi
-batch_installed=$(.tools/py/bin/python -c 'import azure.batch as b; print(b.__version__)' 2>/dev/null || true)
-if [ "$batch_installed" != "$AZURE_BATCH_PY_VERSION" ]; then
-    echo "setup: installing azure-batch==$AZURE_BATCH_PY_VERSION into .tools/py"
-    [ -x .tools/py/bin/python ] || /usr/bin/python3 -m venv .tools/py
-    .tools/py/bin/python -m pip install --quiet --disable-pip-version-check \
-        "azure-batch==$AZURE_BATCH_PY_VERSION" >/dev/null
-fi
+# Each pinned package is installed into the venv unless that version is there already.
+py_pin() { # PACKAGE MODULE VERSION
+    local have
+    have=$(.tools/py/bin/python -c "import $2 as m; print(m.__version__)" 2>/dev/null || true)
+    if [ "$have" != "$3" ]; then
+        echo "setup: installing $1==$3 into .tools/py"
+        [ -x .tools/py/bin/python ] || /usr/bin/python3 -m venv .tools/py
+        .tools/py/bin/python -m pip install --quiet --disable-pip-version-check "$1==$3" >/dev/null
+    fi
+}
+py_pin azure-storage-blob azure.storage.blob "$AZURE_BLOB_PY_VERSION"
+py_pin azure-batch azure.batch "$AZURE_BATCH_PY_VERSION"
 
 if ! command -v cargo >/dev/null; then
     if [ -x "$HOME/.cargo/bin/cargo" ]; then

@@ -390,6 +390,8 @@ struct Stores {
     stats: Arc<Stats>,
     /// Signalled by any client whose credential storage refused.
     denied: Arc<tokio::sync::Notify>,
+    /// Signalled by any Batch service client whose key the service refused.
+    service_denied: Arc<tokio::sync::Notify>,
 }
 
 impl Stores {
@@ -401,6 +403,7 @@ impl Stores {
             policy,
             stats,
             denied: Arc::new(tokio::sync::Notify::new()),
+            service_denied: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -446,10 +449,10 @@ impl Stores {
             self.services.remove(&a.name);
             return None;
         };
-        let known = self
-            .services
-            .get(&a.name)
-            .filter(|c| c.url().trim_end_matches('/') == url.trim_end_matches('/'));
+        // Compared as parsed URLs, as the client holds its endpoint (`:443`, case).
+        let same =
+            |c: &&Arc<ServiceClient>| reqwest::Url::parse(url).is_ok_and(|u| u.as_str() == c.url());
+        let known = self.services.get(&a.name).filter(same);
         // The same identity keeps its token source, and the token it holds.
         if let (Some(c), Some(id)) = (known, &svc.identity)
             && a.primary_key.is_none()
@@ -470,7 +473,7 @@ impl Stores {
             Ok(mut c) => {
                 // As for storage: only discovered keys can change on a refresh.
                 if a.arm_body.is_some() {
-                    c = c.notify_denied(self.denied.clone());
+                    c = c.notify_denied(self.service_denied.clone());
                 }
                 let c = Arc::new(c);
                 self.services.insert(a.name.clone(), c.clone());
@@ -541,17 +544,22 @@ async fn refresh_accounts(
     every: Duration,
 ) {
     let denied = stores.denied.clone();
+    let service_denied = stores.service_denied.clone();
     let mut last = tokio::time::Instant::now();
     let mut previous = shown;
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(last + every) => {}
+            // At most one early refresh per MIN_EARLY_REFRESH: a credential that is simply
+            // wrong must not turn every failed request into ARM traffic.
             _ = denied.notified() => {
-                // At most one early refresh per MIN_EARLY_REFRESH: a credential that is
-                // simply wrong must not turn every failed request into ARM traffic.
+                tokio::time::sleep_until(last + MIN_EARLY_REFRESH).await;
+                tracing::info!("storage refused a credential: refreshing the accounts now");
+            }
+            _ = service_denied.notified() => {
                 tokio::time::sleep_until(last + MIN_EARLY_REFRESH).await;
                 tracing::info!(
-                    "storage or the Batch service refused a credential: refreshing the accounts now"
+                    "the Batch service refused a key: refreshing the accounts now"
                 );
             }
         }
@@ -686,20 +694,23 @@ pub fn accounts(args: &SourceArgs) -> Res {
     let rows = rt.block_on(futures::future::join_all(found.iter().map(|a| {
         let policy = policy.clone();
         async move {
-            let service = match (a.service.url.as_deref(), service_auth(a)) {
+            let service = match a.service.url.as_deref() {
                 _ if !a.service.enabled => "off".to_string(),
-                (Some(url), Some(auth)) => {
-                    match ServiceClient::new(&a.name, url, auth, policy.clone(), Default::default())
-                    {
-                        Err(e) => format!("error: {e}"),
-                        Ok(_) if !checkable(a) => "task token".to_string(),
-                        Ok(c) => match check_service(&c).await {
-                            Ok(()) => "ok".to_string(),
+                None => "-".to_string(),
+                Some(url) => match service_auth(a) {
+                    None => "-".to_string(),
+                    Some(auth) => {
+                        let stats = Default::default();
+                        match ServiceClient::new(&a.name, url, auth, policy.clone(), stats) {
                             Err(e) => format!("error: {e}"),
-                        },
+                            Ok(_) if !checkable(a) => "task token".to_string(),
+                            Ok(c) => match check_service(&c).await {
+                                Ok(()) => "ok".to_string(),
+                                Err(e) => format!("error: {e}"),
+                            },
+                        }
                     }
-                }
-                _ => "-".to_string(),
+                },
             };
             let status = match &a.storage {
                 None => "no storage".to_string(),

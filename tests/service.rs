@@ -63,7 +63,9 @@ fn count(requests: &[Value], path: &str) -> usize {
 #[test]
 fn task_files_read_with_shell_tools() {
     let s = Standin::start(&fixture(), &[]);
-    let m = Mount::start(&with_key(&s), &[]);
+    // Listings last long enough that the request counts below do not depend on the speed of
+    // the machine.
+    let m = Mount::start(&with_key(&s), &["--dir-timeout", "30"]);
     let a = format!("{ACCOUNT}/jobs/render");
     assert_eq!(ok(m.sh(&format!("ls {a}/tasks"))), "t1\nt2\nt3\n");
     assert_eq!(
@@ -577,7 +579,7 @@ fn a_service_that_stalls_or_refuses_gives_eio_in_time_and_recovers() {
         // Other accounts' files and the account's own files answer meanwhile.
         let start = Instant::now();
         ok(m.sh(&format!("cat {ACCOUNT}/account.json >/dev/null")));
-        assert!(start.elapsed() < Duration::from_secs(1));
+        assert!(start.elapsed() < Duration::from_secs(3));
         proxy.set(Mode::Pass);
         assert!(
             ok(m.sh(&format!("cat {t}/t2/task.json"))).contains("\"t2\""),
@@ -648,7 +650,10 @@ fn a_rotated_key_found_by_discovery_is_used_after_the_service_refuses_the_old_on
         "{}",
         m.log_text()
     );
-    assert!(m.log_text().contains("refused a credential: refreshing"));
+    assert!(
+        m.log_text()
+            .contains("the Batch service refused a key: refreshing")
+    );
     assert!(!m.log_text().contains(&rotated) && !m.log_text().contains(KEY));
     let keys = ok(m.sh(&format!("cat {ACCOUNT}/keys")));
     assert!(keys.contains(&rotated), "keys shows the new key");
@@ -668,6 +673,7 @@ fn a_task_with_thousands_of_files_is_listed_page_by_page() {
     ok(m.sh(&format!(
         "stat {ACCOUNT}/jobs/big/tasks/t/files/wd >/dev/null"
     )));
+    s.no_violations();
     s.reset();
     let listing = ok(m.sh(&format!("ls -l {out}")));
     assert_eq!(listing.lines().filter(|l| l.starts_with('-')).count(), 2500);

@@ -383,8 +383,10 @@ impl ServiceClient {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         let failure = classify(status, code.clone(), retry::retry_after(&headers));
-        // A job-scoped token refused outside its job says nothing about the key.
+        // Only a refused signature says the key may have changed: a job-scoped token refused
+        // outside its job, or a network rule, says nothing about it.
         if let (Step::Final(BlobError::Denied { .. }), Some(n)) = (&failure, &self.on_denied)
+            && code == "AuthenticationFailed"
             && matches!(
                 &*self.auth.read().unwrap_or_else(|p| p.into_inner()),
                 Auth::SharedKey(_)

@@ -667,24 +667,18 @@ pub(crate) fn transport(e: reqwest::Error) -> Failure {
     let e = e.without_url();
     let mut msg = e.to_string();
     let mut refused = false;
-    let mut unresolved = false;
     let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
         msg = format!("{msg}: {s}");
         refused |= s
             .downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused);
-        // A name that does not resolve will not resolve in a moment either.
-        unresolved |= s.to_string().starts_with("dns error");
         source = s.source();
     }
-    match refused || unresolved {
+    match refused {
         // Nothing listens there: worth a retry or two (a restart), not a whole deadline.
         true => Step::Retry {
-            error: BlobError::Transport(match unresolved {
-                true => format!("the name does not resolve ({msg})"),
-                false => format!("connection refused ({msg})"),
-            }),
+            error: BlobError::Transport(format!("connection refused ({msg})")),
             after: None,
             window: Some(REFUSED_WINDOW),
         },

@@ -114,7 +114,15 @@ pub struct DirCache {
 
 /// Proof of when a fetch began, for [`DirCache::store`].
 #[derive(Debug, Clone, Copy)]
-pub struct Ticket(u64);
+pub struct Ticket(u64, Option<Instant>);
+
+impl Ticket {
+    /// For a listing derived from an answer fetched at `at`: it ages from then, not from
+    /// when it is stored.
+    pub fn as_of(self, at: Instant) -> Ticket {
+        Ticket(self.0, Some(at))
+    }
+}
 
 impl DirCache {
     pub fn new(ttl: Duration) -> Self {
@@ -160,7 +168,10 @@ impl DirCache {
 
     /// Call before fetching a listing of `ino` from storage.
     pub fn ticket(&self, ino: u64) -> Ticket {
-        Ticket(self.state().generation.get(&ino).copied().unwrap_or(0))
+        Ticket(
+            self.state().generation.get(&ino).copied().unwrap_or(0),
+            None,
+        )
     }
 
     /// Caches a listing fetched under `ticket`, unless a local change came since; returns it.
@@ -173,7 +184,7 @@ impl DirCache {
         st.cached.insert(
             ino,
             Cached {
-                at: Instant::now(),
+                at: ticket.1.unwrap_or_else(Instant::now),
                 listing: listing.clone(),
             },
         );

@@ -45,8 +45,10 @@ const LISTED_EXISTS: Duration = Duration::from_secs(60);
 /// What a lookup of a node file fetches of it on the side: a read of a log's first 128 KiB
 /// (what `cat` asks for first) then costs no request.
 const LOOKAHEAD: u64 = 128 * 1024;
-/// The most a lookup waits for those bytes: they are a bonus, never a delay.
+/// The most those bytes take (one try); once the lookup's HEAD has answered they get only
+/// [`AHEAD_GRACE`] more: they are a bonus, worth at most a short delay.
 const AHEAD_WAIT: Duration = Duration::from_secs(2);
+const AHEAD_GRACE: Duration = Duration::from_millis(300);
 
 /// A node of the service's trees.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -197,8 +199,8 @@ fn item_time(v: &Value) -> Option<SystemTime> {
     .find_map(|k| batch::parse_time(&v[*k]))
 }
 
-/// Recursive answers older than this are dropped (they serve `--dir-timeout` at most).
-const SUBTREE_KEEP: Duration = Duration::from_secs(60);
+/// The most items recursive answers keep in all (a few hundred bytes each).
+const MAX_SUBTREE_ITEMS: usize = 100_000;
 /// Past this many documents kept, those older than [`DOC_KEEP`] are dropped.
 const MAX_DOCS: usize = 4096;
 const DOC_KEEP: Duration = Duration::from_secs(10);
@@ -280,23 +282,16 @@ pub fn error(e: BlobError) -> FsError {
     }
 }
 
-/// What is known of a node file after `new` came: it never goes back to an older state (a
-/// listing sent before a HEAD but answered after it, or a read racing another), since a
-/// smaller size makes the kernel drop pages and `tail -f` start again. Later mtime wins; at
-/// the same mtime, the larger size (a log that grew within a second). The kept state counts
-/// as fetched now.
+/// What is known of a node file after `new` came: the answer to the request asked last wins
+/// (`fetched` is when a request was sent), so an answer that was overtaken (a listing sent
+/// before a HEAD but answered after it) never puts an older size back, which would make the
+/// kernel drop pages and `tail -f` start again. A file replaced by an older or smaller one is
+/// shown as it is now.
 fn learnt(old: Option<Meta>, new: Meta) -> Meta {
     match old {
-        Some(mut old) if later(&old, &new) => {
-            old.fetched = new.fetched;
-            old
-        }
+        Some(old) if old.fetched > new.fetched => old,
         _ => new,
     }
-}
-
-fn later(a: &Meta, b: &Meta) -> bool {
-    (a.mtime, a.size) > (b.mtime, b.size)
 }
 
 /// What a version of a node file is known by: its size and time.
@@ -308,14 +303,15 @@ fn version(m: &Meta) -> String {
     format!("{}@{}", m.size, t.as_nanos())
 }
 
-fn file_meta(p: &FileProps) -> Meta {
+/// What `p` says of a file, as asked at `asked`.
+fn file_meta(p: &FileProps, asked: Instant) -> Meta {
     Meta {
         size: p.size,
         mtime: p.last_modified,
         atime: p.last_modified,
         // Read-only: whatever the node says, no write bits.
         mode: p.mode.map(|m| (m & 0o555) as u16),
-        fetched: Instant::now(),
+        fetched: asked,
     }
 }
 
@@ -354,7 +350,9 @@ impl<S: BlobStore> Namespace<S> {
                         mtime,
                         ..Default::default()
                     }),
-                    Known::File(p) => n.meta = Some(learnt(n.meta.take(), file_meta(&p))),
+                    Known::File(p, asked) => {
+                        n.meta = Some(learnt(n.meta.take(), file_meta(&p, asked)));
+                    }
                     Known::Nothing => {}
                 }
                 (n.meta.clone(), n.dir)
@@ -433,7 +431,7 @@ impl<S: BlobStore> Namespace<S> {
         if let Some(e) = self.dirs.fresh(ino) {
             return Ok(e);
         }
-        let ticket = self.dirs.ticket(ino);
+        let mut ticket = self.dirs.ticket(ino);
         let entry = |name: &str, attr: Attr| Entry {
             name: name.to_string(),
             attr,
@@ -455,11 +453,13 @@ impl<S: BlobStore> Namespace<S> {
                 }
             }
         } else if let Svc::Dir(files, dir) = svc {
-            for (name, props) in self.list_files(acct, files, dir).await? {
+            let (asked, children) = self.list_files(acct, files, dir).await?;
+            ticket = ticket.as_of(asked);
+            for (name, props) in children {
                 if let Some(child) = svc.child(&name, props.is_dir) {
                     let known = match props.is_dir {
                         true => Known::dir_at(props.last_modified),
-                        false => Known::File(props),
+                        false => Known::File(props, asked),
                     };
                     v.push(entry(&name, self.svc_node(acct, child, ino, known)));
                 }
@@ -488,36 +488,40 @@ impl<S: BlobStore> Namespace<S> {
         Ok(self.dirs.store(ino, ticket, Listing::new(v)))
     }
 
-    /// The entries of one directory of a task's or node's files, by name: from a recursive
-    /// answer for it or a directory above it fetched within `--dir-timeout`, else one List
-    /// Files (the root non-recursively; a subdirectory with everything under it, kept).
+    /// The entries of one directory of a task's or node's files, by name, and when the answer
+    /// they come from was asked for: a recursive answer for it or a directory above it asked
+    /// for within `--dir-timeout`, else one List Files (the root non-recursively; a
+    /// subdirectory with everything under its first path segment, kept).
     async fn list_files(
         &self,
         acct: usize,
         files: &Files,
         dir: &str,
-    ) -> Result<BTreeMap<String, FileProps>> {
-        if let Some(items) = self.subtrees.covering(acct, files, dir, self.opts.dir_ttl) {
-            return Ok(children(&items, dir));
+    ) -> Result<(Instant, BTreeMap<String, FileProps>)> {
+        let ttl = self.opts.dir_ttl;
+        if let Some((asked, items)) = self.subtrees.covering(acct, files, dir, ttl) {
+            return Ok((asked, children(&items, dir)));
         }
         let client = self.service(acct)?;
         let filter;
+        let top = dir.split('/').next().unwrap_or(dir);
         let query: Vec<(&str, &str)> = match dir {
             "" => vec![("recursive", "false")],
-            d => {
-                // OData string literals double their quotes. No separator after the name:
-                // Windows nodes use `\\`; siblings that merely share the prefix are skipped.
-                filter = format!("startswith(name,'{}')", d.replace('\'', "''"));
+            _ => {
+                // The first segment only, with no separator after it: Windows nodes separate
+                // with `\\`. What is not under `dir` is skipped. OData literals double quotes.
+                filter = format!("startswith(name,'{}')", top.replace('\'', "''"));
                 vec![("recursive", "true"), ("$filter", filter.as_str())]
             }
         };
+        let asked = Instant::now();
         let items = client.list(&files.root(), &query).await.map_err(error)?;
         let items: Vec<FileItem> = items.iter().filter_map(batch::file_item).collect();
         let out = children(&items, dir);
-        if !dir.is_empty() {
-            self.subtrees.put(acct, files, dir, items);
+        if !dir.is_empty() && !ttl.is_zero() {
+            self.subtrees.put(acct, files, top, asked, items, ttl);
         }
-        Ok(out)
+        Ok((asked, out))
     }
 
     pub(super) async fn svc_lookup(
@@ -586,9 +590,17 @@ impl<S: BlobStore> Namespace<S> {
                 // The first bytes come along, in parallel: a lookup is mostly followed by a
                 // read, and a log is mostly small, so `cat` of a task's file costs one round
                 // trip. Not when the cache holds them already.
-                let known_file = self.known_file(acct, files, &rel);
+                let cached = self
+                    .known_file(acct, files, &rel)
+                    .is_some_and(|f| self.cache.has_start(&f));
+                // A name a recent listing showed as a directory has no bytes to bring.
+                let recent = self.dirs.within(parent, LISTED_EXISTS);
+                let listed_dir = recent
+                    .as_ref()
+                    .and_then(|l| l.find(name))
+                    .is_some_and(|a| a.kind == Kind::Dir);
                 let ahead = async {
-                    match known_file.as_ref().is_some_and(|f| self.cache.has_start(f)) {
+                    match cached || listed_dir {
                         true => None,
                         false => {
                             tokio::time::timeout(AHEAD_WAIT, client.file_start(&path, LOOKAHEAD))
@@ -597,14 +609,25 @@ impl<S: BlobStore> Namespace<S> {
                         }
                     }
                 };
-                let (props, ahead) = tokio::join!(client.file_props(&path), ahead);
+                let asked = Instant::now();
+                let head = client.file_props(&path);
+                tokio::pin!(head, ahead);
+                // Once the HEAD has answered, the bytes get only a short grace.
+                let (props, ahead) = tokio::select! {
+                    p = &mut head => {
+                        let a = tokio::time::timeout(AHEAD_GRACE, &mut ahead).await;
+                        (p, a.ok().flatten())
+                    }
+                    a = &mut ahead => (head.await, a),
+                };
                 let props = match (props, ahead.as_ref()) {
                     (Ok(p), _) => p,
                     // The GET's answer has the code the HEAD's could not carry.
-                    (Err(BlobError::NotFound | BlobError::Conflict(_)), Some(Err(e))) => {
-                        return Err(error(e.clone()));
-                    }
-                    (Err(e @ BlobError::Conflict(_)), _) => {
+                    (
+                        Err(BlobError::NotFound | BlobError::Conflict(_)),
+                        Some(Err(e @ (BlobError::NotFound | BlobError::Conflict(_)))),
+                    ) => return Err(error(e.clone())),
+                    (Err(e @ (BlobError::NotFound | BlobError::Conflict(_))), _) => {
                         return Err(error(client.explain(&path, e).await));
                     }
                     (Err(e), _) => return Err(error(e)),
@@ -618,10 +641,11 @@ impl<S: BlobStore> Namespace<S> {
                             && modified == props.last_modified
                             && data.len() as u64 == props.size.min(LOOKAHEAD)
                         {
-                            let file = self.node_file(acct, files, &rel, &file_meta(&props))?;
+                            let meta = file_meta(&props, asked);
+                            let file = self.node_file(acct, files, &rel, &meta)?;
                             self.cache.prime(&file, &data);
                         }
-                        Known::File(props)
+                        Known::File(props, asked)
                     }
                 };
                 Ok(self.svc_node(acct, child, parent, known))
@@ -662,6 +686,7 @@ impl<S: BlobStore> Namespace<S> {
         }
         let url = format!("{}/{}", files.root(), encode_path(path));
         let client = self.service(acct)?;
+        let asked = Instant::now();
         let props = match client.file_props(&url).await {
             Ok(p) => p,
             // A file this mount knew is gone, or its node is: say which.
@@ -671,7 +696,7 @@ impl<S: BlobStore> Namespace<S> {
             // The name is a directory now: this node is not what it named.
             return Err(FsError::Stale);
         }
-        let mut meta = file_meta(&props);
+        let mut meta = file_meta(&props, asked);
         if let Some(n) = lock(&self.inodes).get_mut(ino) {
             meta = learnt(n.meta.take(), meta);
             n.meta = Some(meta.clone());
@@ -758,7 +783,7 @@ impl<S: BlobStore> Namespace<S> {
             let mut f = lock(file);
             let current = lock(&self.inodes).get(ino).and_then(|n| n.meta.clone());
             if let Some(m) = current
-                && later(&m, &f.0)
+                && m.fetched > f.0.fetched
                 && let NodeKey::Service {
                     acct,
                     node: Svc::File(files, path),
@@ -843,19 +868,19 @@ pub struct Subtrees {
 
 struct Subtree {
     dir: String,
-    at: Instant,
+    asked: Instant,
     items: Arc<Vec<FileItem>>,
 }
 
 impl Subtrees {
-    /// A fresh answer for `dir` or a directory above it.
+    /// The freshest answer for `dir` or a directory above it, asked for within `ttl`.
     fn covering(
         &self,
         acct: usize,
         files: &Files,
         dir: &str,
         ttl: Duration,
-    ) -> Option<Arc<Vec<FileItem>>> {
+    ) -> Option<(Instant, Arc<Vec<FileItem>>)> {
         if dir.is_empty() {
             return None;
         }
@@ -863,33 +888,63 @@ impl Subtrees {
         let trees = map.get(&(acct, files.clone()))?;
         trees
             .iter()
-            .filter(|t| t.at.elapsed() < ttl)
-            .find(|t| dir == t.dir || dir.starts_with(&format!("{}/", t.dir)))
-            .map(|t| t.items.clone())
+            .filter(|t| t.asked.elapsed() < ttl)
+            .filter(|t| dir == t.dir || dir.starts_with(&format!("{}/", t.dir)))
+            .max_by_key(|t| t.asked)
+            .map(|t| (t.asked, t.items.clone()))
     }
 
-    /// Keeps the answer for `dir`; answers no longer fresh enough to use go.
-    fn put(&self, acct: usize, files: &Files, dir: &str, items: Vec<FileItem>) {
+    /// Keeps the answer for `dir`, asked for at `asked`. Answers older than `ttl` go, and,
+    /// past [`MAX_SUBTREE_ITEMS`] items in all, the oldest.
+    fn put(
+        &self,
+        acct: usize,
+        files: &Files,
+        dir: &str,
+        asked: Instant,
+        items: Vec<FileItem>,
+        ttl: Duration,
+    ) {
         let mut map = lock(&self.map);
-        let keep = SUBTREE_KEEP;
         map.retain(|_, trees| {
-            trees.retain(|t| t.at.elapsed() < keep);
+            trees.retain(|t| t.asked.elapsed() < ttl);
             !trees.is_empty()
         });
         let trees = map.entry((acct, files.clone())).or_default();
         trees.retain(|t| t.dir != dir);
         trees.push(Subtree {
             dir: dir.to_string(),
-            at: Instant::now(),
+            asked,
             items: Arc::new(items),
         });
+        loop {
+            let total: usize = map.values().flatten().map(|t| t.items.len()).sum();
+            let oldest = map
+                .iter()
+                .flat_map(|(k, trees)| {
+                    trees
+                        .iter()
+                        .map(move |t| (t.asked, k.clone(), t.dir.clone()))
+                })
+                .min_by_key(|(asked, _, _)| *asked);
+            match oldest {
+                Some((_, key, dir)) if total > MAX_SUBTREE_ITEMS => {
+                    if let Some(trees) = map.get_mut(&key) {
+                        trees.retain(|t| t.dir != dir);
+                    }
+                    map.retain(|_, trees| !trees.is_empty());
+                }
+                _ => return,
+            }
+        }
     }
 }
 
 /// What a listing or lookup learnt of a node.
 enum Known {
     Dir(Option<SystemTime>),
-    File(FileProps),
+    /// A file, as a request sent at that instant said.
+    File(FileProps, Instant),
     Nothing,
 }
 
@@ -964,8 +1019,8 @@ mod tests {
         assert_eq!(names("wd/deep/er"), ["x"]);
         let files = Files::Task("j".into(), "t".into());
         let trees = Subtrees::default();
-        trees.put(0, &files, "wd", items.clone());
         let ttl = Duration::from_secs(5);
+        trees.put(0, &files, "wd", Instant::now(), items.clone(), ttl);
         assert!(trees.covering(0, &files, "wd/out", ttl).is_some());
         assert!(trees.covering(0, &files, "wd", ttl).is_some());
         assert!(
@@ -980,6 +1035,27 @@ mod tests {
             trees.covering(0, &files, "wd", Duration::ZERO).is_none(),
             "stale"
         );
+    }
+
+    #[test]
+    fn the_answer_asked_last_wins_even_if_it_is_older_or_smaller() {
+        let at = |secs: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        let props = |size: u64, mtime: SystemTime| FileProps {
+            is_dir: false,
+            size,
+            last_modified: mtime,
+            mode: None,
+        };
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_millis(10);
+        // A listing asked before a HEAD but answered after it does not undo the HEAD.
+        let head = file_meta(&props(200, at(20)), t1);
+        let late_listing = file_meta(&props(100, at(10)), t0);
+        assert_eq!(learnt(Some(head.clone()), late_listing).size, 200);
+        // A file replaced by an older, smaller one is shown as it is now.
+        let replaced = file_meta(&props(50, at(5)), t1 + Duration::from_millis(10));
+        let now = learnt(Some(head), replaced);
+        assert_eq!((now.size, now.mtime), (50, at(5)));
     }
 
     #[test]

@@ -27,7 +27,8 @@ pub struct FakeBatch {
     pub modes: Option<Vec<&'static str>>,
     pub primary: String,
     pub secondary: String,
-    /// `accountEndpoint` (default `<name>.westeurope.batch.azure.com`).
+    /// `accountEndpoint`; by default a local port where nothing listens, so no test sends
+    /// requests to Azure.
     pub endpoint: Option<String>,
 }
 
@@ -133,7 +134,7 @@ fn storage_id(sub: &str, s: &FakeStorage) -> String {
 
 fn batch_json(s: &State, b: &FakeBatch) -> Value {
     let mut props = json!({
-        "accountEndpoint": b.endpoint.clone().unwrap_or_else(|| format!("{}.westeurope.batch.azure.com", b.name)),
+        "accountEndpoint": b.endpoint.clone().unwrap_or_else(|| "127.0.0.1:9".to_string()),
         "provisioningState": "Succeeded",
         "poolAllocationMode": "BatchService",
         "dedicatedCoreQuota": 20,

@@ -24,6 +24,7 @@ use crate::accounts::identity::{BATCH_SCOPE, TokenSource};
 use crate::accounts::sources::{SourceArgs, Sources};
 use crate::batch::{Auth, ServiceClient};
 use crate::blob::{BlobError, BlobStore, HttpBlobStore, RetryPolicy};
+use crate::cache::disk::DiskTier;
 use crate::fs::{Account, Namespace, Options};
 use crate::fuse::FuseFs;
 use crate::stats::{STATS_FILE, Stats};
@@ -132,7 +133,7 @@ fn run_mount(args: &MountArgs, mut notify: Option<&mut std::io::Stdout>) -> Res 
         }
     }
     let mountpoint = check_mountpoint(&args.mountpoint)?;
-    let opts = Options {
+    let mut opts = Options {
         attr_ttl: secs("--attr-timeout", args.attr_timeout)?,
         dir_ttl: secs("--dir-timeout", args.dir_timeout)?,
         cache_size: args.cache_size,
@@ -140,6 +141,8 @@ fn run_mount(args: &MountArgs, mut notify: Option<&mut std::io::Stdout>) -> Res 
         read_only: args.read_only,
         spill_dir: spill_dir(args)?,
         timeout: secs("--timeout", args.timeout)?,
+        disk: None,
+        fill: args.disk_cache_fill,
     };
     let policy = RetryPolicy {
         deadline: secs("--timeout", args.timeout)?,
@@ -148,6 +151,11 @@ fn run_mount(args: &MountArgs, mut notify: Option<&mut std::io::Stdout>) -> Res 
     let refresh = secs("--refresh", args.refresh)?;
     let rt = runtime()?;
     let stats = Arc::new(Stats::default());
+    if let Some(dir) = &args.disk_cache {
+        let tier =
+            DiskTier::open(dir, args.disk_cache_size, stats.clone()).map_err(|e| e.to_string())?;
+        opts.disk = Some(tier);
+    }
     let found = rt.block_on(sources.accounts())?;
     let mut stores = Stores::new(policy, stats.clone());
     stores.no_service = args.no_service;

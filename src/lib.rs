@@ -70,6 +70,17 @@ pub struct MountArgs {
     /// Show no account's Batch service (`jobs/`, `pools/`); per account: `service = false`.
     #[arg(long)]
     pub no_service: bool,
+    /// Keep fetched pages in this directory too, below the RAM cache, and across mounts
+    /// (e.g. the node's temporary disk). It must be empty or one batchfs made.
+    #[arg(long)]
+    pub disk_cache: Option<PathBuf>,
+    /// Bound on what `--disk-cache` holds (e.g. 20G).
+    #[arg(long, default_value = "10G", value_parser = parse_size)]
+    pub disk_cache_size: u64,
+    /// What the disk cache fetches: `pages` (what readers read) or `whole` (the rest of every
+    /// blob read, in the background, if it fits).
+    #[arg(long, default_value = "pages")]
+    pub disk_cache_fill: cache::FillMode,
     /// Where uploaded blocks of files being written are kept until their commit (in an
     /// unlinked file, so a crash leaves nothing behind). Default: $TMPDIR or /tmp.
     #[arg(long)]

@@ -46,6 +46,18 @@ counters! {
     prefetched_pages: "pages fetched ahead of the reader",
     evictions: "pages evicted to stay within the cache budget",
     cache_bytes: "bytes held or reserved by the page cache now",
+    disk_hits: "pages served from the disk cache (after their hash matched)",
+    disk_misses: "pages of cacheable blobs fetched from storage while the disk cache is on",
+    disk_read_bytes: "bytes read from the disk cache",
+    disk_written_bytes: "bytes written to the disk cache",
+    disk_bytes: "bytes the disk cache holds now (as du counts them, indexes aside)",
+    disk_evictions: "1 MiB segments evicted to stay within --disk-cache-size",
+    disk_whole: "blobs that came to be held whole (synced, fit for passthrough)",
+    disk_fills: "whole-blob fills finished (--disk-cache-fill whole)",
+    disk_skipped: "fetches not kept because the disk was behind",
+    disk_corrupt: "pages dropped because their bytes no longer matched their hash",
+    disk_errors: "I/O errors on the disk cache directory",
+    passthrough_opens: "opens served by kernel passthrough from the disk cache",
     inodes: "files and directories the mount remembers now (those the kernel holds)",
 }
 

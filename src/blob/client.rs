@@ -765,6 +765,10 @@ fn utf8(body: &Bytes) -> Result<&str, BlobError> {
 }
 
 impl BlobStore for HttpBlobStore {
+    fn origin(&self) -> Option<String> {
+        Some(self.base.as_str().trim_end_matches('/').to_string())
+    }
+
     async fn list_containers(&self) -> Result<Vec<ContainerInfo>, BlobError> {
         let mut all = Vec::new();
         let mut marker: Option<String> = None;

@@ -223,6 +223,10 @@ impl<S: BlobStore> FaultyStore<S> {
 }
 
 impl<S: BlobStore> BlobStore for FaultyStore<S> {
+    fn origin(&self) -> Option<String> {
+        self.inner.origin()
+    }
+
     async fn list_containers(&self) -> Result<Vec<ContainerInfo>, BlobError> {
         self.run(Op::ListContainers, self.inner.list_containers())
             .await

@@ -129,6 +129,10 @@ fn check(cond: &Condition, current: Option<&BlobProps>) -> Result<(), BlobError>
 }
 
 impl BlobStore for MemoryStore {
+    fn origin(&self) -> Option<String> {
+        Some("memory".into())
+    }
+
     async fn list_containers(&self) -> Result<Vec<ContainerInfo>, BlobError> {
         self.count();
         Ok(self

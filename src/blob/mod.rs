@@ -97,6 +97,12 @@ pub enum BlobError {
 ///
 /// Methods return `impl Future + Send` so the filesystem can run them on any runtime thread.
 pub trait BlobStore: Send + Sync + 'static {
+    /// The account's endpoint, a name that stays the same across mounts: the disk tier keys
+    /// blobs on it. `None` keeps this store's blobs out of the disk tier.
+    fn origin(&self) -> Option<String> {
+        None
+    }
+
     fn list_containers(&self)
     -> impl Future<Output = Result<Vec<ContainerInfo>, BlobError>> + Send;
 

@@ -31,6 +31,13 @@
 //! the reader is kept in flight as parallel GETs. A read elsewhere (a seek) drops the window
 //! to nothing: random reads fetch only the pages they touch, so a 4 KiB read costs one page,
 //! not megabytes.
+//!
+//! # The disk tier
+//!
+//! With `--disk-cache`, pages missing from RAM are looked for in [`disk::DiskTier`] before
+//! storage, and pages fetched from storage are handed to it to keep (on a blocking thread:
+//! a reader never waits for the disk). Only blobs whose store names a stable origin are kept
+//! there: blob storage, not the Batch service's node files, which change in place.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -41,6 +48,12 @@ use tokio::sync::{Notify, Semaphore, watch};
 
 use crate::blob::{BlobError, BlobStore};
 use crate::stats::Stats;
+
+pub mod disk;
+mod fill;
+
+use disk::{DiskKey, DiskTier};
+pub use fill::FillMode;
 
 /// Cache granularity. Small enough that a random 4 KiB read fetches little.
 pub const PAGE: u64 = 32 * 1024;
@@ -85,6 +98,8 @@ pub struct Cache {
     space: Notify,
     requests: Arc<Semaphore>,
     stats: Arc<Stats>,
+    disk: Option<Arc<DiskTier>>,
+    fills: fill::Fills,
 }
 
 /// Where the bytes of cached files come from: a blob store, or the Batch service's files on
@@ -98,9 +113,19 @@ pub trait Source: Send + Sync + 'static {
         len: u64,
         if_match: Option<&str>,
     ) -> impl std::future::Future<Output = Result<Bytes, BlobError>> + Send;
+
+    /// A name for where the bytes come from that stays the same across mounts, if a blob's
+    /// (container, name, ETag) there always means the same bytes: what the disk tier keys on.
+    fn origin(&self) -> Option<String> {
+        None
+    }
 }
 
 impl<S: BlobStore> Source for S {
+    fn origin(&self) -> Option<String> {
+        BlobStore::origin(self)
+    }
+
     fn get_range(
         &self,
         container: &str,
@@ -121,9 +146,11 @@ pub struct BlobRef<S> {
     pub etag: String,
     pub size: u64,
     id: Arc<str>,
+    /// The blob's name in the disk tier, where its store allows.
+    disk: Option<Arc<DiskKey>>,
 }
 
-impl<S> BlobRef<S> {
+impl<S: Source> BlobRef<S> {
     pub fn new(
         store: Arc<S>,
         acct: usize,
@@ -133,6 +160,9 @@ impl<S> BlobRef<S> {
         size: u64,
     ) -> Self {
         let id = format!("{acct}/{container}/{name}\0{etag}").into();
+        let disk = store
+            .origin()
+            .map(|o| Arc::new(DiskKey::new(&o, &container, &name, &etag, size)));
         BlobRef {
             store,
             container,
@@ -140,6 +170,7 @@ impl<S> BlobRef<S> {
             etag,
             size,
             id,
+            disk,
         }
     }
 }
@@ -161,6 +192,16 @@ type Run = (u64, u64);
 
 impl Cache {
     pub fn new(budget: u64, max_requests: usize, stats: Arc<Stats>) -> Self {
+        Self::with_disk(budget, max_requests, stats, None, FillMode::Pages)
+    }
+
+    pub fn with_disk(
+        budget: u64,
+        max_requests: usize,
+        stats: Arc<Stats>,
+        disk: Option<Arc<DiskTier>>,
+        fill: FillMode,
+    ) -> Self {
         Cache {
             budget: budget.max(MIN_BUDGET),
             inner: Mutex::new(Inner {
@@ -172,6 +213,29 @@ impl Cache {
             space: Notify::new(),
             requests: Arc::new(Semaphore::new(max_requests.max(1))),
             stats,
+            disk,
+            fills: fill::Fills::new(fill),
+        }
+    }
+
+    /// The tier and the blob's key in it, when both exist.
+    fn tier_of<'a, S>(
+        &'a self,
+        blob: &'a BlobRef<S>,
+    ) -> Option<(&'a Arc<DiskTier>, &'a Arc<DiskKey>)> {
+        self.disk.as_ref().zip(blob.disk.as_ref())
+    }
+
+    /// The data file of `blob` if the disk tier holds it whole, pinned until
+    /// [`Cache::unpin_whole`]: for an open served by kernel passthrough.
+    pub fn pin_whole<S>(&self, blob: &BlobRef<S>) -> Option<Arc<std::fs::File>> {
+        let (tier, key) = self.tier_of(blob)?;
+        tier.pin_whole(key)
+    }
+
+    pub fn unpin_whole<S>(&self, blob: &BlobRef<S>) {
+        if let Some((tier, key)) = self.tier_of(blob) {
+            tier.unpin(key);
         }
     }
 
@@ -241,9 +305,10 @@ impl Cache {
                     run.1 += 1;
                 }
             }
-            let demand_rx: Vec<_> = demand
-                .iter()
-                .map(|run| (*run, self.claim(&mut inner, blob, *run)))
+            let demand_rx: Vec<_> = self
+                .by_source(blob, &demand)
+                .into_iter()
+                .map(|(run, disk)| (run, disk, self.claim(&mut inner, blob, run)))
                 .collect();
             // Computed after the demand claims, so no page is claimed twice.
             let ahead: Vec<u64> = prefetch
@@ -253,24 +318,28 @@ impl Cache {
                         .collect()
                 })
                 .unwrap_or_default();
-            let prefetch_claims: Vec<_> = runs(&ahead)
+            let prefetch_claims: Vec<_> = self
+                .by_source(blob, &runs(&ahead))
                 .into_iter()
-                .map(|run| (run, self.claim(&mut inner, blob, run)))
+                .map(|(run, disk)| (run, disk, self.claim(&mut inner, blob, run)))
                 .collect();
             (demand_rx, prefetch_claims)
         };
-        for (run, tx) in demand_runs {
+        for (run, disk, tx) in demand_runs {
             let rx = tx.subscribe();
-            self.spawn_fetch(blob, run, tx);
+            self.spawn_fetch(blob, run, disk, tx);
             for p in run.0..run.1.min(last) {
                 if p >= first {
                     waits.push((p, run.0, rx.clone()));
                 }
             }
         }
-        for (run, tx) in prefetch_runs {
+        for (run, disk, tx) in prefetch_runs {
             Stats::add(&self.stats.prefetched_pages, run.1 - run.0);
-            self.spawn_fetch(blob, run, tx);
+            self.spawn_fetch(blob, run, disk, tx);
+        }
+        if let Some((tier, key)) = self.tier_of(blob) {
+            self.fills.start(self, blob, tier, key);
         }
         for (p, start, mut rx) in waits {
             let outcome = rx
@@ -353,10 +422,29 @@ impl Cache {
         tx
     }
 
+    /// Splits runs of pages into those the disk tier holds (true) and those it does not.
+    fn by_source<S>(&self, blob: &BlobRef<S>, runs: &[Run]) -> Vec<(Run, bool)> {
+        let Some((tier, key)) = self.tier_of(blob) else {
+            return runs.iter().map(|&r| (r, false)).collect();
+        };
+        let mut out: Vec<(Run, bool)> = Vec::new();
+        for &(a, b) in runs {
+            for p in a..b {
+                let held = tier.has(key, p);
+                match out.last_mut() {
+                    Some((run, d)) if run.1 == p && *d == held => run.1 += 1,
+                    _ => out.push(((p, p + 1), held)),
+                }
+            }
+        }
+        out
+    }
+
     fn spawn_fetch<S: Source>(
         self: &Arc<Self>,
         blob: &BlobRef<S>,
         run: Run,
+        from_disk: bool,
         tx: watch::Sender<Outcome>,
     ) {
         let cache = self.clone();
@@ -369,8 +457,18 @@ impl Cache {
         );
         let start = run.0 * PAGE;
         let len = (run.1 * PAGE).min(blob.size) - start;
+        let disk = self.disk.clone().zip(blob.disk.clone());
         tokio::spawn(async move {
             cache.reserve(len).await;
+            if from_disk && let Some((tier, key)) = disk.clone() {
+                let got = tokio::task::spawn_blocking(move || tier.read(&key, run.0, run.1)).await;
+                if let Ok(Some(data)) = got {
+                    let result = Ok(data);
+                    cache.complete(&id, run, len, &result);
+                    let _ = tx.send(Some(result));
+                    return;
+                }
+            }
             let result = match cache.requests.clone().acquire_owned().await {
                 Ok(_permit) => {
                     store
@@ -384,6 +482,10 @@ impl Cache {
                 Ok(_) => Err(BlobError::PreconditionFailed),
                 Err(e) => Err(e),
             };
+            if let (Some((tier, key)), Ok(data)) = (disk, &result) {
+                Stats::add(&cache.stats.disk_misses, run.1 - run.0);
+                tier.keep(key, run.0, data.clone());
+            }
             cache.complete(&id, run, len, &result);
             let _ = tx.send(Some(result));
         });
@@ -585,10 +687,15 @@ fn new_block() -> BytesMut {
 
 /// Groups sorted page indexes into runs of consecutive pages, each at most one CHUNK.
 fn runs(pages: &[u64]) -> Vec<Run> {
+    runs_of(pages, CHUNK / PAGE)
+}
+
+/// Groups sorted page indexes into runs of consecutive pages, each at most `max` pages.
+fn runs_of(pages: &[u64], max: u64) -> Vec<Run> {
     let mut out: Vec<Run> = Vec::new();
     for &p in pages {
         match out.last_mut() {
-            Some(run) if run.1 == p && run.1 - run.0 < CHUNK / PAGE => run.1 += 1,
+            Some(run) if run.1 == p && run.1 - run.0 < max => run.1 += 1,
             _ => out.push((p, p + 1)),
         }
     }

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use super::*;
 use crate::blob::memory::MemoryStore;
 use crate::blob::{BlobStore, Condition};
+use disk::DiskTier;
 
 const MIB: u64 = 1 << 20;
 
@@ -149,4 +150,112 @@ async fn a_changed_blob_is_refused_not_mixed() {
         .unwrap();
     let err = c.read(&blob, &ra, 6 * MIB, 4096).await.unwrap_err();
     assert_eq!(err, BlobError::PreconditionFailed);
+}
+
+fn cache_on_disk(budget: u64, dir: &std::path::Path, fill: FillMode) -> Arc<Cache> {
+    let stats = Arc::new(Stats::default());
+    let tier = DiskTier::open(dir, 256 * MIB, stats.clone()).unwrap();
+    Arc::new(Cache::with_disk(budget, 8, stats, Some(tier), fill))
+}
+
+/// Waits until the disk tier has written what was handed to it (it writes on blocking
+/// threads, behind the reader).
+async fn settle(c: &Cache, what: impl Fn(&Stats) -> bool) {
+    for _ in 0..500 {
+        if what(&c.stats) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the disk tier did not settle: {:?}", c.stats.snapshot());
+}
+
+#[tokio::test]
+async fn a_reread_past_the_ram_budget_comes_from_disk_and_survives_a_new_cache() {
+    let (store, blob, data) = blob_of((40 * MIB) as usize).await;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let c = cache_on_disk(16 * MIB, dir.path(), FillMode::Pages);
+        assert!(read_all(&c, &blob, MIB).await == data);
+        settle(&c, |s| {
+            s.disk_written_bytes.load(Ordering::Relaxed) == 40 * MIB
+        })
+        .await;
+        let gets = store.gets.load(Ordering::Relaxed);
+        assert!(read_all(&c, &blob, MIB).await == data, "second pass");
+        assert_eq!(
+            store.gets.load(Ordering::Relaxed),
+            gets,
+            "no GET: RAM held 16 MiB"
+        );
+        assert!(c.stats.disk_hits.load(Ordering::Relaxed) > 0);
+        // The tier is dropped with the cache, as at unmount.
+    }
+    let c = cache_on_disk(16 * MIB, dir.path(), FillMode::Pages);
+    let gets = store.gets.load(Ordering::Relaxed);
+    assert!(read_all(&c, &blob, MIB).await == data, "after a 'remount'");
+    assert_eq!(store.gets.load(Ordering::Relaxed), gets);
+    // Another version of the blob is not served from the tier.
+    store
+        .put(
+            "c",
+            "b",
+            Bytes::from(vec![7u8; data.len()]),
+            Condition::None,
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    let props = store.head("c", "b").await.unwrap();
+    let new = BlobRef::new(
+        store.clone(),
+        0,
+        "c".into(),
+        "b".into(),
+        props.etag,
+        props.size,
+    );
+    assert!(read_all(&c, &new, MIB).await == vec![7u8; data.len()]);
+}
+
+#[tokio::test]
+async fn a_whole_fill_brings_the_rest_after_one_small_read() {
+    let (store, blob, data) = blob_of((24 * MIB + 5) as usize).await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache_on_disk(64 * MIB, dir.path(), FillMode::Whole);
+    let ra = Mutex::new(Readahead::default());
+    let got = c.read(&blob, &ra, 5 * MIB, 4096).await.unwrap();
+    assert_eq!(&got[..], &data[5 * MIB as usize..5 * MIB as usize + 4096]);
+    settle(&c, |s| s.disk_fills.load(Ordering::Relaxed) == 1).await;
+    let tier = c.disk.as_ref().unwrap();
+    assert!(tier.is_whole(blob.disk.as_ref().unwrap()));
+    let file = c.pin_whole(&blob).unwrap();
+    let mut back = vec![0u8; data.len()];
+    std::os::unix::fs::FileExt::read_exact_at(&*file, &mut back, 0).unwrap();
+    assert!(back == data);
+    // Large GETs, not pages: a budget of 64 MiB allows 4 MiB ranges, so 24 MiB split around
+    // the reader's own page takes 2 + 5 of them, plus that page.
+    assert!(
+        store.gets.load(Ordering::Relaxed) <= 8,
+        "{}",
+        store.gets.load(Ordering::Relaxed)
+    );
+    // Random reads now come from disk.
+    let gets = store.gets.load(Ordering::Relaxed);
+    let fresh = Arc::new(Cache::with_disk(
+        16 * MIB,
+        8,
+        c.stats.clone(),
+        c.disk.clone(),
+        FillMode::Whole,
+    ));
+    let ra = Mutex::new(Readahead::default());
+    for off in [3 * MIB, 17 * MIB, 11 * MIB, 24 * MIB] {
+        let got = fresh.read(&blob, &ra, off, 4096).await.unwrap();
+        assert_eq!(
+            &got[..],
+            &data[off as usize..(off as usize + 4096).min(data.len())]
+        );
+    }
+    assert_eq!(store.gets.load(Ordering::Relaxed), gets);
 }

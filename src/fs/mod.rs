@@ -30,7 +30,8 @@ use crate::accounts::account;
 use crate::accounts::config::AccountConfig;
 use crate::batch::ServiceClient;
 use crate::blob::{self, BlobError, BlobProps, BlobStore, meta};
-use crate::cache::{BlobRef, Cache, Readahead};
+use crate::cache::disk::DiskTier;
+use crate::cache::{BlobRef, Cache, FillMode, Readahead};
 use crate::stats::{STATS_FILE, Stats};
 use crate::write::{self, AttrChange, Draft, WriteError};
 use dircache::DirCache;
@@ -164,6 +165,9 @@ pub struct Options {
     /// Bound on waits that are not storage requests (a writer waiting for budget held by
     /// uploads that cannot finish): past it the caller gets EIO.
     pub timeout: Duration,
+    /// The disk tier below the page cache (`--disk-cache`), and what it fetches.
+    pub disk: Option<Arc<DiskTier>>,
+    pub fill: FillMode,
 }
 
 impl Default for Options {
@@ -176,6 +180,8 @@ impl Default for Options {
             read_only: false,
             spill_dir: std::env::temp_dir(),
             timeout: Duration::from_secs(20),
+            disk: None,
+            fill: FillMode::Pages,
         }
     }
 }
@@ -298,10 +304,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl<S: BlobStore> Namespace<S> {
     pub fn new(accounts: Vec<Account<S>>, opts: Options, stats: Arc<Stats>) -> Self {
         Namespace {
-            cache: Arc::new(Cache::new(
+            cache: Arc::new(Cache::with_disk(
                 opts.cache_size,
                 opts.max_requests,
                 stats.clone(),
+                opts.disk.clone(),
+                opts.fill,
             )),
             stats,
             accounts: RwLock::new(accounts.into_iter().map(|a| Some(Arc::new(a))).collect()),

@@ -143,6 +143,7 @@ fn run_mount(args: &MountArgs, mut notify: Option<&mut std::io::Stdout>) -> Res 
         timeout: secs("--timeout", args.timeout)?,
         disk: None,
         fill: args.disk_cache_fill,
+        passthrough: !args.no_passthrough,
     };
     let policy = RetryPolicy {
         deadline: secs("--timeout", args.timeout)?,

@@ -81,6 +81,10 @@ pub struct MountArgs {
     /// blob read, in the background, if it fits).
     #[arg(long, default_value = "pages")]
     pub disk_cache_fill: cache::FillMode,
+    /// Read every file through the daemon, even where the kernel could read a blob the disk
+    /// cache holds whole directly (passthrough: Linux 6.9+, as root).
+    #[arg(long)]
+    pub no_passthrough: bool,
     /// Where uploaded blocks of files being written are kept until their commit (in an
     /// unlinked file, so a crash leaves nothing behind). Default: $TMPDIR or /tmp.
     #[arg(long)]

@@ -111,8 +111,12 @@ struct Entry {
     /// Hash of each page held; 0 where the page is absent.
     sums: Vec<u64>,
     present: u64,
-    /// Held whole, synced, and so fit for passthrough.
+    /// Held whole and synced.
     whole: bool,
+    /// Every page's bytes were checked against its hash during this mount (or written by
+    /// it): only then is the file fit for passthrough, where nothing checks them.
+    checked: bool,
+    checking: bool,
     /// Opens reading this blob by passthrough: its segments are not evicted.
     pins: u32,
 }
@@ -245,7 +249,7 @@ impl DiskTier {
             stats,
             _lock: lock,
         };
-        tier.load().map_err(io)?;
+        tier.load_all().map_err(io)?;
         Ok(Arc::new(tier))
     }
 
@@ -259,7 +263,7 @@ impl DiskTier {
 
     /// Loads every index, oldest first (so the LRU evicts the oldest blobs first), and
     /// removes whatever is not a sound pair of index and data file.
-    fn load(&self) -> std::io::Result<()> {
+    fn load_all(&self) -> std::io::Result<()> {
         let mut idx = Vec::new();
         let mut strays = Vec::new();
         for e in std::fs::read_dir(&self.dir)? {
@@ -394,6 +398,8 @@ impl DiskTier {
                 sums,
                 present,
                 whole,
+                checked: false,
+                checking: false,
                 pins: 0,
             },
         );
@@ -441,6 +447,13 @@ impl DiskTier {
     /// Pages `[first, last)` of `key`, if all are held and their bytes match their hashes.
     /// Blocking. A page that does not match is dropped.
     pub fn read(&self, key: &DiskKey, first: u64, last: u64) -> Option<Bytes> {
+        let data = self.load(key, first, last)?;
+        Stats::add(&self.stats.disk_hits, last - first);
+        Stats::add(&self.stats.disk_read_bytes, data.len() as u64);
+        Some(Bytes::from(data))
+    }
+
+    fn load(&self, key: &DiskKey, first: u64, last: u64) -> Option<Vec<u8>> {
         let (file, sums) = {
             let mut inner = self.lock();
             if inner.off {
@@ -479,9 +492,7 @@ impl DiskTier {
                 return None;
             }
         }
-        Stats::add(&self.stats.disk_hits, last - first);
-        Stats::add(&self.stats.disk_read_bytes, len);
-        Some(Bytes::from(buf))
+        Some(buf)
     }
 
     /// Hands `data` (pages from `first` of `key`, fetched from storage) to a blocking thread
@@ -646,6 +657,8 @@ impl DiskTier {
                 sums: vec![0; key.pages() as usize],
                 present: 0,
                 whole: false,
+                checked: true,
+                checking: false,
                 pins: 0,
             },
         );
@@ -713,15 +726,46 @@ impl DiskTier {
         }
     }
 
-    /// The data file of a blob held whole, pinned against eviction until [`DiskTier::unpin`].
-    pub fn pin_whole(&self, key: &DiskKey) -> Option<Arc<File>> {
+    /// The data file of a blob held whole and checked, pinned against eviction until
+    /// [`DiskTier::unpin`]. A blob held whole since an earlier mount is checked first, on a
+    /// blocking thread: until that is done, its reads go through the daemon (and are
+    /// checked page by page).
+    pub fn pin_whole(self: &Arc<Self>, key: &Arc<DiskKey>) -> Option<Arc<File>> {
         let mut inner = self.lock();
         if inner.off {
             return None;
         }
         let e = inner.blobs.get_mut(&key.id).filter(|e| e.whole)?;
+        if !e.checked {
+            if !e.checking {
+                e.checking = true;
+                let (tier, key) = (self.clone(), key.clone());
+                std::thread::spawn(move || tier.check(&key));
+            }
+            return None;
+        }
         e.pins += 1;
         Some(e.data.clone())
+    }
+
+    /// Reads a blob held whole and compares every page with its hash; marks it checked, or
+    /// drops what does not match.
+    fn check(&self, key: &DiskKey) {
+        let pages = key.pages();
+        let mut bad = None;
+        for seg in 0..pages.div_ceil(SEG_PAGES) {
+            let (a, b) = seg_pages(seg, pages);
+            // A page that does not match drops its segment.
+            if self.load(key, a, b).is_none() {
+                bad = Some(seg);
+                break;
+            }
+        }
+        let mut inner = self.lock();
+        if let Some(e) = inner.blobs.get_mut(&key.id) {
+            e.checking = false;
+            e.checked = bad.is_none() && e.whole;
+        }
     }
 
     pub fn unpin(&self, key: &DiskKey) {

@@ -190,6 +190,18 @@ pub struct Readahead {
 /// A run of missing pages `[first, end)` to fetch in one GET.
 type Run = (u64, u64);
 
+/// What one read fetches.
+struct Plan {
+    /// How far a demand fetch should reach.
+    fetch_end: u64,
+    /// The range to prefetch.
+    prefetch: Option<(u64, u64)>,
+    /// The reader's window is open.
+    streaming: bool,
+    /// The read is not where the last one ended (or the first read is not at 0).
+    seek: bool,
+}
+
 impl Cache {
     pub fn new(budget: u64, max_requests: usize, stats: Arc<Stats>) -> Self {
         Self::with_disk(budget, max_requests, stats, None, FillMode::Pages)
@@ -259,7 +271,12 @@ impl Cache {
         if offset >= end {
             return Ok(Bytes::new());
         }
-        let (fetch_end, prefetch, streaming) = self.plan(ra, blob.size, offset, end);
+        let Plan {
+            fetch_end,
+            prefetch,
+            streaming,
+            seek,
+        } = self.plan(ra, blob.size, offset, end);
         let first = offset / PAGE;
         let last = end.div_ceil(PAGE);
         let fetch_last = fetch_end.div_ceil(PAGE);
@@ -338,7 +355,8 @@ impl Cache {
             Stats::add(&self.stats.prefetched_pages, run.1 - run.0);
             self.spawn_fetch(blob, run, disk, tx);
         }
-        if let Some((tier, key)) = self.tier_of(blob) {
+        // A sequential reader brings the blob itself; a fill serves readers that jump.
+        if seek && let Some((tier, key)) = self.tier_of(blob) {
             self.fills.start(self, blob, tier, key);
         }
         for (p, start, mut rx) in waits {
@@ -354,19 +372,14 @@ impl Cache {
         assemble(pages, offset, end, first)
     }
 
-    /// Updates the handle's readahead state; returns how far a demand fetch should reach, the
-    /// range to prefetch, and whether the reader is streaming (its window is open).
-    fn plan(
-        &self,
-        ra: &Mutex<Readahead>,
-        size: u64,
-        offset: u64,
-        end: u64,
-    ) -> (u64, Option<(u64, u64)>, bool) {
+    /// Updates the handle's readahead state and says what to fetch for this read.
+    fn plan(&self, ra: &Mutex<Readahead>, size: u64, offset: u64, end: u64) -> Plan {
         let mut r = ra.lock().unwrap_or_else(|p| p.into_inner());
         let fetch_end;
+        let mut seek = true;
         match r.next {
             None if offset == 0 => {
+                seek = false;
                 fetch_end = FIRST_FETCH.max(end).min(size);
                 r.window = 0;
                 r.ahead_to = fetch_end;
@@ -378,6 +391,7 @@ impl Cache {
                 r.ahead_to = fetch_end;
             }
             Some(n) if offset >= n.saturating_sub(SEQ_SLACK) && offset <= n + SEQ_SLACK => {
+                seek = false;
                 fetch_end = end;
                 r.streak = r.streak.saturating_add(1);
                 if r.streak >= 2 {
@@ -396,17 +410,24 @@ impl Cache {
             }
         }
         r.next = Some(r.next.map_or(end, |n| n.max(end)));
+        let mut plan = Plan {
+            fetch_end,
+            prefetch: None,
+            streaming: r.window > 0,
+            seek,
+        };
         if r.window == 0 {
-            return (fetch_end, None, false);
+            return plan;
         }
         let target = (end + r.window).min(size);
         let from = r.ahead_to.max(fetch_end);
         // Top the window up in whole chunks: one large GET, not one per kernel read.
         if from >= target || (target - from < CHUNK && target < size) {
-            return (fetch_end, None, true);
+            return plan;
         }
         r.ahead_to = target;
-        (fetch_end, Some((from, target)), true)
+        plan.prefetch = Some((from, target));
+        plan
     }
 
     /// Registers `run` as in flight; returns the sender its fetch will complete.

@@ -20,7 +20,7 @@ pub mod service;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -168,6 +168,8 @@ pub struct Options {
     /// The disk tier below the page cache (`--disk-cache`), and what it fetches.
     pub disk: Option<Arc<DiskTier>>,
     pub fill: FillMode,
+    /// Offer the kernel passthrough of blobs the disk tier holds whole, where it can.
+    pub passthrough: bool,
 }
 
 impl Default for Options {
@@ -182,6 +184,7 @@ impl Default for Options {
             timeout: Duration::from_secs(20),
             disk: None,
             fill: FillMode::Pages,
+            passthrough: true,
         }
     }
 }
@@ -230,6 +233,8 @@ enum Handle<S> {
     Blob {
         blob: BlobRef<S>,
         readahead: Mutex<Readahead>,
+        /// The disk tier holds the blob whole and keeps it for this handle (passthrough).
+        pinned: bool,
     },
     /// A task's or node's file; its version follows the size the last getattr saw.
     Service {
@@ -246,13 +251,16 @@ enum Handle<S> {
 }
 
 /// What `open` gives the kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Opened {
     pub fh: u64,
     /// The blob is the version the kernel may still hold pages of: keep them.
     pub keep_cache: bool,
     /// Content whose size is not known in advance: bypass the kernel's page cache.
     pub direct_io: bool,
+    /// The disk tier's copy of the whole blob, kept while the handle is open: the kernel may
+    /// read it by passthrough.
+    pub whole: Option<Arc<std::fs::File>>,
 }
 
 pub struct Namespace<S> {
@@ -271,6 +279,8 @@ pub struct Namespace<S> {
     subtrees: Subtrees,
     next_fh: AtomicU64,
     mount_time: SystemTime,
+    /// The kernel reads files held whole in the disk tier by passthrough.
+    passthrough: AtomicBool,
 }
 
 /// The entry `name` of the directory `prefix` (empty, or ending in `/`) in a container; with
@@ -323,11 +333,18 @@ impl<S: BlobStore> Namespace<S> {
             subtrees: Subtrees::default(),
             next_fh: AtomicU64::new(1),
             mount_time: SystemTime::now(),
+            passthrough: AtomicBool::new(false),
         }
     }
 
     pub fn options(&self) -> &Options {
         &self.opts
+    }
+
+    /// Whether opens may offer the disk tier's copy of a blob for passthrough: said by the
+    /// FUSE layer once the kernel has agreed to it.
+    pub fn set_passthrough(&self, on: bool) {
+        self.passthrough.store(on, Ordering::Relaxed);
     }
 
     pub fn stats(&self) -> &Stats {
@@ -978,14 +995,21 @@ impl<S: BlobStore> Namespace<S> {
                             keep_cache = self.opened_version(ino, &props.etag);
                             let blob =
                                 BlobRef::new(store, acct, container, name, props.etag, props.size);
-                            return Ok(self.add_handle(
+                            let whole = match self.passthrough.load(Ordering::Relaxed) {
+                                true => self.cache.pin_whole(&blob),
+                                false => None,
+                            };
+                            let mut opened = self.add_handle(
                                 Handle::Blob {
                                     blob,
                                     readahead: Mutex::new(Readahead::default()),
+                                    pinned: whole.is_some(),
                                 },
                                 keep_cache,
                                 direct_io,
-                            ));
+                            );
+                            opened.whole = whole;
+                            return Ok(opened);
                         }
                         let draft = self.new_draft(acct, &container, &name, Some(&props))?;
                         self.register_draft(ino, draft)
@@ -1020,6 +1044,7 @@ impl<S: BlobStore> Namespace<S> {
             fh,
             keep_cache,
             direct_io,
+            whole: None,
         }
     }
 
@@ -1258,7 +1283,9 @@ impl<S: BlobStore> Namespace<S> {
                 let end = start.saturating_add(size as usize).min(data.len());
                 Ok(Bytes::copy_from_slice(&data[start..end]))
             }
-            Handle::Blob { blob, readahead } => Ok(self
+            Handle::Blob {
+                blob, readahead, ..
+            } => Ok(self
                 .cache
                 .read(blob, readahead, offset, size as u64)
                 .await?),
@@ -1281,8 +1308,12 @@ impl<S: BlobStore> Namespace<S> {
         let Some(handle) = lock(&self.handles).remove(&fh) else {
             return;
         };
-        if let Handle::Draft { ino, draft, .. } = handle.as_ref() {
-            self.close_draft(*ino, draft).await;
+        match handle.as_ref() {
+            Handle::Draft { ino, draft, .. } => self.close_draft(*ino, draft).await,
+            Handle::Blob {
+                blob, pinned: true, ..
+            } => self.cache.unpin_whole(blob),
+            _ => {}
         }
     }
 

@@ -22,11 +22,15 @@ use crate::write::AttrChange;
 /// Largest read and write the kernel is asked to send.
 pub const MAX_IO: u32 = 1024 * 1024;
 
+mod passthrough;
+
 pub struct FuseFs<S> {
     ns: Arc<Namespace<S>>,
     rt: tokio::runtime::Handle,
     uid: u32,
     gid: u32,
+    /// Set once the kernel has agreed to passthrough.
+    through: Option<Arc<passthrough::Passthrough>>,
 }
 
 impl<S: BlobStore> FuseFs<S> {
@@ -50,7 +54,13 @@ impl<S: BlobStore> FuseFs<S> {
     }
 
     pub fn new(ns: Arc<Namespace<S>>, rt: tokio::runtime::Handle, uid: u32, gid: u32) -> Self {
-        FuseFs { ns, rt, uid, gid }
+        FuseFs {
+            ns,
+            rt,
+            uid,
+            gid,
+            through: None,
+        }
     }
 
     fn attr(&self, a: &Attr) -> FileAttr {
@@ -159,6 +169,23 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
         if let Err(nearest) = config.set_max_readahead(MAX_IO) {
             let _ = config.set_max_readahead(nearest);
         }
+        // Passthrough needs a disk tier to pass through to, and CAP_SYS_ADMIN for the
+        // kernel's backing-file ioctl. A stack depth of 2 lets the tier sit on overlayfs.
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let opts = self.ns.options();
+        if opts.disk.is_some() && opts.passthrough && root {
+            match config.add_capabilities(InitFlags::FUSE_PASSTHROUGH) {
+                Ok(()) => {
+                    let _ = config.set_max_stack_depth(2);
+                    self.through = Some(Arc::default());
+                    self.ns.set_passthrough(true);
+                }
+                Err(_) => {
+                    tracing::info!("the kernel offers no passthrough: reading through the daemon")
+                }
+            }
+        }
         Ok(())
     }
 
@@ -210,6 +237,8 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         let ns = self.ns.clone();
+        let stats_ns = self.ns.clone();
+        let through = self.through.clone();
         let work = async move { ns.open(ino.0, write).await };
         self.answer("open", ino.0, work, move |r| match r {
             Ok(o) => {
@@ -220,7 +249,15 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
                 if o.direct_io {
                     flags |= FopenFlags::FOPEN_DIRECT_IO;
                 }
-                reply.opened(FileHandle(o.fh), flags)
+                match through {
+                    Some(t) => {
+                        if t.open(reply, ino.0, o.fh, o.whole, flags) {
+                            let stats = stats_ns.stats();
+                            crate::stats::Stats::add(&stats.passthrough_opens, 1);
+                        }
+                    }
+                    None => reply.opened(FileHandle(o.fh), flags),
+                }
             }
             Err(e) => reply.error(e),
         });
@@ -289,6 +326,9 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
         reply: ReplyEmpty,
     ) {
         let ns = self.ns.clone();
+        if let Some(t) = &self.through {
+            t.release(fh.0);
+        }
         self.rt.spawn(async move {
             ns.release(fh.0).await;
             reply.ok();
@@ -315,14 +355,20 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
             a.ino = ns.pin(parent.0, &name, &a);
             Ok((a, o))
         };
+        let through = self.through.clone();
         self.answer("create", parent.0, work, move |r| match r {
-            Ok((a, o)) => reply.created(
-                &ttl,
-                &file_attr(&a, uid, gid),
-                Generation(0),
-                FileHandle(o.fh),
-                FopenFlags::empty(),
-            ),
+            Ok((a, o)) => {
+                let flags = through
+                    .map(|t| t.created(a.ino, o.fh))
+                    .unwrap_or(FopenFlags::empty());
+                reply.created(
+                    &ttl,
+                    &file_attr(&a, uid, gid),
+                    Generation(0),
+                    FileHandle(o.fh),
+                    flags,
+                )
+            }
             Err(e) => reply.error(e),
         });
     }

@@ -1,0 +1,352 @@
+//! The disk tier (`--disk-cache`) through a real mount on Azurite: re-reads past the RAM
+//! budget and across remounts without a GET, versions replaced elsewhere, a `kill -9` during
+//! a fill, a tier on a filesystem that fills up, garbage in its directory, and passthrough.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const F: &str = "alpha/storage/data/big.bin";
+
+fn delta(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>, k: &str) -> u64 {
+    after[k] - before[k]
+}
+
+/// The kernel forgets the pages it holds of every file, so a re-read reaches the daemon.
+fn drop_kernel_cache() {
+    ok(sh_in(
+        Path::new("/"),
+        "sync; echo 3 > /proc/sys/vm/drop_caches",
+    ));
+}
+
+fn unmount(m: &Mount) {
+    ok(std::process::Command::new(BIN)
+        .arg("unmount")
+        .arg(&m.path)
+        .output()
+        .expect("unmount"));
+}
+
+/// Waits until `what` holds of the mount's counters.
+fn settle(m: &Mount, what: impl Fn(&BTreeMap<String, u64>) -> bool) -> BTreeMap<String, u64> {
+    let start = Instant::now();
+    loop {
+        let s = m.stats();
+        if what(&s) {
+            return s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "never settled: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn md5(m: &Mount, rel: &str) -> String {
+    ok(m.sh(&format!("md5sum < {rel}")))
+}
+
+fn md5_of(bytes: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("x");
+    std::fs::write(&p, bytes).unwrap();
+    ok(sh_in(dir.path(), "md5sum < x"))
+}
+
+#[test]
+fn rereads_past_the_ram_budget_and_after_a_remount_fetch_nothing() {
+    let az = Azurite::start();
+    let s = az.store();
+    s.container("data");
+    let body = data(48 << 20, 11);
+    s.put("data", "big.bin", body.clone());
+    let tier = tempfile::tempdir().unwrap();
+    let dir = tier.path().join("cache");
+    let args = [
+        "--cache-size",
+        "16M",
+        "--disk-cache",
+        dir.to_str().unwrap(),
+        "--no-passthrough",
+    ];
+    let m = Mount::start(&config_for(&az, ""), &args);
+    let want = md5_of(&body);
+    assert_eq!(md5(&m, F), want);
+    let first = settle(&m, |s| s["disk_written_bytes"] >= 48 << 20);
+    assert!(first["disk_misses"] > 0);
+    assert!(
+        first["disk_bytes"] >= 48 << 20 && first["disk_bytes"] <= (48 << 20) + (1 << 20),
+        "{first:?}"
+    );
+
+    // The RAM cache holds 16 MiB of 48: the second pass reads the rest from disk.
+    drop_kernel_cache();
+    assert_eq!(md5(&m, F), want);
+    let second = m.stats();
+    assert_eq!(delta(&second, &first, "get_requests"), 0, "{second:?}");
+    assert!(delta(&second, &first, "disk_hits") > 0);
+    assert_eq!(second["disk_corrupt"], 0);
+
+    // A new mount on the same directory: the open's HEAD, and no GET.
+    unmount(&m);
+    ok(m.mount_cmd(&args));
+    assert_eq!(md5(&m, F), want);
+    let third = m.stats();
+    assert_eq!(third["get_requests"], 0, "{third:?}");
+    assert_eq!(third["bytes_fetched"], 0);
+    assert!(
+        third["head_requests"] >= 1,
+        "close-to-open: the open still asks storage"
+    );
+    assert!(third["disk_read_bytes"] >= 48 << 20);
+    let du: u64 = ok(sh_in(tier.path(), "du -sk cache | cut -f1"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(du * 1024 <= (48 << 20) + (1 << 20), "du says {du} KiB");
+}
+
+#[test]
+fn a_blob_replaced_elsewhere_is_never_served_from_the_tier() {
+    let az = Azurite::start();
+    let s = az.store();
+    s.container("data");
+    let old = data(6 << 20, 21);
+    s.put("data", "big.bin", old.clone());
+    let tier = tempfile::tempdir().unwrap();
+    let dir = tier.path().join("cache");
+    let m = Mount::start(
+        &config_for(&az, ""),
+        &["--disk-cache", dir.to_str().unwrap()],
+    );
+    assert_eq!(md5(&m, F), md5_of(&old));
+    settle(&m, |s| s["disk_written_bytes"] >= 6 << 20);
+    // Same size, other bytes, written by another client: a new ETag.
+    let new = data(6 << 20, 22);
+    s.put("data", "big.bin", new.clone());
+    std::thread::sleep(Duration::from_millis(1100));
+    drop_kernel_cache();
+    assert_eq!(md5(&m, F), md5_of(&new));
+    // And the old version, still held, is not what a later open gets either.
+    unmount(&m);
+    ok(m.mount_cmd(&["--disk-cache", dir.to_str().unwrap()]));
+    assert_eq!(md5(&m, F), md5_of(&new));
+}
+
+#[test]
+fn a_kill_during_a_fill_then_a_remount_serves_only_the_right_bytes() {
+    let az = Azurite::start();
+    let s = az.store();
+    s.container("data");
+    let body = data(96 << 20, 31);
+    s.put("data", "big.bin", body.clone());
+    let tier = tempfile::tempdir().unwrap();
+    let dir = tier.path().join("cache");
+    let args = [
+        "--disk-cache",
+        dir.to_str().unwrap(),
+        "--disk-cache-fill",
+        "whole",
+    ];
+    let m = Mount::start(&config_for(&az, ""), &args);
+    // One small read starts the fill of the rest; the daemon dies while it runs.
+    ok(m.sh(&format!(
+        "dd if={F} bs=4096 skip=5000 count=1 status=none > /dev/null"
+    )));
+    settle(&m, |s| s["disk_written_bytes"] > 8 << 20);
+    let before = m.stats();
+    assert!(
+        before["disk_fills"] == 0,
+        "the fill ended before the kill: {before:?}"
+    );
+    ok(m.sh(&format!("kill -9 {}", m.daemon_pid())));
+    std::thread::sleep(Duration::from_millis(300));
+    // Remount on the same directory (the stale mountpoint is recovered) and read it all.
+    ok(m.mount_cmd(&args));
+    assert_eq!(md5(&m, F), md5_of(&body));
+    let after = m.stats();
+    assert!(
+        after["disk_hits"] > 0,
+        "what the killed fill wrote is used: {after:?}"
+    );
+    assert!(after["bytes_fetched"] < 96 << 20, "{after:?}");
+    // The fill restarted by that read completes the blob; a cold read is then all local.
+    settle(&m, |s| s["disk_whole"] >= 1);
+    drop_kernel_cache();
+    let cold = m.stats();
+    assert_eq!(md5(&m, F), md5_of(&body));
+    assert_eq!(delta(&m.stats(), &cold, "get_requests"), 0);
+}
+
+#[test]
+fn a_tier_on_a_filesystem_that_fills_up_shrinks_and_reads_go_on() {
+    let az = Azurite::start();
+    let s = az.store();
+    s.container("data");
+    let body = data(40 << 20, 41);
+    s.put("data", "big.bin", body.clone());
+    let tier = tempfile::tempdir().unwrap();
+    let small = tier.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    ok(sh_in(
+        tier.path(),
+        "mount -t tmpfs -o size=12m batchfs-test-tier small",
+    ));
+    struct Umount(std::path::PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = sh_in(Path::new("/"), &format!("umount -l {}", self.0.display()));
+        }
+    }
+    let _guard = Umount(small.clone());
+    // Told it may hold 1 GiB; the filesystem under it holds 12 MiB.
+    let m = Mount::start(
+        &config_for(&az, ""),
+        &[
+            "--disk-cache",
+            small.join("cache").to_str().unwrap(),
+            "--disk-cache-size",
+            "1G",
+            "--no-passthrough",
+        ],
+    );
+    for _ in 0..2 {
+        assert_eq!(md5(&m, F), md5_of(&body));
+        drop_kernel_cache();
+    }
+    let st = m.stats();
+    assert!(st["disk_errors"] > 0, "ENOSPC was met: {st:?}");
+    assert!(st["disk_bytes"] <= 12 << 20, "{st:?}");
+    assert!(
+        m.log_text().contains("the disk is full"),
+        "{}",
+        m.log_text()
+    );
+    let du: u64 = ok(sh_in(&small, "du -sk cache | cut -f1"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(du <= 12 * 1024, "du says {du} KiB");
+}
+
+#[test]
+fn garbage_in_the_tier_is_refused_or_removed_never_served() {
+    let az = Azurite::start();
+    let s = az.store();
+    s.container("data");
+    let body = data(4 << 20, 51);
+    s.put("data", "big.bin", body.clone());
+    let tier = tempfile::tempdir().unwrap();
+
+    // A directory batchfs did not make, with a file in it: the mount refuses and says why.
+    let foreign = tier.path().join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::write(foreign.join("report.pdf"), b"someone's").unwrap();
+    let m = Mount::prepare(&config_for(&az, ""));
+    let out = m.mount_cmd(&["--disk-cache", foreign.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("report.pdf") && err.contains("did not write"),
+        "{err}"
+    );
+    assert!(foreign.join("report.pdf").exists());
+
+    // Ours, with a file planted in it and every cached byte overwritten: the planted file
+    // is removed, and the changed pages are dropped and fetched again.
+    let dir = tier.path().join("cache");
+    let args = ["--disk-cache", dir.to_str().unwrap(), "--no-passthrough"];
+    ok(m.mount_cmd(&args));
+    assert_eq!(md5(&m, F), md5_of(&body));
+    settle(&m, |s| s["disk_written_bytes"] >= 4 << 20);
+    unmount(&m);
+    std::fs::write(dir.join("planted.bin"), b"junk").unwrap();
+    ok(sh_in(
+        &dir,
+        "for f in *.data; do head -c $(stat -c %s $f) /dev/urandom | dd of=$f conv=notrunc status=none; done",
+    ));
+    ok(m.mount_cmd(&args));
+    assert!(!dir.join("planted.bin").exists());
+    assert!(
+        m.log_text().contains("batchfs did not write"),
+        "{}",
+        m.log_text()
+    );
+    assert_eq!(md5(&m, F), md5_of(&body));
+    let st = m.stats();
+    assert!(
+        st["disk_corrupt"] > 0 && st["bytes_fetched"] >= 4 << 20,
+        "{st:?}"
+    );
+
+    // A second mount on a directory in use is refused.
+    let other = Mount::prepare(&config_for(&az, ""));
+    let out = other.mount_cmd(&args);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use"));
+}
+
+#[test]
+fn passthrough_serves_a_blob_held_whole_with_the_right_bytes_and_mmap() {
+    let az = Azurite::start();
+    let s = az.store();
+    s.container("data");
+    let body = data((20 << 20) + 12345, 61);
+    s.put("data", "big.bin", body.clone());
+    let tier = tempfile::tempdir().unwrap();
+    let dir = tier.path().join("cache");
+    let m = Mount::start(
+        &config_for(&az, ""),
+        &["--disk-cache", dir.to_str().unwrap()],
+    );
+    assert_eq!(md5(&m, F), md5_of(&body));
+    let held = settle(&m, |s| s["disk_whole"] >= 1);
+    assert_eq!(held["passthrough_opens"], 0);
+    drop_kernel_cache();
+    assert_eq!(md5(&m, F), md5_of(&body));
+    let through = m.stats();
+    assert!(
+        through["passthrough_opens"] >= 1,
+        "this kernel and root should allow passthrough: {through:?}"
+    );
+    // Read by the kernel from the tier's file: the daemon saw no read at all.
+    assert_eq!(delta(&through, &held, "get_requests"), 0);
+    assert_eq!(delta(&through, &held, "disk_read_bytes"), 0);
+    assert_eq!(delta(&through, &held, "cache_hits"), 0);
+    // mmap, random offsets, while another handle reads through the same backing file.
+    let py = format!(
+        "import mmap,hashlib\n\
+         f=open('{F}','rb'); g=open('{F}','rb')\n\
+         m=mmap.mmap(f.fileno(),0,prot=mmap.PROT_READ)\n\
+         print(hashlib.md5(m[:]).hexdigest(), len(m), m[7777:7781].hex(), g.read(3).hex())"
+    );
+    let out = ok(m.sh(&format!("python3 -c \"{py}\"")));
+    let want = format!(
+        "{:x} {} {} {}",
+        md5_sum(&body),
+        body.len(),
+        hex(&body[7777..7781]),
+        hex(&body[..3])
+    );
+    assert_eq!(out.trim(), want);
+    // A replaced blob is not passed through: its new bytes come from storage.
+    let new = data((20 << 20) + 12345, 62);
+    s.put("data", "big.bin", new.clone());
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(md5(&m, F), md5_of(&new));
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn md5_sum(b: &[u8]) -> u128 {
+    let s = md5_of(b);
+    u128::from_str_radix(s.split_whitespace().next().unwrap(), 16).unwrap()
+}

@@ -33,7 +33,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -206,7 +206,12 @@ impl DiskTier {
     /// batchfs made it), and loads the index of every blob it holds.
     pub fn open(dir: &Path, limit: u64, stats: Arc<Stats>) -> Result<Arc<Self>, DiskError> {
         let io = |e| DiskError::Io(dir.to_path_buf(), e);
-        std::fs::create_dir_all(dir).map_err(io)?;
+        // Blob data is the mounting user's alone, as the mount itself is.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io)?;
         let ours = dir.join(MARKER).exists();
         if !ours {
             let foreign: Vec<String> = std::fs::read_dir(dir)
@@ -371,7 +376,13 @@ impl DiskTier {
         }
         if records != present as usize + whole as usize {
             let tmp = self.path(id, "idx.new");
-            let mut f = File::create(&tmp).map_err(|e| e.to_string())?;
+            let mut f = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(|e| e.to_string())?;
             f.write_all(&log)
                 .and_then(|_| f.sync_all())
                 .and_then(|_| std::fs::rename(&tmp, self.path(id, "idx")))
@@ -637,12 +648,14 @@ impl DiskTier {
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
             .open(self.path(&key.id, "data"))?;
         data.set_len(key.size)?;
         let mut idx = OpenOptions::new()
             .create(true)
             .truncate(true)
             .write(true)
+            .mode(0o600)
             .open(self.path(&key.id, "idx"))?;
         idx.write_all(&header(&key.identity))?;
         let idx = OpenOptions::new()

@@ -26,9 +26,10 @@
 //! further 128 KiB one; one round trip serves both, and all of any small file). Once two reads
 //! in a row continue where the previous one ended (a single random read that lands nearby by
 //! chance does not count), the prefetch window opens and then doubles with each sequential
-//! read, from [`CHUNK`] up to [`MAX_WINDOW`] (or an
-//! eighth of the budget if that is smaller, so several readers fit), and the window ahead of
-//! the reader is kept in flight as parallel GETs. A read elsewhere (a seek) drops the window
+//! read, from [`CHUNK`] up to [`MAX_WINDOW`] (or a quarter of the budget if that is smaller),
+//! and the window ahead of the reader is kept in flight as parallel GETs. Their size is
+//! what the storage account's link rewards ([`link`]: 2 to 32 MiB, measured), at most half
+//! the window so that one is always in flight. A read elsewhere (a seek) drops the window
 //! to nothing: random reads fetch only the pages they touch, so a 4 KiB read costs one page,
 //! not megabytes.
 //!
@@ -51,6 +52,7 @@ use crate::stats::Stats;
 
 pub mod disk;
 mod fill;
+pub mod link;
 
 use disk::{DiskKey, DiskTier};
 pub use fill::FillMode;
@@ -61,8 +63,8 @@ pub const PAGE: u64 = 32 * 1024;
 pub const CHUNK: u64 = 2 * 1024 * 1024;
 /// Smallest fetch for the first read of an open file.
 pub const FIRST_FETCH: u64 = 1024 * 1024 + 128 * 1024;
-/// Upper bound on the prefetch window of one reader.
-pub const MAX_WINDOW: u64 = 64 * 1024 * 1024;
+/// Upper bound on the prefetch window of one reader (and a quarter of the budget).
+pub const MAX_WINDOW: u64 = 128 * 1024 * 1024;
 /// A read this close to where the last one ended still counts as sequential: with several
 /// FUSE threads the kernel's readahead requests can arrive slightly out of order.
 const SEQ_SLACK: u64 = 2 * 1024 * 1024;
@@ -100,6 +102,7 @@ pub struct Cache {
     stats: Arc<Stats>,
     disk: Option<Arc<DiskTier>>,
     fills: fill::Fills,
+    links: link::Links,
 }
 
 /// Where the bytes of cached files come from: a blob store, or the Batch service's files on
@@ -148,6 +151,8 @@ pub struct BlobRef<S> {
     id: Arc<str>,
     /// The blob's name in the disk tier, where its store allows.
     disk: Option<Arc<DiskKey>>,
+    /// Where its bytes come from, for the choice of range sizes ([`link`]).
+    origin: Arc<str>,
 }
 
 impl<S: Source> BlobRef<S> {
@@ -160,9 +165,11 @@ impl<S: Source> BlobRef<S> {
         size: u64,
     ) -> Self {
         let id = format!("{acct}/{container}/{name}\0{etag}").into();
-        let disk = store
-            .origin()
-            .map(|o| Arc::new(DiskKey::new(&o, &container, &name, &etag, size)));
+        let origin = store.origin();
+        let disk = origin
+            .as_ref()
+            .map(|o| Arc::new(DiskKey::new(o, &container, &name, &etag, size)));
+        let origin = origin.unwrap_or_default().into();
         BlobRef {
             store,
             container,
@@ -171,6 +178,7 @@ impl<S: Source> BlobRef<S> {
             size,
             id,
             disk,
+            origin,
         }
     }
 }
@@ -200,6 +208,8 @@ struct Plan {
     streaming: bool,
     /// The read is not where the last one ended (or the first read is not at 0).
     seek: bool,
+    /// The size of prefetch GETs.
+    chunk: u64,
 }
 
 impl Cache {
@@ -227,6 +237,7 @@ impl Cache {
             stats,
             disk,
             fills: fill::Fills::new(fill),
+            links: link::Links::default(),
         }
     }
 
@@ -256,7 +267,7 @@ impl Cache {
     }
 
     fn max_window(&self) -> u64 {
-        MAX_WINDOW.min(self.budget / 8).max(CHUNK)
+        MAX_WINDOW.min(self.budget / 4).max(CHUNK)
     }
 
     /// Reads `[offset, offset+len)` of `blob` (clamped to its size) through the cache.
@@ -271,12 +282,14 @@ impl Cache {
         if offset >= end {
             return Ok(Bytes::new());
         }
+        let link = self.links.of(&blob.origin);
         let Plan {
             fetch_end,
             prefetch,
             streaming,
             seek,
-        } = self.plan(ra, blob.size, offset, end);
+            chunk,
+        } = self.plan(ra, blob.size, offset, end, link.chunk());
         let first = offset / PAGE;
         let last = end.div_ceil(PAGE);
         let fetch_last = fetch_end.div_ceil(PAGE);
@@ -336,7 +349,7 @@ impl Cache {
                 })
                 .unwrap_or_default();
             let prefetch_claims: Vec<_> = self
-                .by_source(blob, &runs(&ahead))
+                .by_source(blob, &runs_of(&ahead, chunk / PAGE))
                 .into_iter()
                 .map(|(run, disk)| (run, disk, self.claim(&mut inner, blob, run)))
                 .collect();
@@ -344,7 +357,7 @@ impl Cache {
         };
         for (run, disk, tx) in demand_runs {
             let rx = tx.subscribe();
-            self.spawn_fetch(blob, run, disk, tx);
+            self.spawn_fetch(blob, run, disk, None, tx);
             for p in run.0..run.1.min(last) {
                 if p >= first {
                     waits.push((p, run.0, rx.clone()));
@@ -353,7 +366,7 @@ impl Cache {
         }
         for (run, disk, tx) in prefetch_runs {
             Stats::add(&self.stats.prefetched_pages, run.1 - run.0);
-            self.spawn_fetch(blob, run, disk, tx);
+            self.spawn_fetch(blob, run, disk, Some(link.clone()), tx);
         }
         // A sequential reader brings the blob itself; a fill serves readers that jump.
         if seek && let Some((tier, key)) = self.tier_of(blob) {
@@ -372,8 +385,9 @@ impl Cache {
         assemble(pages, offset, end, first)
     }
 
-    /// Updates the handle's readahead state and says what to fetch for this read.
-    fn plan(&self, ra: &Mutex<Readahead>, size: u64, offset: u64, end: u64) -> Plan {
+    /// Updates the handle's readahead state and says what to fetch for this read; `chunk` is
+    /// the range size the link rewards now.
+    fn plan(&self, ra: &Mutex<Readahead>, size: u64, offset: u64, end: u64, chunk: u64) -> Plan {
         let mut r = ra.lock().unwrap_or_else(|p| p.into_inner());
         let fetch_end;
         let mut seek = true;
@@ -410,11 +424,14 @@ impl Cache {
             }
         }
         r.next = Some(r.next.map_or(end, |n| n.max(end)));
+        // At least two GETs fit in the window, so one is always in flight.
+        let chunk = chunk.min(r.window / 2).max(CHUNK);
         let mut plan = Plan {
             fetch_end,
             prefetch: None,
             streaming: r.window > 0,
             seek,
+            chunk,
         };
         if r.window == 0 {
             return plan;
@@ -422,7 +439,7 @@ impl Cache {
         let target = (end + r.window).min(size);
         let from = r.ahead_to.max(fetch_end);
         // Top the window up in whole chunks: one large GET, not one per kernel read.
-        if from >= target || (target - from < CHUNK && target < size) {
+        if from >= target || (target - from < chunk && target < size) {
             return plan;
         }
         r.ahead_to = target;
@@ -466,6 +483,7 @@ impl Cache {
         blob: &BlobRef<S>,
         run: Run,
         from_disk: bool,
+        link: Option<Arc<link::Link>>,
         tx: watch::Sender<Outcome>,
     ) {
         let cache = self.clone();
@@ -492,9 +510,16 @@ impl Cache {
             }
             let result = match cache.requests.clone().acquire_owned().await {
                 Ok(_permit) => {
-                    store
+                    if let Some(l) = &link {
+                        l.started();
+                    }
+                    let got = store
                         .get_range(&container, &name, start, len, Some(&etag))
-                        .await
+                        .await;
+                    if let Some(l) = &link {
+                        l.finished(got.as_ref().map_or(0, |d| d.len() as u64));
+                    }
+                    got
                 }
                 Err(_) => Err(BlobError::BadResponse("request limiter closed".into())),
             };

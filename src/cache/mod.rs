@@ -84,7 +84,7 @@ struct Key {
 }
 
 struct Inner {
-    lru: LruCache<Key, Bytes>,
+    lru: LruCache<Key, Page>,
     /// Write buffers of [`WRITE_BLOCK`] bytes kept for reuse, still counted in `used`: a
     /// fresh one costs a page fault per 4 KiB, which is most of a writer's CPU.
     spare: Vec<BytesMut>,
@@ -380,7 +380,7 @@ impl Cache {
                 .clone();
             let data =
                 outcome.unwrap_or_else(|| Err(BlobError::BadResponse("fetch abandoned".into())))?;
-            pages[(p - first) as usize] = Some(page_of(&data, start, p));
+            pages[(p - first) as usize] = Some(Page::of(&data, start, p));
         }
         assemble(pages, offset, end, first)
     }
@@ -552,10 +552,7 @@ impl Cache {
             let inner = self.lock();
             (0..pages).filter(|&p| !inner.has(&blob.id, p)).collect()
         };
-        let bytes = fresh
-            .iter()
-            .map(|&p| page_of(data, 0, p).len() as u64)
-            .sum();
+        let bytes = fresh.iter().map(|&p| Page::of(data, 0, p).len as u64).sum();
         if fresh.is_empty() || !self.try_reserve(bytes) {
             return;
         }
@@ -566,8 +563,8 @@ impl Cache {
                 page: p,
             };
             // Another fetch may have brought the page meanwhile: count each page once.
-            if let Some(old) = inner.lru.put(key, page_of(data, 0, p)) {
-                inner.used = inner.used.saturating_sub(old.len() as u64);
+            if let Some(old) = inner.lru.put(key, Page::of(data, 0, p)) {
+                inner.used = inner.used.saturating_sub(old.len as u64);
             }
         }
     }
@@ -608,7 +605,7 @@ impl Cache {
             let Some((_, page)) = inner.lru.pop_lru() else {
                 break;
             };
-            inner.used = inner.used.saturating_sub(page.len() as u64);
+            inner.used = inner.used.saturating_sub(page.len as u64);
             Stats::add(&self.stats.evictions, 1);
         }
         if inner.used + len > self.budget {
@@ -694,9 +691,9 @@ impl Cache {
             };
             inner.inflight.remove(&key);
             if let Ok(data) = result
-                && let Some(old) = inner.lru.put(key, page_of(data, run.0, p))
+                && let Some(old) = inner.lru.put(key, Page::of(data, run.0, p))
             {
-                inner.used = inner.used.saturating_sub(old.len() as u64);
+                inner.used = inner.used.saturating_sub(old.len as u64);
             }
         }
         if result.is_err() {
@@ -748,33 +745,67 @@ fn runs_of(pages: &[u64], max: u64) -> Vec<Run> {
     out
 }
 
-/// Page `p` out of the data of a fetch that started at page `start`.
-fn page_of(data: &Bytes, start: u64, p: u64) -> Bytes {
-    let from = ((p - start) * PAGE) as usize;
-    let to = (from + PAGE as usize).min(data.len());
-    data.slice(from.min(to)..to)
+/// A cached page: a span of the buffer of the fetch that brought it. Pages keep that buffer
+/// whole (and not a slice of it) so that a read spanning pages of one fetch is answered with
+/// one slice of it, not a copy.
+#[derive(Clone)]
+struct Page {
+    buf: Bytes,
+    off: usize,
+    len: usize,
+}
+
+impl Page {
+    /// Page `p` out of the data of a fetch that started at page `start`.
+    fn of(data: &Bytes, start: u64, p: u64) -> Page {
+        let off = (((p - start) * PAGE) as usize).min(data.len());
+        let len = (PAGE as usize).min(data.len() - off);
+        Page {
+            buf: data.clone(),
+            off,
+            len,
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[self.off..self.off + self.len]
+    }
+
+    /// Whether `next` continues this page in the same buffer.
+    fn followed_by(&self, next: &Page) -> bool {
+        self.buf.as_ptr() == next.buf.as_ptr()
+            && self.buf.len() == next.buf.len()
+            && self.off + self.len == next.off
+    }
 }
 
 fn assemble(
-    pages: Vec<Option<Bytes>>,
+    pages: Vec<Option<Page>>,
     offset: u64,
     end: u64,
     first: u64,
 ) -> Result<Bytes, BlobError> {
     let skip = (offset - first * PAGE) as usize;
     let want = (end - offset) as usize;
-    if let [Some(only)] = pages.as_slice() {
-        if only.len() < skip + want {
-            return Err(BlobError::PreconditionFailed);
-        }
-        return Ok(only.slice(skip..skip + want));
+    let pages: Vec<Page> = pages
+        .into_iter()
+        .collect::<Option<_>>()
+        .ok_or_else(|| BlobError::BadResponse("page missing".into()))?;
+    let held: usize = pages.iter().map(|p| p.len).sum();
+    if held < skip + want {
+        return Err(BlobError::PreconditionFailed);
+    }
+    if let Some(head) = pages.first()
+        && pages.windows(2).all(|w| w[0].followed_by(&w[1]))
+    {
+        let from = head.off + skip;
+        return Ok(head.buf.slice(from..from + want));
     }
     let mut out = BytesMut::with_capacity(want);
-    for (i, page) in pages.into_iter().enumerate() {
-        let page = page.ok_or_else(|| BlobError::BadResponse("page missing".into()))?;
+    for (i, page) in pages.iter().enumerate() {
         let from = if i == 0 { skip } else { 0 };
-        let take = (page.len().saturating_sub(from)).min(want - out.len());
-        out.extend_from_slice(&page[from..from + take]);
+        let take = (page.len.saturating_sub(from)).min(want - out.len());
+        out.extend_from_slice(&page.bytes()[from..from + take]);
     }
     if out.len() < want {
         return Err(BlobError::PreconditionFailed);

@@ -54,7 +54,7 @@ counters! {
     disk_evictions: "1 MiB segments evicted to stay within --disk-cache-size",
     disk_whole: "blobs that came to be held whole (synced, fit for passthrough)",
     disk_fills: "whole-blob fills finished (--disk-cache-fill whole)",
-    disk_skipped: "fetches not kept because the disk was behind",
+    disk_skipped: "fetches not kept because the disk cache had no room (all of it in use by passthrough)",
     disk_corrupt: "pages dropped because their bytes no longer matched their hash",
     disk_errors: "I/O errors on the disk cache directory",
     passthrough_opens: "opens served by kernel passthrough from the disk cache",

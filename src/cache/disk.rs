@@ -41,7 +41,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use lru::LruCache;
 use sha2::{Digest, Sha256};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{error, warn};
 
 use super::PAGE;
@@ -54,9 +54,9 @@ const MARKER: &str = "BATCHFS-CACHE";
 const MARKER_TEXT: &str = "batchfs disk cache, format 1: anything else here is removed\n";
 const LOCK: &str = "lock";
 const REC: usize = 24;
-/// Bytes fetched from storage that may wait for the disk at once; past it, fetches are not
-/// kept (the reader never waits for the disk).
-const QUEUE_KIB: u32 = 32 * 1024;
+/// Bytes fetched from storage (or in flight) that may wait for the disk at once: a fetch
+/// waits for room before it is sent, so the network never outruns the disk by more.
+const QUEUE_KIB: u32 = 64 * 1024;
 
 const REC_PAGE: u32 = 1;
 const REC_DROP: u32 = 2;
@@ -506,14 +506,25 @@ impl DiskTier {
         Some(buf)
     }
 
+    /// Room for `len` bytes in the queue to the disk, waited for before a fetch that will be
+    /// kept is sent; `None` once the tier is off.
+    pub async fn admit(&self, len: u64) -> Option<OwnedSemaphorePermit> {
+        if self.lock().off {
+            return None;
+        }
+        let kib = len.div_ceil(1024).min(QUEUE_KIB as u64) as u32;
+        self.queue.clone().acquire_many_owned(kib).await.ok()
+    }
+
     /// Hands `data` (pages from `first` of `key`, fetched from storage) to a blocking thread
-    /// to keep, unless too much already waits for the disk.
-    pub fn keep(self: &Arc<Self>, key: Arc<DiskKey>, first: u64, data: Bytes) {
-        let kib = (data.len() as u64).div_ceil(1024).min(QUEUE_KIB as u64) as u32;
-        let Ok(permit) = self.queue.clone().try_acquire_many_owned(kib) else {
-            Stats::add(&self.stats.disk_skipped, 1);
-            return;
-        };
+    /// to keep; `permit` is its room in the queue, given back once written.
+    pub fn keep(
+        self: &Arc<Self>,
+        permit: OwnedSemaphorePermit,
+        key: Arc<DiskKey>,
+        first: u64,
+        data: Bytes,
+    ) {
         let tier = self.clone();
         tokio::task::spawn_blocking(move || {
             tier.write(&key, first, &data);
@@ -549,7 +560,11 @@ impl DiskTier {
             let fresh: Vec<u64> = (first..first + n).filter(|&p| !e.is_present(p)).collect();
             let claimed: u64 = fresh.iter().map(|&p| cost(page_len(key.size, p))).sum();
             let file = e.data.clone();
-            if fresh.is_empty() || !self.make_room(&mut inner, claimed) {
+            if fresh.is_empty() {
+                return;
+            }
+            if !self.make_room(&mut inner, claimed) {
+                Stats::add(&self.stats.disk_skipped, 1);
                 return;
             }
             inner.used += claimed;

@@ -36,8 +36,9 @@
 //! # The disk tier
 //!
 //! With `--disk-cache`, pages missing from RAM are looked for in [`disk::DiskTier`] before
-//! storage, and pages fetched from storage are handed to it to keep (on a blocking thread:
-//! a reader never waits for the disk). Only blobs whose store names a stable origin are kept
+//! storage, and pages fetched from storage are handed to it to keep, on a blocking thread;
+//! a fetch waits for room in the tier's queue before it is sent, so the network never
+//! outruns the disk by more than that queue. Only blobs whose store names a stable origin are kept
 //! there: blob storage, not the Batch service's node files, which change in place.
 
 use std::collections::HashMap;
@@ -508,6 +509,10 @@ impl Cache {
                     return;
                 }
             }
+            let admitted = match &disk {
+                Some((tier, _)) => tier.admit(len).await,
+                None => None,
+            };
             let result = match cache.requests.clone().acquire_owned().await {
                 Ok(_permit) => {
                     if let Some(l) = &link {
@@ -528,9 +533,9 @@ impl Cache {
                 Ok(_) => Err(BlobError::PreconditionFailed),
                 Err(e) => Err(e),
             };
-            if let (Some((tier, key)), Ok(data)) = (disk, &result) {
+            if let (Some((tier, key)), Some(permit), Ok(data)) = (disk, admitted, &result) {
                 Stats::add(&cache.stats.disk_misses, run.1 - run.0);
-                tier.keep(key, run.0, data.clone());
+                tier.keep(permit, key, run.0, data.clone());
             }
             cache.complete(&id, run, len, &result);
             let _ = tx.send(Some(result));

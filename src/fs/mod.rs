@@ -1300,6 +1300,21 @@ impl<S: BlobStore> Namespace<S> {
         }
     }
 
+    /// A read of a blob answered at once from the caches, if it needs no fetch (see
+    /// [`Cache::read_ready`]); `None` when it must go through [`Namespace::read`].
+    pub fn read_ready(&self, fh: u64, offset: u64, size: u32) -> Option<Result<Bytes>> {
+        let handle = self.handle(fh).ok()?;
+        match handle.as_ref() {
+            Handle::Blob {
+                blob, readahead, ..
+            } => self
+                .cache
+                .read_ready(blob, readahead, offset, size as u64)
+                .map(|r| r.map_err(Into::into)),
+            _ => None,
+        }
+    }
+
     /// Closing a handle. The last close of a draft commits what `flush` did not see (a
     /// change made after it, e.g. times set by rsync right after close) and forgets the draft.
     /// If the last commit failed, the caller was told so by `flush`: nothing is committed

@@ -274,6 +274,20 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        // A read that needs no fetch is answered on this thread: the hand-off to the runtime
+        // and back cost a random reader more than the read itself.
+        let ready = {
+            let _rt = self.rt.enter();
+            self.ns.read_ready(fh.0, offset, size)
+        };
+        match ready {
+            Some(Ok(data)) => return reply.data(&data),
+            Some(Err(e)) => {
+                log_error("read", ino.0, &e);
+                return reply.error(errno(&e));
+            }
+            None => {}
+        }
         let ns = self.ns.clone();
         self.answer(
             "read",

@@ -226,8 +226,17 @@ has_case read && for b in $BACKENDS; do
     export BENCH_ENDPOINT; BENCH_ENDPOINT=$(endpoint "$b")
     for readers in 1 4; do
         names=(); for i in $(seq 0 $((readers - 1))); do names+=("big$i"); done
-        t=(); for _ in $(seq "$REPEAT"); do t+=("$("$TOOL" ceiling $((2 << 20)) 16 bench "${names[@]}")"); done
-        record "seq$readers $b ceiling $(mibs $((SIZE * readers)) "$(median "${t[@]}")") MiB/s"
+        # The ceiling is the best of several shapes, measured in the same run: many small
+        # ranges, fewer large ones, and one GET of each whole blob.
+        best=0
+        for shape in "$((2 << 20)) 16" "$((8 << 20)) 8" "$((32 << 20)) 4" "$SIZE $readers"; do
+            read -r chunk par <<<"$shape"
+            t=(); for _ in $(seq "$REPEAT"); do t+=("$("$TOOL" ceiling "$chunk" "$par" bench "${names[@]}")"); done
+            rate=$(mibs $((SIZE * readers)) "$(median "${t[@]}")")
+            echo "  ceiling $((chunk >> 20)) MiB x $par: $rate MiB/s"
+            best=$(python3 -c "print(max(float('$best'), float('$rate')))")
+        done
+        record "seq$readers $b ceiling $best MiB/s"
         for sys in batchfs rclone-default rclone-best; do
             t=(); for _ in $(seq "$REPEAT"); do t+=("$(seq_read "$sys" "$b" "$readers")"); done
             record "seq$readers $b $sys $(mibs $((SIZE * readers)) "$(median "${t[@]}")") MiB/s"
@@ -713,10 +722,11 @@ lines = [
     f"{rsecs} s per system). R is Azurite on loopback; S is the same Azurite behind the "
     "shaping proxy (+20 ms before each response, 25 MiB/s per connection). rclone-best is "
     "`--vfs-cache-mode full --vfs-read-ahead 512M --buffer-size 64M --vfs-read-chunk-size 32M "
-    "--vfs-read-chunk-size-limit 512M`. The ceiling is the project's blob client reading the same "
-    "blobs with 16 parallel 2 MiB ranged GETs, without FUSE.",
+    "--vfs-read-chunk-size-limit 512M`. The ceiling is the best, in the same run, of the "
+    "project's blob client reading the same blobs without FUSE in four shapes: 16 parallel "
+    "2 MiB ranged GETs, 8 x 8 MiB, 4 x 32 MiB, and one GET per whole blob.",
     "",
-    "| case | backend | batchfs | ceiling / reference | rclone default | rclone best | batchfs vs ceiling | batchfs vs rclone best | target |",
+    "| case | backend | batchfs | ceiling / reference | rclone default | rclone best | batchfs vs ceiling | batchfs vs rclone (default; best) | target |",
     "|---|---|---|---|---|---|---|---|---|",
 ]
 read_head = len(lines)
@@ -724,8 +734,8 @@ for b in ["R", "S"]:
     for case, name in [("seq1", "1. cold sequential, 1 reader (MiB/s)"), ("seq4", "1. cold sequential, 4 readers (MiB/s)")]:
         bf, c, rd, rb = v(case, b, "batchfs"), v(case, b, "ceiling"), v(case, b, "rclone-default"), v(case, b, "rclone-best")
         if bf is None: continue
-        tgt = "≥ 0.8x ceiling" + (", ≥ 2x rclone best" if b == "S" else "")
-        lines.append(f"| {name} | {b} | {bf} | {c} | {rd} | {rb} | {ratio(bf, c)} | {ratio(bf, rb)} | {tgt} |")
+        tgt = "≥ 0.8x ceiling, ≥ 1.5x rclone default"
+        lines.append(f"| {name} | {b} | {bf} | {c} | {rd} | {rb} | {ratio(bf, c)} | {ratio(bf, rd)}; {ratio(bf, rb)} | {tgt} |")
     bf, rd, rb = v("rand", b, "batchfs"), v("rand", b, "rclone-default"), v("rand", b, "rclone-best")
     if bf is not None:
         lines.append(f"| 3. random 4 KiB, 4 threads (IOPS) | {b} | {bf:.0f} | | {rd:.0f} | {rb:.0f} | | {ratio(bf, rb)} | ≥ rclone best |")

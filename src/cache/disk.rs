@@ -49,6 +49,9 @@ use crate::stats::Stats;
 
 /// Pages per eviction unit: 1 MiB.
 const SEG_PAGES: u64 = 32;
+/// A blob more than this many times the tier's size is not kept (its hashes alone would cost
+/// 8 bytes per 32 KiB of it).
+const MAX_BLOB_TIMES: u64 = 16;
 const MAGIC: &[u8] = b"BATCHFS-IDX-1\n";
 const MARKER: &str = "BATCHFS-CACHE";
 const MARKER_TEXT: &str = "batchfs disk cache, format 1: anything else here is removed\n";
@@ -119,6 +122,9 @@ struct Entry {
     checking: bool,
     /// Opens reading this blob by passthrough: its segments are not evicted.
     pins: u32,
+    /// Handed to the kernel for passthrough during this mount: never punched, only
+    /// forgotten whole (see `DiskTier::drop_segment`).
+    passed: bool,
 }
 
 impl Entry {
@@ -334,6 +340,9 @@ impl DiskTier {
             .next()
             .and_then(|s| s.parse().ok())
             .ok_or("no size in its header")?;
+        if size > MAX_BLOB_TIMES * self.lock().limit {
+            return Err("the blob is too large for a tier of this size".into());
+        }
         let pages = size.div_ceil(PAGE);
         let mut sums = vec![0u64; pages as usize];
         let mut whole = false;
@@ -374,7 +383,10 @@ impl DiskTier {
         if whole {
             log.extend_from_slice(&record(REC_WHOLE, 0, 0));
         }
-        if records != present as usize + whole as usize {
+        // A log with dropped segments, or with a torn tail (new records would land after
+        // the tear, where the next mount cannot read them), is rewritten.
+        let torn = buf.len() != start + records * REC;
+        if torn || records != present as usize + whole as usize {
             let tmp = self.path(id, "idx.new");
             let mut f = OpenOptions::new()
                 .create(true)
@@ -412,6 +424,7 @@ impl DiskTier {
                 checked: false,
                 checking: false,
                 pins: 0,
+                passed: false,
             },
         );
         Ok(())
@@ -449,10 +462,17 @@ impl DiskTier {
         out
     }
 
-    /// Whether the tier has room for a blob of `size` at all.
+    /// Whether the tier has room for a blob of `size` at all, beside what open files hold
+    /// pinned for passthrough.
     pub fn fits(&self, size: u64) -> bool {
         let inner = self.lock();
-        !inner.off && cost(size) <= inner.limit
+        let pinned: u64 = inner
+            .blobs
+            .values()
+            .filter(|e| e.pins > 0)
+            .map(|e| e.present * PAGE)
+            .sum();
+        !inner.off && cost(size) <= inner.limit.saturating_sub(pinned)
     }
 
     /// Pages `[first, last)` of `key`, if all are held and their bytes match their hashes.
@@ -527,45 +547,58 @@ impl DiskTier {
     ) {
         let tier = self.clone();
         tokio::task::spawn_blocking(move || {
-            tier.write(&key, first, &data);
+            let _ = tier.write(&key, first, &data);
             drop(permit);
         });
     }
 
     /// Keeps the pages in `data`, which start at page `first` of `key` (whole pages, and a
-    /// last partial one only at the blob's end). Blocking.
-    pub fn write(&self, key: &DiskKey, first: u64, data: &[u8]) {
+    /// last partial one only at the blob's end). Blocking. False if they were not kept (no
+    /// room, the tier off, an I/O error).
+    pub fn write(&self, key: &DiskKey, first: u64, data: &[u8]) -> bool {
         let n = (data.len() as u64).div_ceil(PAGE);
         if n == 0 || first + n > key.pages() {
-            return;
+            return false;
         }
         let sums: Vec<u64> = data.chunks(PAGE as usize).map(hash).collect();
         // Claim room for the pages not held yet; only those are written, so a hole punched
         // meanwhile for an evicted page is never filled again unaccounted.
         let (file, fresh, claimed) = {
             let mut inner = self.lock();
-            if inner.off {
-                return;
+            // The hashes of a blob take 8 bytes per page of all of it: a blob far larger
+            // than the tier would cost RAM for pages the tier can never hold.
+            if inner.off || key.size > MAX_BLOB_TIMES * inner.limit {
+                return false;
             }
             if !inner.blobs.contains_key(&key.id)
                 && let Err(e) = self.create(&mut inner, key)
             {
                 drop(inner);
                 self.failed(&e, "create");
-                return;
+                return false;
             }
             let Some(e) = inner.blobs.get(&key.id) else {
-                return;
+                return false;
             };
             let fresh: Vec<u64> = (first..first + n).filter(|&p| !e.is_present(p)).collect();
             let claimed: u64 = fresh.iter().map(|&p| cost(page_len(key.size, p))).sum();
             let file = e.data.clone();
             if fresh.is_empty() {
-                return;
+                return true;
             }
             if !self.make_room(&mut inner, claimed) {
                 Stats::add(&self.stats.disk_skipped, 1);
-                return;
+                // A blob created for these pages and holding none is not kept either.
+                if inner
+                    .blobs
+                    .get(&key.id)
+                    .is_some_and(|e| e.present == 0 && e.pins == 0)
+                {
+                    inner.blobs.remove(&key.id);
+                    let _ = std::fs::remove_file(self.path(&key.id, "idx"));
+                    let _ = std::fs::remove_file(self.path(&key.id, "data"));
+                }
+                return false;
             }
             inner.used += claimed;
             (file, fresh, claimed)
@@ -580,7 +613,7 @@ impl DiskTier {
                 self.gauge(&inner);
                 drop(inner);
                 self.failed(&e, "write");
-                return;
+                return false;
             }
             written += (to - from) as u64;
         }
@@ -591,29 +624,35 @@ impl DiskTier {
             // Dropped meanwhile (evicted whole, or a bad page): the bytes went to a file that
             // is gone.
             Some(e) if Arc::ptr_eq(&e.data, &file) => {
+                let mut added = Vec::with_capacity(fresh.len());
                 for &p in &fresh {
                     let s = sums[(p - first) as usize];
                     if e.is_present(p) {
                         unused += cost(page_len(key.size, p));
                     } else {
-                        e.sums[p as usize] = s;
-                        e.present += 1;
+                        added.push((p, s));
                         log.extend_from_slice(&record(REC_PAGE, p, s));
                     }
                 }
-                let res = e.idx.write_all(&log);
-                if let Err(err) = res {
+                // The records first: a page is held only once its record is written (a
+                // failed append leaves the pages unheld, and uncounted with them).
+                if let Err(err) = e.idx.write_all(&log) {
                     inner.used = inner.used.saturating_sub(claimed);
+                    self.gauge(&inner);
                     drop(inner);
                     self.failed(&err, "index");
-                    return;
+                    return false;
+                }
+                for (p, s) in added {
+                    e.sums[p as usize] = s;
+                    e.present += 1;
                 }
                 e.present == key.pages() && !e.whole
             }
             _ => {
                 inner.used = inner.used.saturating_sub(claimed);
                 self.gauge(&inner);
-                return;
+                return false;
             }
         };
         inner.used = inner.used.saturating_sub(unused);
@@ -626,6 +665,7 @@ impl DiskTier {
         if whole_now {
             self.seal(key, &file);
         }
+        true
     }
 
     /// Marks a blob held whole once its bytes are on disk for good.
@@ -638,7 +678,7 @@ impl DiskTier {
         let Some(e) = inner.blobs.get_mut(&key.id) else {
             return;
         };
-        if e.present != key.pages() || e.whole {
+        if !std::ptr::eq(&*e.data, file) || e.present != key.pages() || e.whole {
             return;
         }
         let res = e
@@ -688,6 +728,7 @@ impl DiskTier {
                 checked: true,
                 checking: false,
                 pins: 0,
+                passed: false,
             },
         );
         Ok(())
@@ -719,21 +760,34 @@ impl DiskTier {
         let Some(e) = inner.blobs.get_mut(id) else {
             return;
         };
+        // The kernel may still read this file through a mapping made by passthrough, after
+        // the open that made it was released: its bytes must never turn into holes. It
+        // goes whole, unlinked; the mapping keeps the inode until it is unmapped.
+        if e.passed {
+            self.forget(inner, id);
+            return;
+        }
         let pages = e.size.div_ceil(PAGE);
         let (a, b) = seg_pages(seg, pages);
         let held: Vec<u64> = (a..b).filter(|&p| e.is_present(p)).collect();
         // Recorded (and, for a blob marked whole, synced) before the hole is punched: a
-        // crash must never leave a whole mark over a hole.
+        // crash must never leave a whole mark over a hole. If that fails, the segment stays.
         let mut res = e.idx.write_all(&record(REC_DROP, seg, 0));
         if e.whole {
             res = res.and_then(|_| e.idx.sync_data());
+            if let Err(err) = res {
+                self.off(inner, &err, "evict");
+                return;
+            }
             e.whole = false;
         }
         let mut freed = 0;
         for run in super::runs_of(&held, u64::MAX) {
             let (off, end) = (run.0 * PAGE, (run.1 * PAGE).min(e.size));
-            if res.is_ok() {
-                res = punch(&e.data, off, end - off);
+            // Punched even when the record failed: the pages are forgotten either way, and
+            // their blocks must not stay allocated uncounted.
+            if let Err(err) = punch(&e.data, off, end - off) {
+                res = Err(err);
             }
             for p in run.0..run.1 {
                 e.sums[p as usize] = 0;
@@ -752,6 +806,23 @@ impl DiskTier {
         if let Err(err) = res {
             self.off(inner, &err, "evict");
         }
+    }
+
+    /// Forgets blob `id` whole: its files are unlinked, and its space counted free.
+    fn forget(&self, inner: &mut Inner, id: &Arc<str>) {
+        let Some(e) = inner.blobs.remove(id) else {
+            return;
+        };
+        for seg in 0..e.size.div_ceil(PAGE).div_ceil(SEG_PAGES) {
+            inner.lru.pop(&(id.clone(), seg));
+        }
+        let held: u64 = (0..e.sums.len() as u64)
+            .filter(|&p| e.is_present(p))
+            .map(|p| cost(page_len(e.size, p)))
+            .sum();
+        inner.used = inner.used.saturating_sub(held);
+        let _ = std::fs::remove_file(self.path(id, "idx"));
+        let _ = std::fs::remove_file(self.path(id, "data"));
     }
 
     /// The data file of a blob held whole and checked, pinned against eviction until
@@ -773,6 +844,7 @@ impl DiskTier {
             return None;
         }
         e.pins += 1;
+        e.passed = true;
         Some(e.data.clone())
     }
 

@@ -8,8 +8,9 @@
 //! fill. A fill that fails (the blob changed, storage refused) stops with a log line; the next
 //! read starts another.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tracing::{debug, info};
@@ -23,6 +24,8 @@ use crate::stats::Stats;
 const FILL_CHUNK: u64 = 8 << 20;
 /// GETs of one fill in flight at once.
 const FILL_PARALLEL: usize = 4;
+/// A fill that failed is not tried again for the same blob version before this.
+const RETRY_AFTER: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FillMode {
@@ -43,17 +46,17 @@ impl std::str::FromStr for FillMode {
     }
 }
 
-/// The fills running now, one per blob version.
+/// The fills running now, one per blob version, and when the last one of each failed.
 pub(super) struct Fills {
     mode: FillMode,
-    running: Mutex<HashSet<Arc<str>>>,
+    running: Mutex<HashMap<Arc<str>, Option<Instant>>>,
 }
 
 impl Fills {
     pub(super) fn new(mode: FillMode) -> Self {
         Fills {
             mode,
-            running: Mutex::new(HashSet::new()),
+            running: Mutex::new(HashMap::new()),
         }
     }
 
@@ -65,14 +68,22 @@ impl Fills {
         tier: &Arc<DiskTier>,
         key: &Arc<DiskKey>,
     ) {
-        if self.mode != FillMode::Whole || tier.is_whole(key) || !tier.fits(key.size) {
+        if self.mode != FillMode::Whole {
             return;
         }
         {
+            // `None`: running now; `Some(t)`: failed at t (a fill that cannot be kept must
+            // not download the blob again at every jump).
             let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-            if !running.insert(blob.id.clone()) {
+            match running.get(&blob.id) {
+                Some(None) => return,
+                Some(Some(t)) if t.elapsed() < RETRY_AFTER => return,
+                _ => {}
+            }
+            if tier.is_whole(key) || !tier.fits(key.size) {
                 return;
             }
+            running.insert(blob.id.clone(), None);
         }
         let (cache, tier, key) = (cache.clone(), tier.clone(), key.clone());
         let (store, container, name, etag, id) = (
@@ -84,20 +95,28 @@ impl Fills {
         );
         tokio::spawn(async move {
             let result = fill(&cache, &*store, &tier, &key, &container, &name, &etag).await;
-            match result {
+            let failed = match result {
                 Ok(()) if tier.is_whole(&key) => {
                     Stats::add(&cache.stats.disk_fills, 1);
                     debug!("filled {container}/{name} into the disk cache");
+                    false
                 }
-                Ok(()) => {}
-                Err(e) => info!("disk cache fill of {container}/{name} stopped: {e}"),
-            }
+                // Pages went missing meanwhile (evicted, or a bad page): try again later.
+                Ok(()) => true,
+                Err(e) => {
+                    info!("disk cache fill of {container}/{name} stopped: {e}");
+                    true
+                }
+            };
             let mut running = cache
                 .fills
                 .running
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            running.remove(&id);
+            match failed {
+                true => running.insert(id, Some(Instant::now())),
+                false => running.remove(&id),
+            };
         });
     }
 }
@@ -133,9 +152,14 @@ async fn fill<S: Source>(
             let res = match got {
                 Ok(data) if data.len() as u64 == len => {
                     let (tier, key) = (tier.clone(), key.clone());
-                    let _ =
+                    let kept =
                         tokio::task::spawn_blocking(move || tier.write(&key, run.0, &data)).await;
-                    Ok(())
+                    match kept {
+                        Ok(true) => Ok(()),
+                        _ => Err(BlobError::BadResponse(
+                            "the disk cache had no room for it".into(),
+                        )),
+                    }
                 }
                 Ok(_) => Err(BlobError::PreconditionFailed),
                 Err(e) => Err(e),

@@ -259,3 +259,63 @@ async fn a_whole_fill_brings_the_rest_after_one_small_read() {
     }
     assert_eq!(store.gets.load(Ordering::Relaxed), gets);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jumps_answered_at_once_and_readers_on_the_runtime_share_tier_pages() {
+    let (store, blob, data) = blob_of((8 * MIB) as usize).await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache_on_disk(16 * MIB, dir.path(), FillMode::Pages);
+    // The whole blob on disk, nothing in RAM.
+    let tier = c.disk.clone().unwrap();
+    assert!(tier.write(blob.disk.as_ref().unwrap(), 0, &data));
+    let gets = store.gets.load(Ordering::Relaxed);
+    let blob = Arc::new(blob);
+    let data = Arc::new(data);
+    // A thread outside the runtime (as a FUSE thread is) answers jumps at once, while tasks
+    // on the runtime read the same pages: a page one of them claims, the others wait for.
+    let handle = tokio::runtime::Handle::current();
+    let sync_side = {
+        let (c, blob, data) = (c.clone(), blob.clone(), data.clone());
+        std::thread::spawn(move || {
+            let _rt = handle.enter();
+            let ra = Mutex::new(Readahead::default());
+            let mut at_once = 0;
+            for i in 0..3000u64 {
+                let off = (i * 7919 * 4096) % (8 * MIB - 4096);
+                match c.read_ready(&blob, &ra, off, 4096) {
+                    Some(got) => {
+                        assert_eq!(&got.unwrap()[..], &data[off as usize..off as usize + 4096]);
+                        at_once += 1;
+                    }
+                    None => {
+                        let got = handle.block_on(c.read(&blob, &ra, off, 4096)).unwrap();
+                        assert_eq!(&got[..], &data[off as usize..off as usize + 4096]);
+                    }
+                }
+            }
+            at_once
+        })
+    };
+    let mut tasks = Vec::new();
+    for t in 0..2u64 {
+        let (c, blob, data) = (c.clone(), blob.clone(), data.clone());
+        tasks.push(tokio::spawn(async move {
+            let ra = Mutex::new(Readahead::default());
+            for i in 0..3000u64 {
+                let off = ((i + t) * 7919 * 4096) % (8 * MIB - 4096);
+                let got = c.read(&blob, &ra, off, 4096).await.unwrap();
+                assert_eq!(&got[..], &data[off as usize..off as usize + 4096]);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let at_once = sync_side.join().unwrap();
+    assert!(at_once > 1000, "most jumps are answered at once: {at_once}");
+    assert_eq!(
+        store.gets.load(Ordering::Relaxed),
+        gets,
+        "all from RAM and the tier"
+    );
+}

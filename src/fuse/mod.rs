@@ -250,12 +250,16 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
                     flags |= FopenFlags::FOPEN_DIRECT_IO;
                 }
                 match through {
-                    Some(t) => {
-                        if t.open(reply, ino.0, o.fh, o.whole, flags) {
+                    Some(t) => match t.open(reply, ino.0, o.fh, o.whole, flags) {
+                        passthrough::Answered::Through => {
                             let stats = stats_ns.stats();
                             crate::stats::Stats::add(&stats.passthrough_opens, 1);
                         }
-                    }
+                        passthrough::Answered::Busy => {
+                            tokio::spawn(async move { stats_ns.release(o.fh).await });
+                        }
+                        passthrough::Answered::Plain => {}
+                    },
                     None => reply.opened(FileHandle(o.fh), flags),
                 }
             }
@@ -370,17 +374,20 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
             Ok((a, o))
         };
         let through = self.through.clone();
+        let ns = self.ns.clone();
         self.answer("create", parent.0, work, move |r| match r {
             Ok((a, o)) => {
-                let flags = through
-                    .map(|t| t.created(a.ino, o.fh))
-                    .unwrap_or(FopenFlags::empty());
+                if through.is_some_and(|t| !t.created(a.ino, o.fh)) {
+                    reply.error(Errno::ETXTBSY);
+                    tokio::spawn(async move { ns.release(o.fh).await });
+                    return;
+                }
                 reply.created(
                     &ttl,
                     &file_attr(&a, uid, gid),
                     Generation(0),
                     FileHandle(o.fh),
-                    flags,
+                    FopenFlags::empty(),
                 )
             }
             Err(e) => reply.error(e),

@@ -3,16 +3,18 @@
 //!
 //! The kernel puts two rules on it, which this module keeps per inode: all passthrough opens
 //! of an inode share one backing file (one `BackingId`, closed when the last of them is
-//! released), and an inode cannot have passthrough opens and page-cached opens at once. So a
-//! passthrough open is offered only when the inode has no cached open, and an open that
-//! comes while passthrough opens exist bypasses the page cache (`FOPEN_DIRECT_IO`, which the
-//! kernel lets coexist with them) instead of being refused.
+//! released), and while an inode has passthrough opens, every open of it must be one too
+//! (the kernel fails any other with EINVAL). So a passthrough open is offered only when the
+//! inode has no other open, a later read-only open of the same version shares the backing
+//! file, and an open that cannot (for writing, of a newer version, with the tier off) is
+//! refused with ETXTBSY, as Linux refuses writes to a running program, until the
+//! passthrough opens close.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::sync::{Arc, Mutex};
 
-use fuser::{BackingId, FopenFlags, ReplyOpen};
+use fuser::{BackingId, Errno, FopenFlags, ReplyOpen};
 
 #[derive(Default)]
 struct Inode {
@@ -37,6 +39,15 @@ struct Opens {
     handles: HashMap<u64, (u64, Kind)>,
 }
 
+/// How an open was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answered {
+    Through,
+    Plain,
+    /// Refused with ETXTBSY: the caller gives the handle back.
+    Busy,
+}
+
 /// The opens of every inode, while the kernel allows passthrough.
 #[derive(Default)]
 pub struct Passthrough {
@@ -44,64 +55,76 @@ pub struct Passthrough {
 }
 
 impl Passthrough {
-    /// Registers open `fh` of `ino` and answers it: by passthrough from `whole` where the
-    /// kernel's rules allow, otherwise with `flags` (plus direct I/O where needed).
+    /// Registers open `fh` of `ino` and answers it: by passthrough from `whole` (the tier's
+    /// file of the version this open sees) where the kernel's rules allow, otherwise with
+    /// `flags`, or with ETXTBSY when the inode's passthrough opens forbid any other.
     pub fn open(
         &self,
         reply: ReplyOpen,
         ino: u64,
         fh: u64,
         whole: Option<Arc<File>>,
-        mut flags: FopenFlags,
-    ) -> bool {
+        flags: FopenFlags,
+    ) -> Answered {
         let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let Opens { inodes, handles } = &mut *guard;
         let node = inodes.entry(ino).or_default();
-        if let Some(file) = whole
-            && node.cached == 0
-        {
-            if node.backing.is_none() {
-                match reply.open_backing(&*file) {
-                    Ok(id) => node.backing = Some((file.clone(), id)),
-                    Err(e) => {
-                        tracing::info!(ino, error = %e, "passthrough refused; reading through the daemon")
-                    }
-                }
-            }
-            if let Some((f, id)) = &node.backing
-                && Arc::ptr_eq(f, &file)
-            {
+        if let Some((f, id)) = &node.backing {
+            if whole.as_ref().is_some_and(|w| Arc::ptr_eq(f, w)) {
                 node.through += 1;
                 handles.insert(fh, (ino, Kind::Through));
                 reply.opened_passthrough(fuser::FileHandle(fh), FopenFlags::empty(), id);
-                return true;
+                return Answered::Through;
+            }
+            tracing::info!(
+                ino,
+                "open refused (ETXTBSY): the file is open by passthrough; opens for writing, \
+                 or of a newer version, wait until those close"
+            );
+            reply.error(Errno::ETXTBSY);
+            return Answered::Busy;
+        }
+        if let Some(file) = whole
+            && node.cached == 0
+        {
+            match reply.open_backing(&*file) {
+                Ok(id) => {
+                    node.through += 1;
+                    handles.insert(fh, (ino, Kind::Through));
+                    reply.opened_passthrough(fuser::FileHandle(fh), FopenFlags::empty(), &id);
+                    node.backing = Some((file, id));
+                    return Answered::Through;
+                }
+                Err(e) => {
+                    tracing::info!(ino, error = %e, "passthrough refused; reading through the daemon")
+                }
             }
         }
-        let kind = if node.through > 0 || flags.contains(FopenFlags::FOPEN_DIRECT_IO) {
-            flags.remove(FopenFlags::FOPEN_KEEP_CACHE);
-            flags |= FopenFlags::FOPEN_DIRECT_IO;
-            Kind::Direct
-        } else {
-            node.cached += 1;
-            Kind::Cached
+        // Direct-I/O opens take no part in the kernel's per-inode I/O mode.
+        let kind = match flags.contains(FopenFlags::FOPEN_DIRECT_IO) {
+            true => Kind::Direct,
+            false => {
+                node.cached += 1;
+                Kind::Cached
+            }
         };
         handles.insert(fh, (ino, kind));
         reply.opened(fuser::FileHandle(fh), flags);
-        false
+        Answered::Plain
     }
 
-    /// Registers an open made by `create`; returns the flags to answer it with.
-    pub fn created(&self, ino: u64, fh: u64) -> FopenFlags {
+    /// Registers an open made by `create`; false if the inode's passthrough opens forbid
+    /// it (the caller answers ETXTBSY and gives the handle back).
+    pub fn created(&self, ino: u64, fh: u64) -> bool {
         let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let Opens { inodes, handles } = &mut *guard;
         let node = inodes.entry(ino).or_default();
         if node.through > 0 {
-            handles.insert(fh, (ino, Kind::Direct));
-            return FopenFlags::FOPEN_DIRECT_IO;
+            return false;
         }
         node.cached += 1;
         handles.insert(fh, (ino, Kind::Cached));
-        FopenFlags::empty()
+        true
     }
 
     pub fn release(&self, fh: u64) {

@@ -317,7 +317,7 @@ mount_disk() { # BACKEND OPTION...: batchfs over a disk tier in $DC
     BATCHFS_CACHE=$DISK_RAM mount_fs batchfs "$b" --disk-cache "$DC" --disk-cache-size "$DISK_TIER_SIZE" "$@"
 }
 snap() { "$BIN" stats "$MP" >"$WORK/stats.$1"; } # NAME: the mount's counters now
-stat_of() { awk -v k="$1" '$1 == k {v = $2} END {print v + 0}' "$WORK/stats.$2"; } # COUNTER NAME
+stat_of() { awk -v k="$1" '$1 == k {v = $2} END {printf "%.0f\n", v + 0}' "$WORK/stats.$2"; } # COUNTER NAME
 delta() { echo $(($(stat_of "$1" "$3") - $(stat_of "$1" "$2"))); } # COUNTER FROM TO
 per_gib() { python3 -c 'import sys; print(f"{float(sys.argv[1]) * 1073741824 / max(float(sys.argv[2]), 1):.1f}")' "$1" "$2"; }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }

@@ -59,6 +59,35 @@ fn md5_of(bytes: &[u8]) -> String {
     ok(sh_in(dir.path(), "md5sum < x"))
 }
 
+/// Azurite with `data/big.bin` holding `body`, and a mount over a fresh disk tier directory
+/// with `extra` flags. Fields drop in order: the mount goes before Azurite.
+struct World {
+    m: Mount,
+    dir: std::path::PathBuf,
+    _tier: tempfile::TempDir,
+    s: Seeder,
+    _az: Azurite,
+}
+
+fn world(body: &[u8], extra: &[&str]) -> World {
+    let az = Azurite::start();
+    let s = az.store();
+    s.container("data");
+    s.put("data", "big.bin", body.to_vec());
+    let tier = tempfile::tempdir().unwrap();
+    let dir = tier.path().join("cache");
+    let mut args = vec!["--disk-cache", dir.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let m = Mount::start(&config_for(&az, ""), &args);
+    World {
+        m,
+        dir,
+        _tier: tier,
+        s,
+        _az: az,
+    }
+}
+
 #[test]
 fn rereads_past_the_ram_budget_and_after_a_remount_fetch_nothing() {
     let az = Azurite::start();
@@ -114,29 +143,21 @@ fn rereads_past_the_ram_budget_and_after_a_remount_fetch_nothing() {
 
 #[test]
 fn a_blob_replaced_elsewhere_is_never_served_from_the_tier() {
-    let az = Azurite::start();
-    let s = az.store();
-    s.container("data");
     let old = data(6 << 20, 21);
-    s.put("data", "big.bin", old.clone());
-    let tier = tempfile::tempdir().unwrap();
-    let dir = tier.path().join("cache");
-    let m = Mount::start(
-        &config_for(&az, ""),
-        &["--disk-cache", dir.to_str().unwrap()],
-    );
-    assert_eq!(md5(&m, F), md5_of(&old));
-    settle(&m, |s| s["disk_written_bytes"] >= 6 << 20);
+    let w = world(&old, &[]);
+    let (m, s) = (&w.m, &w.s);
+    assert_eq!(md5(m, F), md5_of(&old));
+    settle(m, |s| s["disk_written_bytes"] >= 6 << 20);
     // Same size, other bytes, written by another client: a new ETag.
     let new = data(6 << 20, 22);
     s.put("data", "big.bin", new.clone());
     std::thread::sleep(Duration::from_millis(1100));
     drop_kernel_cache();
-    assert_eq!(md5(&m, F), md5_of(&new));
+    assert_eq!(md5(m, F), md5_of(&new));
     // And the old version, still held, is not what a later open gets either.
-    unmount(&m);
-    ok(m.mount_cmd(&["--disk-cache", dir.to_str().unwrap()]));
-    assert_eq!(md5(&m, F), md5_of(&new));
+    unmount(m);
+    ok(m.mount_cmd(&["--disk-cache", w.dir.to_str().unwrap()]));
+    assert_eq!(md5(m, F), md5_of(&new));
 }
 
 #[test]
@@ -294,22 +315,14 @@ fn garbage_in_the_tier_is_refused_or_removed_never_served() {
 
 #[test]
 fn passthrough_serves_a_blob_held_whole_with_the_right_bytes_and_mmap() {
-    let az = Azurite::start();
-    let s = az.store();
-    s.container("data");
     let body = data((20 << 20) + 12345, 61);
-    s.put("data", "big.bin", body.clone());
-    let tier = tempfile::tempdir().unwrap();
-    let dir = tier.path().join("cache");
-    let m = Mount::start(
-        &config_for(&az, ""),
-        &["--disk-cache", dir.to_str().unwrap()],
-    );
-    assert_eq!(md5(&m, F), md5_of(&body));
-    let held = settle(&m, |s| s["disk_whole"] >= 1);
+    let w = world(&body, &[]);
+    let (m, s) = (&w.m, &w.s);
+    assert_eq!(md5(m, F), md5_of(&body));
+    let held = settle(m, |s| s["disk_whole"] >= 1);
     assert_eq!(held["passthrough_opens"], 0);
     drop_kernel_cache();
-    assert_eq!(md5(&m, F), md5_of(&body));
+    assert_eq!(md5(m, F), md5_of(&body));
     let through = m.stats();
     assert!(
         through["passthrough_opens"] >= 1,
@@ -339,7 +352,7 @@ fn passthrough_serves_a_blob_held_whole_with_the_right_bytes_and_mmap() {
     let new = data((20 << 20) + 12345, 62);
     s.put("data", "big.bin", new.clone());
     std::thread::sleep(Duration::from_millis(1100));
-    assert_eq!(md5(&m, F), md5_of(&new));
+    assert_eq!(md5(m, F), md5_of(&new));
 }
 
 fn hex(b: &[u8]) -> String {
@@ -353,19 +366,11 @@ fn md5_sum(b: &[u8]) -> u128 {
 
 #[test]
 fn other_opens_of_a_file_open_by_passthrough_share_it_or_wait() {
-    let az = Azurite::start();
-    let s = az.store();
-    s.container("data");
     let body = data(6 << 20, 71);
-    s.put("data", "big.bin", body.clone());
-    let tier = tempfile::tempdir().unwrap();
-    let dir = tier.path().join("cache");
-    let m = Mount::start(
-        &config_for(&az, ""),
-        &["--disk-cache", dir.to_str().unwrap()],
-    );
-    assert_eq!(md5(&m, F), md5_of(&body));
-    settle(&m, |s| s["disk_whole"] >= 1);
+    let w = world(&body, &[]);
+    let (m, s) = (&w.m, &w.s);
+    assert_eq!(md5(m, F), md5_of(&body));
+    settle(m, |s| s["disk_whole"] >= 1);
     // One process holds the file open by passthrough while others open it.
     let script = format!(
         "exec 3< {F}\n\

@@ -153,6 +153,18 @@ fn run_mount(args: &MountArgs, mut notify: Option<&mut std::io::Stdout>) -> Res 
     let rt = runtime()?;
     let stats = Arc::new(Stats::default());
     if let Some(dir) = &args.disk_cache {
+        // Under the mountpoint, the tier's new files would be written through the mount
+        // itself, into storage.
+        let abs = std::fs::canonicalize(dir)
+            .or_else(|_| std::path::absolute(dir))
+            .map_err(|e| format!("--disk-cache {}: {e}", dir.display()))?;
+        if abs.starts_with(&mountpoint) {
+            return Err(format!(
+                "--disk-cache {} is inside the mountpoint {}: give a directory on a local disk",
+                dir.display(),
+                mountpoint.display()
+            ));
+        }
         let tier =
             DiskTier::open(dir, args.disk_cache_size, stats.clone()).map_err(|e| e.to_string())?;
         opts.disk = Some(tier);

@@ -64,9 +64,19 @@ fn md5_of(bytes: &[u8]) -> String {
 struct World {
     m: Mount,
     dir: std::path::PathBuf,
+    /// The flags it was mounted with, for a mount again on the same directory.
+    args: Vec<String>,
     _tier: tempfile::TempDir,
     s: Seeder,
     _az: Azurite,
+}
+
+impl World {
+    /// `batchfs mount` again with the same flags (after an unmount, or a crash).
+    fn mount_again(&self) {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        ok(self.m.mount_cmd(&args));
+    }
 }
 
 fn world(body: &[u8], extra: &[&str]) -> World {
@@ -79,9 +89,11 @@ fn world(body: &[u8], extra: &[&str]) -> World {
     let mut args = vec!["--disk-cache", dir.to_str().unwrap()];
     args.extend_from_slice(extra);
     let m = Mount::start(&config_for(&az, ""), &args);
+    let args = args.iter().map(|a| a.to_string()).collect();
     World {
         m,
         dir,
+        args,
         _tier: tier,
         s,
         _az: az,
@@ -90,24 +102,12 @@ fn world(body: &[u8], extra: &[&str]) -> World {
 
 #[test]
 fn rereads_past_the_ram_budget_and_after_a_remount_fetch_nothing() {
-    let az = Azurite::start();
-    let s = az.store();
-    s.container("data");
     let body = data(48 << 20, 11);
-    s.put("data", "big.bin", body.clone());
-    let tier = tempfile::tempdir().unwrap();
-    let dir = tier.path().join("cache");
-    let args = [
-        "--cache-size",
-        "16M",
-        "--disk-cache",
-        dir.to_str().unwrap(),
-        "--no-passthrough",
-    ];
-    let m = Mount::start(&config_for(&az, ""), &args);
+    let w = world(&body, &["--cache-size", "16M", "--no-passthrough"]);
+    let m = &w.m;
     let want = md5_of(&body);
-    assert_eq!(md5(&m, F), want);
-    let first = settle(&m, |s| s["disk_written_bytes"] >= 48 << 20);
+    assert_eq!(md5(m, F), want);
+    let first = settle(m, |s| s["disk_written_bytes"] >= 48 << 20);
     assert!(first["disk_misses"] > 0);
     assert!(
         first["disk_bytes"] >= 48 << 20 && first["disk_bytes"] <= (48 << 20) + (1 << 20),
@@ -116,16 +116,16 @@ fn rereads_past_the_ram_budget_and_after_a_remount_fetch_nothing() {
 
     // The RAM cache holds 16 MiB of 48: the second pass reads the rest from disk.
     drop_kernel_cache();
-    assert_eq!(md5(&m, F), want);
+    assert_eq!(md5(m, F), want);
     let second = m.stats();
     assert_eq!(delta(&second, &first, "get_requests"), 0, "{second:?}");
     assert!(delta(&second, &first, "disk_hits") > 0);
     assert_eq!(second["disk_corrupt"], 0);
 
     // A new mount on the same directory: the open's HEAD, and no GET.
-    unmount(&m);
-    ok(m.mount_cmd(&args));
-    assert_eq!(md5(&m, F), want);
+    unmount(m);
+    w.mount_again();
+    assert_eq!(md5(m, F), want);
     let third = m.stats();
     assert_eq!(third["get_requests"], 0, "{third:?}");
     assert_eq!(third["bytes_fetched"], 0);
@@ -134,7 +134,7 @@ fn rereads_past_the_ram_budget_and_after_a_remount_fetch_nothing() {
         "close-to-open: the open still asks storage"
     );
     assert!(third["disk_read_bytes"] >= 48 << 20);
-    let du: u64 = ok(sh_in(tier.path(), "du -sk cache | cut -f1"))
+    let du: u64 = ok(sh_in(w.dir.parent().unwrap(), "du -sk cache | cut -f1"))
         .trim()
         .parse()
         .unwrap();
@@ -162,25 +162,14 @@ fn a_blob_replaced_elsewhere_is_never_served_from_the_tier() {
 
 #[test]
 fn a_kill_during_a_fill_then_a_remount_serves_only_the_right_bytes() {
-    let az = Azurite::start();
-    let s = az.store();
-    s.container("data");
     let body = data(96 << 20, 31);
-    s.put("data", "big.bin", body.clone());
-    let tier = tempfile::tempdir().unwrap();
-    let dir = tier.path().join("cache");
-    let args = [
-        "--disk-cache",
-        dir.to_str().unwrap(),
-        "--disk-cache-fill",
-        "whole",
-    ];
-    let m = Mount::start(&config_for(&az, ""), &args);
+    let w = world(&body, &["--disk-cache-fill", "whole"]);
+    let m = &w.m;
     // One small read starts the fill of the rest; the daemon dies while it runs.
     ok(m.sh(&format!(
         "dd if={F} bs=4096 skip=5000 count=1 status=none > /dev/null"
     )));
-    settle(&m, |s| s["disk_written_bytes"] > 8 << 20);
+    settle(m, |s| s["disk_written_bytes"] > 8 << 20);
     let before = m.stats();
     assert!(
         before["disk_fills"] == 0,
@@ -189,8 +178,8 @@ fn a_kill_during_a_fill_then_a_remount_serves_only_the_right_bytes() {
     ok(m.sh(&format!("kill -9 {}", m.daemon_pid())));
     std::thread::sleep(Duration::from_millis(300));
     // Remount on the same directory (the stale mountpoint is recovered) and read it all.
-    ok(m.mount_cmd(&args));
-    assert_eq!(md5(&m, F), md5_of(&body));
+    w.mount_again();
+    assert_eq!(md5(m, F), md5_of(&body));
     let after = m.stats();
     assert!(
         after["disk_hits"] > 0,
@@ -198,10 +187,10 @@ fn a_kill_during_a_fill_then_a_remount_serves_only_the_right_bytes() {
     );
     assert!(after["bytes_fetched"] < 96 << 20, "{after:?}");
     // The fill restarted by that read completes the blob; a cold read is then all local.
-    settle(&m, |s| s["disk_whole"] >= 1);
+    settle(m, |s| s["disk_whole"] >= 1);
     drop_kernel_cache();
     let cold = m.stats();
-    assert_eq!(md5(&m, F), md5_of(&body));
+    assert_eq!(md5(m, F), md5_of(&body));
     assert_eq!(delta(&m.stats(), &cold, "get_requests"), 0);
 }
 
@@ -278,6 +267,12 @@ fn garbage_in_the_tier_is_refused_or_removed_never_served() {
         "{err}"
     );
     assert!(foreign.join("report.pdf").exists());
+    // A directory under the mountpoint (its files would go through the mount) is refused.
+    let inside = m.path.join("cache");
+    let out = m.mount_cmd(&["--disk-cache", inside.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("inside the mountpoint"), "{err}");
 
     // Ours, with a file planted in it and every cached byte overwritten: the planted file
     // is removed, and the changed pages are dropped and fetched again.
@@ -341,8 +336,8 @@ fn passthrough_serves_a_blob_held_whole_with_the_right_bytes_and_mmap() {
     );
     let out = ok(m.sh(&format!("python3 -c \"{py}\"")));
     let want = format!(
-        "{:x} {} {} {}",
-        md5_sum(&body),
+        "{} {} {} {}",
+        md5_of(&body).split_whitespace().next().unwrap(),
         body.len(),
         hex(&body[7777..7781]),
         hex(&body[..3])
@@ -357,11 +352,6 @@ fn passthrough_serves_a_blob_held_whole_with_the_right_bytes_and_mmap() {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn md5_sum(b: &[u8]) -> u128 {
-    let s = md5_of(b);
-    u128::from_str_radix(s.split_whitespace().next().unwrap(), 16).unwrap()
 }
 
 #[test]

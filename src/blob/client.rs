@@ -787,7 +787,14 @@ fn utf8(body: &Bytes) -> Result<&str, BlobError> {
 
 impl BlobStore for HttpBlobStore {
     fn origin(&self) -> Option<String> {
-        Some(self.base.as_str().trim_end_matches('/').to_string())
+        // Written into the disk tier's index headers: never a query (a SAS pasted into an
+        // endpoint) nor user info.
+        let mut u = self.base.clone();
+        u.set_query(None);
+        u.set_fragment(None);
+        let _ = u.set_username("");
+        let _ = u.set_password(None);
+        Some(u.as_str().trim_end_matches('/').to_string())
     }
 
     async fn list_containers(&self) -> Result<Vec<ContainerInfo>, BlobError> {

@@ -440,6 +440,15 @@ impl DiskTier {
         !inner.off && inner.blobs.get(&key.id).is_some_and(|e| e.is_present(p))
     }
 
+    /// Which of pages `[from, to)` of `key` are held, under one lock.
+    pub fn held(&self, key: &DiskKey, from: u64, to: u64) -> Vec<bool> {
+        let inner = self.lock();
+        let entry = inner.blobs.get(&key.id).filter(|_| !inner.off);
+        (from..to)
+            .map(|p| entry.is_some_and(|e| e.is_present(p)))
+            .collect()
+    }
+
     /// Whether the whole blob is held (and fit for passthrough).
     pub fn is_whole(&self, key: &DiskKey) -> bool {
         self.lock().blobs.get(&key.id).is_some_and(|e| e.whole)
@@ -524,6 +533,12 @@ impl DiskTier {
             }
         }
         Some(buf)
+    }
+
+    /// Whether nothing waits to be written (for tests that wait for the tier).
+    #[cfg(test)]
+    pub fn queue_idle(&self) -> bool {
+        self.queue.available_permits() == QUEUE_KIB as usize
     }
 
     /// Room for `len` bytes in the queue to the disk, waited for before a fetch that will be

@@ -75,6 +75,7 @@ impl Fills {
             // `None`: running now; `Some(t)`: failed at t (a fill that cannot be kept must
             // not download the blob again at every jump).
             let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            running.retain(|_, failed| failed.is_none_or(|t| t.elapsed() < RETRY_AFTER));
             match running.get(&blob.id) {
                 Some(None) => return,
                 Some(Some(t)) if t.elapsed() < RETRY_AFTER => return,

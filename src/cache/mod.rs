@@ -618,8 +618,7 @@ impl Cache {
         };
         let mut out: Vec<(Run, bool)> = Vec::new();
         for &(a, b) in runs {
-            for p in a..b {
-                let held = tier.has(key, p);
+            for (p, held) in (a..b).zip(tier.held(key, a, b)) {
                 match out.last_mut() {
                     Some((run, d)) if run.1 == p && *d == held => run.1 += 1,
                     _ => out.push(((p, p + 1), held)),

@@ -319,3 +319,56 @@ async fn jumps_answered_at_once_and_readers_on_the_runtime_share_tier_pages() {
         "all from RAM and the tier"
     );
 }
+
+#[tokio::test]
+async fn reads_under_faults_keep_only_whole_right_pages_in_the_tier() {
+    use crate::blob::faulty::{Fault, FaultyStore, Op, Rule, busy};
+    let (mem, blob, data) = blob_of((12 * MIB) as usize).await;
+    let store = Arc::new(FaultyStore::new(mem.clone(), 7));
+    // Replies cut mid-body and throttling, by chance, for every ranged read.
+    store.add(Rule::on(Op::GetRange, Fault::CutShort).chance(0.3));
+    store.add(Rule::on(Op::GetRange, Fault::Fail(busy())).chance(0.2));
+    let blob = BlobRef::new(
+        store.clone(),
+        0,
+        "c".into(),
+        "b".into(),
+        blob.etag,
+        blob.size,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache_on_disk(16 * MIB, dir.path(), FillMode::Pages);
+    let ra = Mutex::new(Readahead::default());
+    // Every read either returns the right bytes or fails; none returns other bytes.
+    let mut off = 0;
+    let mut failed = 0;
+    while off < blob.size {
+        match c.read(&blob, &ra, off, MIB).await {
+            Ok(got) => {
+                assert!(got[..] == data[off as usize..off as usize + got.len()]);
+                off += got.len() as u64;
+            }
+            Err(_) => failed += 1,
+        }
+        assert!(failed < 1000, "the faults never let a read through");
+    }
+    assert!(failed > 0, "the rules fired");
+    // What the tier kept is only ever the blob's own bytes: read back with storage gone.
+    settle(&c, |s| {
+        s.disk_written_bytes.load(Ordering::Relaxed) > 0 && c.disk.as_ref().unwrap().queue_idle()
+    })
+    .await;
+    store.clear();
+    store.add(Rule::on(Op::GetRange, Fault::Fail(busy())));
+    let tier = c.disk.clone().unwrap();
+    let key = blob.disk.clone().unwrap();
+    let mut held = 0;
+    for p in 0..blob.size / PAGE {
+        if let Some(page) = tier.read(&key, p, p + 1) {
+            let at = (p * PAGE) as usize;
+            assert!(page[..] == data[at..at + PAGE as usize], "page {p}");
+            held += 1;
+        }
+    }
+    assert!(held > 0, "the tier kept what came whole");
+}

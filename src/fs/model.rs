@@ -116,7 +116,8 @@ struct Node {
 }
 
 impl Node {
-    async fn new(store: &Arc<MemoryStore>, spill: &std::path::Path) -> Node {
+    /// A node; with `tier`, it reads through a disk tier of its own under `spill`.
+    async fn new(store: &Arc<MemoryStore>, spill: &std::path::Path, tier: bool) -> Node {
         let cfg = parse(
             std::path::Path::new("t.toml"),
             "[[account]]\nname = \"acct\"\n[account.storage]\naccount = \"sto\"\nsas = \"sig=x\"\n",
@@ -127,6 +128,10 @@ impl Node {
             dir_ttl: Duration::ZERO,
             spill_dir: spill.to_path_buf(),
             timeout: Duration::from_secs(5),
+            disk: tier.then(|| {
+                crate::cache::disk::DiskTier::open(&spill.join("tier"), 64 << 20, Arc::default())
+                    .expect("disk tier")
+            }),
             ..Options::default()
         };
         let ns = Namespace::new(
@@ -427,8 +432,10 @@ fn run(ops: Vec<(usize, Op)>) {
         let store = Arc::new(MemoryStore::new(3));
         store.create_container("c").await.expect("container");
         let nodes = [
-            Node::new(&store, spill.path()).await,
-            Node::new(&store, spill.path()).await,
+            // One node reads through a disk tier, the other does not: both must agree with
+            // the model.
+            Node::new(&store, spill.path(), true).await,
+            Node::new(&store, spill.path(), false).await,
         ];
         let mut model = Model::default();
         for (n, op) in &ops {

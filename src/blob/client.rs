@@ -38,7 +38,7 @@ use super::xml::{
     block_list_body, normalize_etag, parse_blob_list, parse_block_list, parse_container_list,
     parse_time,
 };
-use super::{BlobError, BlobProps, BlobStore, Condition, ContainerInfo, ListPage};
+use super::{BlobError, BlobProps, BlobStore, Body, Condition, ContainerInfo, ListPage};
 use crate::accounts::config::{Credential, StorageConfig};
 use crate::accounts::identity::{STORAGE_SCOPE, TokenSource};
 use crate::stats::Stats;
@@ -148,16 +148,24 @@ struct Op<'a> {
     if_match: String,
     if_none_match: String,
     content_type: &'static str,
-    body: Bytes,
+    /// The request body, in parts sent one after the other (a Put Block of several of a
+    /// writer's buffers is sent without joining them first).
+    body: Vec<Bytes>,
     /// Bytes a ranged read asks for.
     fetch: u64,
+    /// The body is handed back unread, to be read as it is wanted ([`Body`]).
+    stream: bool,
 }
 
 impl<'a> Op<'a> {
     /// Extra time a transfer of this size is allowed: see [`FLOOR_RATE`].
     fn allowance(&self) -> Duration {
-        let bytes = self.body.len() as u64 + self.fetch;
+        let bytes = self.body_len() + self.fetch;
         Duration::from_secs_f64(bytes as f64 / FLOOR_RATE)
+    }
+
+    fn body_len(&self) -> u64 {
+        self.body.iter().map(|b| b.len() as u64).sum()
     }
 
     fn new(
@@ -176,8 +184,9 @@ impl<'a> Op<'a> {
             if_match: String::new(),
             if_none_match: String::new(),
             content_type: "",
-            body: Bytes::new(),
+            body: Vec::new(),
             fetch: 0,
+            stream: false,
         }
     }
 
@@ -236,6 +245,8 @@ struct Health {
 struct Answer {
     headers: HeaderMap,
     body: Bytes,
+    /// The response itself, its body unread, for an [`Op::stream`].
+    unread: Option<reqwest::Response>,
 }
 
 /// What one failed attempt means for the next.
@@ -530,7 +541,7 @@ impl HttpBlobStore {
                     key,
                     &SignInput {
                         method: op.method.as_str(),
-                        content_length: op.body.len() as u64,
+                        content_length: op.body_len(),
                         content_type: op.content_type,
                         if_match: &op.if_match,
                         if_none_match: &op.if_none_match,
@@ -576,9 +587,16 @@ impl HttpBlobStore {
         if op.method == Method::PUT {
             // Explicit, because an empty body would otherwise go without Content-Length,
             // which the service requires on every PUT.
-            req = req
-                .header(reqwest::header::CONTENT_LENGTH, op.body.len())
-                .body(op.body.clone());
+            req = req.header(reqwest::header::CONTENT_LENGTH, op.body_len());
+            req = match &op.body[..] {
+                [] => req.body(Bytes::new()),
+                [one] => req.body(one.clone()),
+                parts => {
+                    let parts: Vec<Result<Bytes, std::io::Error>> =
+                        parts.iter().cloned().map(Ok).collect();
+                    req.body(reqwest::Body::wrap_stream(futures::stream::iter(parts)))
+                }
+            };
         }
         let resp = req.send().await.map_err(transport)?;
         // Only what storage sends back counts as progress: a request body can sit in socket
@@ -586,6 +604,13 @@ impl HttpBlobStore {
         activity.touch();
         let status = resp.status();
         let headers = resp.headers().clone();
+        if status.is_success() && op.stream {
+            return Ok(Answer {
+                headers,
+                body: Bytes::new(),
+                unread: Some(resp),
+            });
+        }
         if status.is_success() {
             // Into one buffer of the announced size: collecting the chunks and then joining
             // them would hold every large GET twice for a moment.
@@ -594,8 +619,7 @@ impl HttpBlobStore {
                 Method::HEAD => 0, // Content-Length is the blob's size; there is no body.
                 _ => resp.content_length().unwrap_or(0).min(64 << 20),
             };
-            let mut body = bytes::BytesMut::with_capacity(announced as usize);
-            huge_pages(&mut body);
+            let mut body = huge_buffer(announced as usize);
             while let Some(chunk) = resp.chunk().await.map_err(transport)? {
                 activity.touch();
                 body.extend_from_slice(&chunk);
@@ -603,6 +627,7 @@ impl HttpBlobStore {
             return Ok(Answer {
                 headers,
                 body: body.freeze(),
+                unread: None,
             });
         }
         let code = headers
@@ -720,24 +745,29 @@ pub(crate) fn insert_headers(
     Ok(())
 }
 
-/// Asks the kernel to back a large body buffer with transparent huge pages (where it allows
-/// them on request): a 32 MiB GET otherwise costs 8,192 page faults, each zeroing 4 KiB,
-/// which was a fifth of the daemon's CPU in a cold sequential read.
-fn huge_pages(buf: &mut bytes::BytesMut) {
+/// An empty buffer of `cap` bytes for a large body, backed by transparent huge pages where
+/// the kernel allows them on request: a 32 MiB GET otherwise costs 8,192 page faults, each
+/// zeroing 4 KiB, which was a fifth of the daemon's CPU in a cold sequential read. The
+/// buffer starts on a huge page boundary, so that all of it, not only the huge pages that
+/// happen to fit inside, is covered (the padding before it is never touched).
+pub(crate) fn huge_buffer(cap: usize) -> bytes::BytesMut {
     const HUGE: usize = 2 << 20;
-    let (start, cap) = (buf.as_mut_ptr() as usize, buf.capacity());
-    if cap < 2 * HUGE {
-        return;
+    if cap < HUGE {
+        return bytes::BytesMut::with_capacity(cap);
     }
-    let from = start.next_multiple_of(HUGE);
-    let to = (start + cap) / HUGE * HUGE;
-    if to > from {
-        // SAFETY: the range lies inside the buffer's own allocation, which nothing has touched
-        // yet; MADV_HUGEPAGE only changes how its pages are backed, never their content.
-        unsafe {
-            libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_HUGEPAGE);
-        }
+    let mut buf = bytes::BytesMut::with_capacity(cap + HUGE);
+    let pad = buf.as_ptr().align_offset(HUGE);
+    let len = cap.next_multiple_of(HUGE).min(buf.capacity() - pad);
+    // SAFETY: the range lies inside the buffer's own allocation, which nothing has touched
+    // yet; MADV_HUGEPAGE only changes how its pages are backed, never their content. The
+    // padding is skipped without being written (writing it would fault its pages in) and
+    // is never read: `advance` moves past it at once.
+    unsafe {
+        libc::madvise(buf.as_mut_ptr().add(pad).cast(), len, libc::MADV_HUGEPAGE);
+        buf.set_len(pad);
     }
+    bytes::Buf::advance(&mut buf, pad);
+    buf
 }
 
 fn header_value(v: &str) -> Result<HeaderValue, Failure> {
@@ -869,6 +899,47 @@ impl BlobStore for HttpBlobStore {
         self.ranged(op, offset, len).await
     }
 
+    async fn open_range(
+        &self,
+        container: &str,
+        blob: &str,
+        offset: u64,
+        len: u64,
+        if_match: Option<&str>,
+    ) -> Result<Body, BlobError> {
+        if len == 0 {
+            return Ok(Body::whole(Bytes::new()));
+        }
+        let cond = match if_match {
+            Some(e) => Condition::IfMatch(e.to_string()),
+            None => Condition::None,
+        };
+        let mut op = Op::new("get_range", Method::GET, Some(container), Some(blob))
+            .condition(&cond)
+            .header(
+                "x-ms-range",
+                format!("bytes={}-{}", offset, offset + len - 1),
+            );
+        op.stream = true;
+        let answer = self.execute(op).await?;
+        let resp = answer
+            .unread
+            .ok_or_else(|| BlobError::BadResponse("a streamed GET without its body".into()))?;
+        if resp.content_length().is_some_and(|n| n > len) {
+            return Err(BlobError::BadResponse(format!(
+                "asked for {len} bytes, got {}",
+                resp.content_length().unwrap_or(0)
+            )));
+        }
+        let stats = self.stats.clone();
+        let counted = move |n| Stats::add(&stats.bytes_fetched, n);
+        Ok(Body::http(
+            resp,
+            self.policy.attempt_timeout,
+            Box::new(counted),
+        ))
+    }
+
     async fn put(
         &self,
         container: &str,
@@ -885,7 +956,7 @@ impl BlobStore for HttpBlobStore {
         }
         op.content_type = "application/octet-stream";
         let len = data.len() as u64;
-        op.body = data;
+        op.body = vec![data];
         let answer = self.execute(op).await?;
         Stats::add(&self.stats.bytes_uploaded, len);
         Ok(normalize_etag(header_str(&answer.headers, "etag")))
@@ -898,12 +969,22 @@ impl BlobStore for HttpBlobStore {
         id: &str,
         data: Bytes,
     ) -> Result<(), BlobError> {
-        let len = data.len() as u64;
+        self.put_block_parts(container, blob, id, vec![data]).await
+    }
+
+    async fn put_block_parts(
+        &self,
+        container: &str,
+        blob: &str,
+        id: &str,
+        parts: Vec<Bytes>,
+    ) -> Result<(), BlobError> {
         let mut op = Op::new("put_block", Method::PUT, Some(container), Some(blob))
             .query("comp", "block")
             .query("blockid", id);
         op.content_type = "application/octet-stream";
-        op.body = data;
+        op.body = parts;
+        let len = op.body_len();
         self.execute(op).await?;
         Stats::add(&self.stats.bytes_uploaded, len);
         Ok(())
@@ -925,7 +1006,7 @@ impl BlobStore for HttpBlobStore {
             op = op.header(&format!("x-ms-meta-{k}"), v.clone());
         }
         op.content_type = "application/xml";
-        op.body = Bytes::from(block_list_body(ids));
+        op.body = vec![Bytes::from(block_list_body(ids))];
         let answer = self.execute(op).await?;
         Ok(normalize_etag(header_str(&answer.headers, "etag")))
     }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{BlobError, BlobProps, BlobStore, Condition, ContainerInfo, ListPage};
+use super::{BlobError, BlobProps, BlobStore, Body, Condition, ContainerInfo, ListPage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Op {
@@ -21,6 +21,8 @@ pub enum Op {
     List,
     Head,
     GetRange,
+    /// A GET whose body is read piece by piece.
+    OpenRange,
     Put,
     PutBlock,
     PutBlockList,
@@ -275,6 +277,37 @@ impl<S: BlobStore> BlobStore for FaultyStore<S> {
             true => data.slice(..data.len() / 2),
             false => data,
         })
+    }
+
+    /// `CutShort` gives a body that breaks halfway.
+    async fn open_range(
+        &self,
+        container: &str,
+        blob: &str,
+        offset: u64,
+        len: u64,
+        if_match: Option<&str>,
+    ) -> Result<Body, BlobError> {
+        let faults = self.faults(Op::OpenRange);
+        let cut = faults.iter().any(|f| matches!(f, Fault::CutShort));
+        for f in faults {
+            match f {
+                Fault::Delay(d) => tokio::time::sleep(d).await,
+                Fault::Fail(e) | Fault::LoseReply(e) => return Err(e),
+                Fault::CutShort => {}
+            }
+        }
+        if !cut {
+            return self
+                .inner
+                .open_range(container, blob, offset, len, if_match)
+                .await;
+        }
+        let data = self
+            .inner
+            .get_range(container, blob, offset, len, if_match)
+            .await?;
+        Ok(Body::whole(data.slice(..data.len() / 2)))
     }
 
     async fn put(

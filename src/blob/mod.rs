@@ -6,6 +6,7 @@
 //! (not URLs) and in [`BlobError`]s (not HTTP statuses).
 
 pub mod auth;
+pub mod body;
 pub mod client;
 pub mod deadline;
 #[cfg(test)]
@@ -22,6 +23,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
+pub use body::Body;
 pub use client::{HttpBlobStore, RetryPolicy};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,6 +135,26 @@ pub trait BlobStore: Send + Sync + 'static {
         if_match: Option<&str>,
     ) -> impl Future<Output = Result<Bytes, BlobError>> + Send;
 
+    /// A GET of `len` bytes from `offset` whose body is read piece by piece as the caller
+    /// wants it ([`Body::next`]): one request for a long sequential read, held back by TCP
+    /// when the reader is slower than the link. Stores that cannot stream fetch the range
+    /// whole.
+    fn open_range(
+        &self,
+        container: &str,
+        blob: &str,
+        offset: u64,
+        len: u64,
+        if_match: Option<&str>,
+    ) -> impl Future<Output = Result<Body, BlobError>> + Send {
+        async move {
+            let data = self
+                .get_range(container, blob, offset, len, if_match)
+                .await?;
+            Ok(Body::whole(data))
+        }
+    }
+
     /// Put Blob (one request); returns the new ETag.
     fn put(
         &self,
@@ -152,6 +174,24 @@ pub trait BlobStore: Send + Sync + 'static {
         id: &str,
         data: Bytes,
     ) -> impl Future<Output = Result<(), BlobError>> + Send;
+
+    /// Put Block of `parts` one after the other, as one block: a writer's buffers go up as
+    /// one larger block without being joined first where the store can send them so.
+    fn put_block_parts(
+        &self,
+        container: &str,
+        blob: &str,
+        id: &str,
+        parts: Vec<Bytes>,
+    ) -> impl Future<Output = Result<(), BlobError>> + Send {
+        async move {
+            let data = match &parts[..] {
+                [one] => one.clone(),
+                _ => Bytes::from(parts.concat()),
+            };
+            self.put_block(container, blob, id, data).await
+        }
+    }
 
     /// Put Block List: the blob becomes exactly these blocks, in order; returns the new ETag.
     fn put_block_list(

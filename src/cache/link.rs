@@ -17,8 +17,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 const MIB: u64 = 1 << 20;
+/// The rest of the blob, in one GET whose body is read as the reader goes (a stream).
+pub const REST: u64 = u64::MAX;
 /// The range sizes a sequential reader may use.
-pub const SIZES: [u64; 5] = [2 * MIB, 4 * MIB, 8 * MIB, 16 * MIB, 32 * MIB];
+pub const SIZES: [u64; 6] = [2 * MIB, 4 * MIB, 8 * MIB, 16 * MIB, 32 * MIB, REST];
 /// Where a new link starts: 8 MiB, a middle that neither kind of link punishes much.
 const START: usize = 2;
 /// Bytes per throughput sample.
@@ -36,6 +38,8 @@ struct State {
     samples: u64,
     /// Direction of the next exploration: larger (true) or smaller.
     up: bool,
+    /// The direction of the exploration being measured, if `current` is one.
+    trying: Option<bool>,
     in_flight: u32,
     since: Instant,
     bytes: u64,
@@ -57,6 +61,7 @@ impl Default for Link {
                 rate: [None; SIZES.len()],
                 samples: 0,
                 up: true,
+                trying: None,
                 in_flight: 0,
                 since: Instant::now(),
                 bytes: 0,
@@ -101,6 +106,15 @@ impl Link {
         }
     }
 
+    /// Uses `size` from now on, as if it had been measured best (for tests).
+    #[cfg(test)]
+    pub fn pin(&self, size: u64) {
+        let mut s = self.lock();
+        let i = SIZES.iter().position(|&x| x == size).unwrap_or(START);
+        s.current = i;
+        s.best = i;
+    }
+
     /// The current estimates, for logs and tests: (size, MiB/s) of each size tried.
     pub fn rates(&self) -> Vec<(u64, f64)> {
         let s = self.lock();
@@ -125,21 +139,41 @@ impl State {
             .map_or(self.best, |(j, _)| j);
         if best != self.best {
             tracing::debug!(
-                from = SIZES[self.best] / MIB,
-                to = SIZES[best] / MIB,
-                "sequential reads change range size (MiB)"
+                from = label(SIZES[self.best]),
+                to = label(SIZES[best]),
+                "sequential reads change range size"
             );
         }
         self.best = best;
         self.samples += 1;
-        // Every third sample tries a neighbour of the best, alternately larger and smaller
-        // (or whichever exists); otherwise the best is used.
+        // An exploration that won goes on in the same direction at once (a link far from
+        // the start size gets there in a few samples, not a few dozen); otherwise every
+        // third sample, and the first, tries a neighbour of the best, alternately larger
+        // and smaller (or whichever exists).
+        let dir = match self.trying.take() {
+            Some(up) if best == i => Some(up),
+            _ if self.samples == 1 || self.samples.is_multiple_of(3) => {
+                self.up = !self.up;
+                Some(!self.up)
+            }
+            _ => None,
+        };
         self.current = best;
-        if self.samples.is_multiple_of(3) {
-            let up = (best + 1 < SIZES.len()) && (self.up || best == 0);
-            self.up = !self.up;
-            self.current = if up { best + 1 } else { best.saturating_sub(1) };
+        if let Some(up) = dir {
+            let up = match up {
+                true => best + 1 < SIZES.len(),
+                false => best == 0,
+            };
+            self.current = if up { best + 1 } else { best - 1 };
+            self.trying = Some(up);
         }
+    }
+}
+
+fn label(size: u64) -> String {
+    match size {
+        REST => "the rest of the blob".into(),
+        s => format!("{} MiB", s / MIB),
     }
 }
 

@@ -47,9 +47,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
 use lru::LruCache;
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 
-use crate::blob::{BlobError, BlobStore};
+use crate::blob::{BlobError, BlobStore, Body};
 use crate::stats::Stats;
 
 pub mod disk;
@@ -79,10 +79,20 @@ const MAX_SPARE: usize = 8;
 const STREAM_IDLE: std::time::Duration = std::time::Duration::from_secs(2);
 /// Largest read from the disk tier done in the reader's own task (see `Cache::disk_now`).
 const INLINE_DISK: u64 = 128 * 1024;
+/// The largest piece of a streamed GET handed to readers at once.
+const PIECE: u64 = 4 * 1024 * 1024;
+/// A streamed GET no piece was asked of for this long is closed (and opened again if the
+/// reader comes back): an idle connection holds the server's stream and its buffers.
+const FEED_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
 /// The smallest budget that leaves room for a few chunks in flight.
 pub const MIN_BUDGET: u64 = 16 * 1024 * 1024;
 
 type Outcome = Option<Result<Bytes, BlobError>>;
+/// Where a fetch's bytes go in the disk tier, and the room it was given in its queue.
+type Admitted = (
+    (Arc<DiskTier>, Arc<DiskKey>),
+    tokio::sync::OwnedSemaphorePermit,
+);
 
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct Key {
@@ -131,11 +141,49 @@ pub trait Source: Send + Sync + 'static {
     fn origin(&self) -> Option<String> {
         None
     }
+
+    /// Whether [`Source::open_range`] reads its body as it is wanted. Sources that fetch it
+    /// whole are given ranges, never the rest of a blob.
+    fn streams(&self) -> bool {
+        false
+    }
+
+    /// A GET of `len` bytes from `offset` read piece by piece (see `BlobStore::open_range`).
+    fn open_range(
+        &self,
+        container: &str,
+        name: &str,
+        offset: u64,
+        len: u64,
+        if_match: Option<&str>,
+    ) -> impl std::future::Future<Output = Result<Body, BlobError>> + Send {
+        async move {
+            let data = self
+                .get_range(container, name, offset, len, if_match)
+                .await?;
+            Ok(Body::whole(data))
+        }
+    }
 }
 
 impl<S: BlobStore> Source for S {
     fn origin(&self) -> Option<String> {
         BlobStore::origin(self)
+    }
+
+    fn streams(&self) -> bool {
+        true
+    }
+
+    fn open_range(
+        &self,
+        container: &str,
+        name: &str,
+        offset: u64,
+        len: u64,
+        if_match: Option<&str>,
+    ) -> impl std::future::Future<Output = Result<Body, BlobError>> + Send {
+        BlobStore::open_range(self, container, name, offset, len, if_match)
     }
 
     fn get_range(
@@ -202,6 +250,17 @@ pub struct Readahead {
     window: u64,
     /// Everything before this offset has been fetched or is in flight.
     ahead_to: u64,
+    /// The GETs this reader's prefetch is reading piece by piece.
+    feeds: Vec<Feed>,
+}
+
+/// One GET of pages `[next, end)` of a blob whose body a task reads piece by piece: each
+/// piece sent here is the run of pages that starts at `next`.
+#[derive(Debug)]
+struct Feed {
+    next: u64,
+    end: u64,
+    pieces: mpsc::UnboundedSender<(Run, watch::Sender<Outcome>)>,
 }
 
 /// A run of missing pages `[first, end)` to fetch in one GET.
@@ -249,6 +308,11 @@ impl Cache {
             links: link::Links::default(),
             streams: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The byte budget (`--cache-size`).
+    pub fn budget(&self) -> u64 {
+        self.budget
     }
 
     /// The tier and the blob's key in it, when both exist.
@@ -372,11 +436,17 @@ impl Cache {
                         .collect()
                 })
                 .unwrap_or_default();
-            let prefetch_claims: Vec<_> = self
-                .by_source(blob, &runs_of(&ahead, chunk / PAGE))
-                .into_iter()
-                .map(|(run, disk)| (run, disk, self.claim(&mut inner, blob, run)))
-                .collect();
+            let mut prefetch_claims = Vec::new();
+            for (run, disk) in self.by_source(blob, &runs_of(&ahead, u64::MAX)) {
+                if !disk && blob.store.streams() {
+                    self.feed(&mut inner, blob, ra, &link, run);
+                    continue;
+                }
+                for run in split(run, chunk / PAGE) {
+                    Stats::add(&self.stats.prefetched_pages, run.1 - run.0);
+                    prefetch_claims.push((run, disk, self.claim(&mut inner, blob, run)));
+                }
+            }
             (demand_rx, prefetch_claims)
         };
         for (run, disk, tx) in demand_runs {
@@ -395,7 +465,6 @@ impl Cache {
             }
         }
         for (run, disk, tx) in prefetch_runs {
-            Stats::add(&self.stats.prefetched_pages, run.1 - run.0);
             self.spawn_fetch(blob, run, disk, Some(link.clone()), tx);
         }
         // A sequential reader brings the blob itself; a fill serves readers that jump.
@@ -540,6 +609,9 @@ impl Cache {
                 r.streak = 0;
                 r.window = 0;
                 r.ahead_to = end;
+                // The GETs that were streaming ahead of the reader end with what was asked of
+                // them: a reader that jumped will not want the rest.
+                r.feeds.clear();
             }
         }
         r.next = Some(r.next.map_or(end, |n| n.max(end)));
@@ -677,18 +749,142 @@ impl Cache {
                 }
                 Err(_) => Err(BlobError::BadResponse("request limiter closed".into())),
             };
-            let result = match result {
-                Ok(data) if data.len() as u64 == len => Ok(data),
-                Ok(_) => Err(BlobError::PreconditionFailed),
-                Err(e) => Err(e),
-            };
-            if let (Some((tier, key)), Some(permit), Ok(data)) = (disk, admitted, &result) {
-                Stats::add(&cache.stats.disk_misses, run.1 - run.0);
-                tier.keep(permit, key, run.0, data.clone());
-            }
-            cache.complete(&id, run, len, &result);
-            let _ = tx.send(Some(result));
+            cache.deliver(&id, run, len, result, disk.zip(admitted), tx);
         });
+    }
+
+    /// Hands a prefetch run to the GET of this reader that continues where it starts, in
+    /// pieces of at most [`PIECE`], opening a GET of the size the link rewards (the rest of
+    /// the blob, streamed, on a link that charges per request) where none does. Pieces are
+    /// cut at the ends of GETs, so each GET is asked for exactly its range.
+    fn feed<S: Source>(
+        self: &Arc<Self>,
+        inner: &mut Inner,
+        blob: &BlobRef<S>,
+        ra: &Mutex<Readahead>,
+        link: &Arc<link::Link>,
+        run: Run,
+    ) {
+        let span = link.chunk() / PAGE;
+        let last = blob.size.div_ceil(PAGE);
+        let mut r = ra.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pos = run.0;
+        while pos < run.1 {
+            r.feeds
+                .retain(|f| f.next >= pos && f.next < f.end && !f.pieces.is_closed());
+            let i = match r.feeds.iter().position(|f| f.next == pos) {
+                Some(i) => i,
+                None => {
+                    let end = pos.saturating_add(span).min(last);
+                    let pieces = self.spawn_feed(blob, end, link.clone());
+                    r.feeds.push(Feed {
+                        next: pos,
+                        end,
+                        pieces,
+                    });
+                    r.feeds.len() - 1
+                }
+            };
+            let f = &mut r.feeds[i];
+            let piece = (pos, (pos + PIECE / PAGE).min(run.1).min(f.end));
+            f.next = piece.1;
+            Stats::add(&self.stats.prefetched_pages, piece.1 - piece.0);
+            let tx = self.claim(inner, blob, piece);
+            if let Err(mpsc::error::SendError((piece, tx))) = f.pieces.send((piece, tx)) {
+                self.spawn_fetch(blob, piece, false, Some(link.clone()), tx);
+            }
+            pos = piece.1;
+        }
+    }
+
+    /// The task that reads `blob` up to page `end` with one GET, from its first piece on,
+    /// piece by piece as they are sent to it. Its connection is closed when no piece came for [`FEED_IDLE`],
+    /// and the GET opened again at the next piece; a body that breaks is opened again once
+    /// at the piece it broke in.
+    fn spawn_feed<S: Source>(
+        self: &Arc<Self>,
+        blob: &BlobRef<S>,
+        end: u64,
+        link: Arc<link::Link>,
+    ) -> mpsc::UnboundedSender<(Run, watch::Sender<Outcome>)> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(Run, watch::Sender<Outcome>)>();
+        let cache = self.clone();
+        let store = blob.store.clone();
+        let (container, name, etag, id, size) = (
+            blob.container.clone(),
+            blob.name.clone(),
+            blob.etag.clone(),
+            blob.id.clone(),
+            blob.size,
+        );
+        let disk = self.disk.clone().zip(blob.disk.clone());
+        let end = (end * PAGE).min(size);
+        tokio::spawn(async move {
+            let mut body: Option<Body> = None;
+            loop {
+                let (run, done) = match tokio::time::timeout(FEED_IDLE, rx.recv()).await {
+                    Ok(Some(piece)) => piece,
+                    Ok(None) => return,
+                    Err(_) => {
+                        body = None;
+                        continue;
+                    }
+                };
+                let start = run.0 * PAGE;
+                let len = (run.1 * PAGE).min(size) - start;
+                cache.reserve(len).await;
+                let admitted = match &disk {
+                    Some((tier, _)) => tier.admit(len).await,
+                    None => None,
+                };
+                let result = match cache.requests.clone().acquire_owned().await {
+                    Ok(_permit) => {
+                        link.started();
+                        let piece = Piece {
+                            container: &container,
+                            name: &name,
+                            etag: &etag,
+                            start,
+                            len,
+                            end,
+                        };
+                        let got = piece.read(&*store, &mut body).await;
+                        link.finished(got.as_ref().map_or(0, |d| d.len() as u64));
+                        got
+                    }
+                    Err(_) => Err(BlobError::BadResponse("request limiter closed".into())),
+                };
+                if result.is_err() {
+                    body = None;
+                }
+                cache.deliver(&id, run, len, result, disk.clone().zip(admitted), done);
+            }
+        });
+        tx
+    }
+
+    /// Completes a fetch of `run` (`len` bytes): keeps its bytes in the disk tier where it
+    /// was admitted, turns its reservation into pages, and wakes its readers.
+    fn deliver(
+        &self,
+        id: &Arc<str>,
+        run: Run,
+        len: u64,
+        result: Result<Bytes, BlobError>,
+        disk: Option<Admitted>,
+        tx: watch::Sender<Outcome>,
+    ) {
+        let result = match result {
+            Ok(data) if data.len() as u64 == len => Ok(data),
+            Ok(_) => Err(BlobError::PreconditionFailed),
+            Err(e) => Err(e),
+        };
+        if let (Some(((tier, key), permit)), Ok(data)) = (disk, &result) {
+            Stats::add(&self.stats.disk_misses, run.1 - run.0);
+            tier.keep(permit, key, run.0, data.clone());
+        }
+        self.complete(id, run, len, &result);
+        let _ = tx.send(Some(result));
     }
 
     /// Keeps `data`, the first bytes of `blob`, as its pages (those not cached or in flight
@@ -891,6 +1087,55 @@ fn new_block() -> BytesMut {
     b.resize(pad, 0);
     bytes::Buf::advance(&mut b, pad);
     b
+}
+
+/// `run` cut into runs of at most `max` pages.
+fn split(run: Run, max: u64) -> impl Iterator<Item = Run> {
+    let max = max.max(1);
+    (run.0..run.1)
+        .step_by(max as usize)
+        .map(move |a| (a, (a + max).min(run.1)))
+}
+
+/// One piece of a streamed GET: `len` bytes from `start` of a GET that reaches `end`.
+struct Piece<'a> {
+    container: &'a str,
+    name: &'a str,
+    etag: &'a str,
+    start: u64,
+    len: u64,
+    end: u64,
+}
+
+impl Piece<'_> {
+    /// Reads the piece from `body`, opening the GET (from the piece on) if there is none. A
+    /// body that was open already may have broken meanwhile (a reset connection, a server
+    /// that closed it): it is opened again once, at this piece.
+    async fn read<S: Source>(
+        &self,
+        store: &S,
+        body: &mut Option<Body>,
+    ) -> Result<Bytes, BlobError> {
+        let mut fresh = false;
+        loop {
+            let open = match body {
+                Some(b) => b,
+                None => {
+                    fresh = true;
+                    let len = self.end - self.start;
+                    let b = store
+                        .open_range(self.container, self.name, self.start, len, Some(self.etag))
+                        .await?;
+                    body.insert(b)
+                }
+            };
+            match open.next(self.len as usize).await {
+                Ok(data) => return Ok(data),
+                Err(e) if fresh => return Err(e),
+                Err(_) => *body = None,
+            }
+        }
+    }
 }
 
 /// Groups sorted page indexes into runs of consecutive pages, each at most one CHUNK.

@@ -32,7 +32,7 @@ fn cache(budget: u64) -> Arc<Cache> {
     Arc::new(Cache::new(budget, 8, Arc::default()))
 }
 
-async fn read_all(c: &Arc<Cache>, blob: &BlobRef<MemoryStore>, step: u64) -> Vec<u8> {
+async fn read_all<S: Source>(c: &Arc<Cache>, blob: &BlobRef<S>, step: u64) -> Vec<u8> {
     let ra = Mutex::new(Readahead::default());
     let mut out = Vec::new();
     let mut off = 0;
@@ -189,8 +189,10 @@ async fn a_reread_past_the_ram_budget_comes_from_disk_and_survives_a_new_cache()
             "no GET: RAM held 16 MiB"
         );
         assert!(c.stats.disk_hits.load(Ordering::Relaxed) > 0);
-        // The tier is dropped with the cache, as at unmount.
+        // The tier is dropped with the cache, as at unmount, once the tasks of the GETs
+        // that fed the reader (gone now) have seen it leave.
     }
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     let c = cache_on_disk(16 * MIB, dir.path(), FillMode::Pages);
     let gets = store.gets.load(Ordering::Relaxed);
     assert!(read_all(&c, &blob, MIB).await == data, "after a 'remount'");
@@ -328,6 +330,8 @@ async fn reads_under_faults_keep_only_whole_right_pages_in_the_tier() {
     // Replies cut mid-body and throttling, by chance, for every ranged read.
     store.add(Rule::on(Op::GetRange, Fault::CutShort).chance(0.3));
     store.add(Rule::on(Op::GetRange, Fault::Fail(busy())).chance(0.2));
+    store.add(Rule::on(Op::OpenRange, Fault::CutShort).chance(0.3));
+    store.add(Rule::on(Op::OpenRange, Fault::Fail(busy())).chance(0.2));
     let blob = BlobRef::new(
         store.clone(),
         0,
@@ -360,6 +364,7 @@ async fn reads_under_faults_keep_only_whole_right_pages_in_the_tier() {
     .await;
     store.clear();
     store.add(Rule::on(Op::GetRange, Fault::Fail(busy())));
+    store.add(Rule::on(Op::OpenRange, Fault::Fail(busy())));
     let tier = c.disk.clone().unwrap();
     let key = blob.disk.clone().unwrap();
     let mut held = 0;
@@ -371,4 +376,38 @@ async fn reads_under_faults_keep_only_whole_right_pages_in_the_tier() {
         }
     }
     assert!(held > 0, "the tier kept what came whole");
+}
+
+#[tokio::test]
+async fn a_link_that_rewards_one_get_streams_the_blob_through_one_and_survives_a_break() {
+    use crate::blob::faulty::{Fault, FaultyStore, Op, Rule};
+    let (mem, blob, data) = blob_of((40 * MIB + 777) as usize).await;
+    let store = Arc::new(FaultyStore::new(mem.clone(), 3));
+    let blob = BlobRef::new(
+        store.clone(),
+        0,
+        "c".into(),
+        "b".into(),
+        blob.etag,
+        blob.size,
+    );
+    let c = cache(64 * MIB);
+    c.links.of(&blob.origin).pin(link::REST);
+    assert!(read_all(&c, &blob, 128 * 1024).await == data);
+    // The first read's own GET, then one for the rest: not one per window or range.
+    let gets = mem.gets.load(Ordering::Relaxed);
+    assert!(gets <= 3, "{gets} GETs");
+
+    // The stream breaks halfway (the body ends early): the piece it broke in is read again
+    // from a GET opened there, and the reader sees neither an error nor other bytes.
+    store.add(Rule::on(Op::OpenRange, Fault::CutShort).nth(1));
+    let c = cache(64 * MIB);
+    c.links.of(&blob.origin).pin(link::REST);
+    let before = mem.gets.load(Ordering::Relaxed);
+    assert!(read_all(&c, &blob, 128 * 1024).await == data);
+    let gets = mem.gets.load(Ordering::Relaxed) - before;
+    assert!(
+        (3..=5).contains(&gets),
+        "{gets} GETs: the break cost one more"
+    );
 }

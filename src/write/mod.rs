@@ -49,6 +49,8 @@ use spill::Spill;
 pub const BLOCK: u64 = 4 << 20;
 /// A block blob holds at most 50,000 blocks.
 pub const MAX_SIZE: u64 = 50_000 * BLOCK;
+/// Most blocks sent as one Put Block (32 MiB).
+const MAX_GROUP: u64 = 8;
 /// Dirty buffers grow in steps of at least this much budget.
 const MIN_RESERVE: usize = 64 << 10;
 /// How long a draft waits for budget before asking that other drafts' idle blocks be sent.
@@ -138,18 +140,19 @@ pub struct Shown {
 
 enum Block {
     /// The block's content from its start; shorter than the block means zeros follow.
-    Dirty {
-        buf: BytesMut,
-        reserved: u64,
-    },
+    Dirty { buf: BytesMut, reserved: u64 },
+    /// Part of a Put Block of `span` bytes: this block alone, or a run of blocks sent as one
+    /// (see [`group`]), all with the same id.
     Uploading {
         id: String,
         len: u64,
+        span: u64,
         done: watch::Receiver<Option<UploadResult>>,
     },
     Staged {
         id: String,
         len: u64,
+        span: u64,
         spilled: bool,
     },
 }
@@ -317,11 +320,13 @@ impl<S: BlobStore> Draft<S> {
         st.data_dirty = true;
         st.mtime = SystemTime::now();
         meta::remove(&mut st.metadata, meta::MTIME);
-        // Upload the blocks the writer has filled and moved past.
+        // Upload the blocks the writer has filled and moved past, a group at a time.
+        let most = self.most_grouped();
         for i in first..=last {
             let full = matches!(st.blocks.get(&i), Some(Block::Dirty { buf, .. }) if buf.len() as u64 == BLOCK);
-            if full && end >= (i + 1) * BLOCK {
-                self.seal(&mut st, i);
+            let (start, n) = group(i, most);
+            if full && end >= (i + 1) * BLOCK && i + 1 == start + n {
+                self.seal_run(&mut st, start, i + 1, None);
             }
         }
         self.show(&st);
@@ -483,6 +488,12 @@ impl<S: BlobStore> Draft<S> {
         }
     }
 
+    /// The most blocks one Put Block may carry: [`MAX_GROUP`], and few enough that a group
+    /// filling up holds at most an eighth of the budget.
+    fn most_grouped(&self) -> u64 {
+        (self.cache.budget() / 8 / BLOCK).clamp(1, MAX_GROUP)
+    }
+
     fn unreserve(&self, len: u64) {
         self.cache.release(len);
         Stats::sub(&self.stats.dirty_bytes, len);
@@ -511,61 +522,103 @@ impl<S: BlobStore> Draft<S> {
     /// Starts uploading dirty block `i` (padded or cut to its length in the file), in the
     /// background: the upload outlives the write that filled the block.
     fn seal(&self, st: &mut State, i: u64) {
-        self.seal_within(st, i, None);
+        self.seal_run(st, i, i + 1, None);
     }
 
     /// As [`Self::seal`], bounded by `limit` (what is left of the operation that waits for it).
     fn seal_within(&self, st: &mut State, i: u64, limit: Option<std::time::Duration>) {
-        let want = len_of(st.size, i) as usize;
-        let Some(Block::Dirty { mut buf, reserved }) = st.blocks.remove(&i) else {
-            return;
-        };
-        buf.resize(want, 0);
-        let data = buf.freeze();
+        self.seal_run(st, i, i + 1, limit);
+    }
+
+    /// Starts uploading the dirty blocks among `from..to`, each run of consecutive ones as
+    /// one Put Block of their buffers in order (no copy): fewer, larger requests, which cut
+    /// the per-request cost and the transaction bill. Each block keeps its own outcome, so a
+    /// failed upload turns back into dirty blocks as a single one does.
+    fn seal_run(&self, st: &mut State, from: u64, to: u64, limit: Option<std::time::Duration>) {
+        let mut i = from;
+        while i < to {
+            let mut parts = Vec::new();
+            while i < to {
+                let want = len_of(st.size, i) as usize;
+                if !matches!(st.blocks.get(&i), Some(Block::Dirty { .. })) {
+                    break;
+                }
+                let Some(Block::Dirty { mut buf, reserved }) = st.blocks.remove(&i) else {
+                    break;
+                };
+                buf.resize(want, 0);
+                parts.push((i, buf.freeze(), reserved));
+                i += 1;
+            }
+            if parts.is_empty() {
+                i += 1;
+                continue;
+            }
+            self.upload(st, parts, limit);
+        }
+    }
+
+    /// Uploads consecutive blocks `parts` (index, bytes, budget held) as one Put Block, and
+    /// copies each to the spill file.
+    fn upload(
+        &self,
+        st: &mut State,
+        parts: Vec<(u64, Bytes, u64)>,
+        limit: Option<std::time::Duration>,
+    ) {
         let id = self.block_id(st);
         let spill = self.spill_file(st);
-        let (tx, rx) = watch::channel(None);
-        st.blocks.insert(
-            i,
-            Block::Uploading {
-                id: id.clone(),
-                len: want as u64,
-                done: rx,
-            },
-        );
+        let span: u64 = parts.iter().map(|(_, d, _)| d.len() as u64).sum();
+        let mut senders = Vec::with_capacity(parts.len());
+        for (i, data, _) in &parts {
+            let (tx, rx) = watch::channel(None);
+            senders.push(tx);
+            st.blocks.insert(
+                *i,
+                Block::Uploading {
+                    id: id.clone(),
+                    len: data.len() as u64,
+                    span,
+                    done: rx,
+                },
+            );
+        }
         let (store, cache) = (self.store.clone(), self.cache.clone());
         let (container, name) = (st.container.clone(), st.name.clone());
         let stats = self.stats.clone();
         let task = async move {
-            let copy = data.clone();
+            let copies: Vec<(u64, Bytes)> = parts.iter().map(|(i, d, _)| (*i, d.clone())).collect();
             let spilled = async move {
                 let Some(f) = spill else { return false };
-                tokio::task::spawn_blocking(move || f.write_at(&copy, i * BLOCK).is_ok())
-                    .await
-                    .unwrap_or(false)
+                tokio::task::spawn_blocking(move || {
+                    copies.iter().all(|(i, d)| f.write_at(d, i * BLOCK).is_ok())
+                })
+                .await
+                .unwrap_or(false)
             };
-            let upload = cache.with_permit(store.put_block(&container, &name, &id, data.clone()));
+            let body = parts.iter().map(|(_, d, _)| d.clone()).collect();
+            let upload = cache.with_permit(store.put_block_parts(&container, &name, &id, body));
             let (spilled, uploaded) = tokio::join!(spilled, upload);
-            let result = match uploaded {
-                Ok(()) => {
-                    // The buffer goes back to the cache for the next block.
-                    cache.release(cache.keep_spare(data, reserved));
-                    Ok(spilled)
-                }
-                // The bytes stay, and so does the budget they hold: memory must not grow
-                // past the budget while storage is down.
-                Err(error) => Err(Arc::new(FailedUpload {
-                    error,
-                    data,
-                    reserved: reserved.into(),
-                    cache: cache.clone(),
-                    stats: stats.clone(),
-                })),
-            };
-            if result.is_ok() {
-                Stats::sub(&stats.dirty_bytes, reserved);
+            for ((_, data, reserved), tx) in parts.into_iter().zip(senders) {
+                let result = match &uploaded {
+                    Ok(()) => {
+                        // The buffer goes back to the cache for the next block.
+                        cache.release(cache.keep_spare(data, reserved));
+                        Stats::sub(&stats.dirty_bytes, reserved);
+                        Ok(spilled)
+                    }
+                    // The bytes stay, and so does the budget they hold: memory must not grow
+                    // past the budget while storage is down.
+                    Err(error) => Err(Arc::new(FailedUpload {
+                        error: error.clone(),
+                        data,
+                        reserved: reserved.into(),
+                        cache: cache.clone(),
+                        stats: stats.clone(),
+                    })),
+                };
+                let _ = tx.send(Some(result));
             }
-            let _ = tx.send(Some(result));
         };
         match limit {
             Some(limit) => tokio::spawn(crate::blob::deadline::within(limit, task)),
@@ -575,10 +628,16 @@ impl<S: BlobStore> Draft<S> {
 
     /// Waits for an upload of block `i` to end and records how it ended.
     async fn settle(&self, st: &mut State, i: u64) -> Result<(), WriteError> {
-        let Some(Block::Uploading { id, len, done }) = st.blocks.get(&i) else {
+        let Some(Block::Uploading {
+            id,
+            len,
+            span,
+            done,
+        }) = st.blocks.get(&i)
+        else {
             return Ok(());
         };
-        let (id, len, mut done) = (id.clone(), *len, done.clone());
+        let (id, len, span, mut done) = (id.clone(), *len, *span, done.clone());
         let outcome = done
             .wait_for(Option::is_some)
             .await
@@ -590,7 +649,15 @@ impl<S: BlobStore> Draft<S> {
         }
         match outcome {
             Some(Ok(spilled)) => {
-                st.blocks.insert(i, Block::Staged { id, len, spilled });
+                st.blocks.insert(
+                    i,
+                    Block::Staged {
+                        id,
+                        len,
+                        span,
+                        spilled,
+                    },
+                );
                 Ok(())
             }
             Some(Err(failed)) => {
@@ -803,6 +870,7 @@ impl<S: BlobStore> Draft<S> {
                 Block::Staged {
                     id,
                     len,
+                    span: len,
                     spilled: true,
                 },
             );
@@ -1064,7 +1132,8 @@ impl<S: BlobStore> Draft<S> {
         }
     }
 
-    /// Stages every block that is not already in storage; returns the block list in order.
+    /// Stages every block that is not already in storage, runs of them as one Put Block;
+    /// returns the block list in order.
     async fn stage_all(&self, st: &mut State) -> Result<Vec<(String, u64)>, WriteError> {
         let n = st.size.div_ceil(BLOCK);
         let needs_base = (0..n).any(|i| !st.blocks.contains_key(&i) && i * BLOCK < st.base_len);
@@ -1080,34 +1149,58 @@ impl<S: BlobStore> Draft<S> {
                 b.committed = Some(list);
             }
         }
-        let mut reused: BTreeMap<u64, Vec<(String, u64)>> = BTreeMap::new();
-        for i in 0..n {
+        let torn = torn_groups(st, n);
+        let most = self.most_grouped();
+        let mut reused: BTreeMap<u64, (u64, Vec<(String, u64)>)> = BTreeMap::new();
+        // The first block of a run of dirty blocks not sent yet.
+        let mut run: Option<u64> = None;
+        let mut i = 0;
+        while i < n {
             let want = len_of(st.size, i);
-            match st.blocks.get(&i) {
-                Some(Block::Dirty { .. }) => self.seal(st, i),
-                Some(Block::Uploading { len, .. } | Block::Staged { len, .. }) if *len == want => {}
-                Some(_) => {
-                    let content = self.load(st, i).await?;
-                    let len = content.len();
-                    self.make_dirty(st, i, content, len).await?;
-                    self.seal(st, i);
+            let kept = match st.blocks.get(&i) {
+                Some(Block::Uploading { len, .. } | Block::Staged { len, .. }) => {
+                    *len == want && !torn.contains(&i)
                 }
-                None => {
-                    if let Some(ids) = self.reusable(st, i, want) {
-                        reused.insert(i, ids);
-                    } else {
-                        let content = self.load(st, i).await?;
-                        let len = content.len();
-                        self.make_dirty(st, i, content, len).await?;
-                        self.seal(st, i);
+                _ => false,
+            };
+            let reuse = match st.blocks.get(&i) {
+                None if !kept => self.reusable(st, i, n),
+                _ => None,
+            };
+            if kept || reuse.is_some() {
+                if let Some(start) = run.take() {
+                    self.seal_run(st, start, i, None);
+                }
+                match reuse {
+                    Some((j, ids)) => {
+                        reused.insert(i, (j, ids));
+                        i = j;
                     }
+                    None => i += 1,
                 }
+                continue;
+            }
+            if !matches!(st.blocks.get(&i), Some(Block::Dirty { .. })) {
+                let content = self.load(st, i).await?;
+                let len = content.len();
+                self.make_dirty(st, i, content, len).await?;
+            }
+            let start = *run.get_or_insert(i);
+            i += 1;
+            if i - start == most {
+                self.seal_run(st, start, i, None);
+                run = None;
             }
         }
-        let mut list = Vec::new();
-        for i in 0..n {
-            if let Some(ids) = reused.remove(&i) {
+        if let Some(start) = run {
+            self.seal_run(st, start, n, None);
+        }
+        let mut list: Vec<(String, u64)> = Vec::new();
+        let mut i = 0;
+        while i < n {
+            if let Some((j, ids)) = reused.remove(&i) {
                 list.extend(ids);
+                i = j;
                 continue;
             }
             if self.settle(st, i).await.is_err() {
@@ -1116,39 +1209,51 @@ impl<S: BlobStore> Draft<S> {
                 self.seal_within(st, i, crate::blob::deadline::remaining());
                 self.settle(st, i).await?;
             }
-            match st.blocks.get(&i) {
-                Some(Block::Staged { id, len, .. }) => list.push((id.clone(), *len)),
+            match (st.blocks.get(&i), list.last_mut()) {
+                // The next part of a block sent with the one before.
+                (Some(Block::Staged { id, len, span, .. }), Some((last, at)))
+                    if span > len && last == id =>
+                {
+                    *at += len;
+                }
+                (Some(Block::Staged { id, len, .. }), _) => list.push((id.clone(), *len)),
                 _ => return Err(BlobError::BadResponse("block not staged".into()).into()),
             }
+            i += 1;
         }
         Ok(list)
     }
 
-    /// The base's committed blocks that make up exactly block `i`, if they do and their ids
-    /// have the length of this writer's ids (a blob's ids must all be one length).
-    fn reusable(&self, st: &State, i: u64, want: u64) -> Option<Vec<(String, u64)>> {
+    /// The base's committed blocks that make up exactly draft blocks `i..j` for the
+    /// smallest such `j`, if the draft left all of those blocks untouched and their ids have
+    /// the length of this writer's ids (a blob's ids must all be one length): one committed
+    /// block may span several draft blocks (a group), or several make up one (another
+    /// tool's smaller blocks).
+    fn reusable(&self, st: &State, i: u64, n: u64) -> Option<(u64, Vec<(String, u64)>)> {
         let from = i * BLOCK;
-        let to = from + want;
-        if to > st.base_len {
-            return None;
-        }
         let committed = st.base.as_ref()?.committed.as_ref()?;
         let mut at = 0u64;
         let mut out = Vec::new();
         for (id, len) in committed {
-            if at >= to {
-                break;
-            }
             let next = at + len;
-            if next > from {
-                if at < from || next > to || id.len() != ID_LEN {
-                    return None;
-                }
-                out.push((id.clone(), *len));
+            if next <= from || *len == 0 {
+                at = next;
+                continue;
+            }
+            if at < from || id.len() != ID_LEN || next > st.base_len {
+                return None;
+            }
+            let last = (next - 1) / BLOCK;
+            if last >= n || (at / BLOCK..=last).any(|b| st.blocks.contains_key(&b)) {
+                return None;
+            }
+            out.push((id.clone(), *len));
+            if next == last * BLOCK + len_of(st.size, last) {
+                return Some((last + 1, out));
             }
             at = next;
         }
-        (at >= to && !out.is_empty()).then_some(out)
+        None
     }
 
     /// Writes the whole draft to a new sibling blob; returns its name.
@@ -1258,6 +1363,54 @@ const ID_LEN: usize = "batchfs-0123456789abcdef-0123456789abcdef"
     * 4;
 
 /// Length of block `i` in a file of `size` bytes.
+/// Blocks of a Put Block that no longer holds together: one of its blocks was written or
+/// cut off since, so the rest must go up again without it.
+fn torn_groups(st: &State, n: u64) -> std::collections::HashSet<u64> {
+    let mut torn = std::collections::HashSet::new();
+    let mut run: Vec<u64> = Vec::new();
+    let mut held = 0;
+    let mut of: Option<(&str, u64)> = None;
+    for i in 0..=n {
+        let part =
+            match st.blocks.get(&i) {
+                Some(
+                    Block::Uploading { id, len, span, .. } | Block::Staged { id, len, span, .. },
+                ) if i < n && span > len => Some((id.as_str(), *len, *span)),
+                _ => None,
+            };
+        let same = matches!((part, of), (Some((id, ..)), Some((prev, _))) if id == prev);
+        if !same {
+            if let Some((_, span)) = of
+                && held != span
+            {
+                torn.extend(run.iter().copied());
+            }
+            run.clear();
+            held = 0;
+            of = part.map(|(id, _, span)| (id, span));
+        }
+        if let Some((_, len, _)) = part {
+            run.push(i);
+            held += len;
+        }
+    }
+    torn
+}
+
+/// The group of block `i`, as (first block, blocks), for a sequential writer: blocks go up
+/// alone for the first 16 MiB of a file (a small file is not held back), then two at a time
+/// up to 48 MiB, four up to 112 MiB, then eight (32 MiB per Put Block), at most `most`.
+fn group(i: u64, most: u64) -> (u64, u64) {
+    let (base, n) = match i {
+        0..4 => (0, 1),
+        4..12 => (4, 2),
+        12..28 => (12, 4),
+        _ => (28, 8),
+    };
+    let n = n.min(most.max(1));
+    (base + (i - base) / n * n, n)
+}
+
 fn len_of(size: u64, i: u64) -> u64 {
     size.saturating_sub(i * BLOCK).min(BLOCK)
 }

@@ -314,3 +314,59 @@ async fn a_new_file_commits_over_uncommitted_blocks_left_by_another_writer() {
         "no second upload of the block"
     );
 }
+
+#[tokio::test]
+async fn a_long_sequential_write_goes_up_in_larger_blocks_that_later_edits_reuse() {
+    let store = Arc::new(MemoryStore::new(5000));
+    store.create_container("c").await.unwrap();
+    let cache = Arc::new(Cache::new(256 << 20, 8, Arc::default()));
+    let f = Fixture { store, cache };
+    let mut data = pattern(40 * BLOCK as usize, 4);
+    let d = f.draft("long").await;
+    write_all(&d, &data, MIB).await;
+    d.commit().await.unwrap().expect("committed");
+    assert!(f.content("long") == data);
+    let (_, list) = f.store.get_block_list("c", "long").await.unwrap();
+    let sizes: Vec<u64> = list.iter().map(|(_, n)| n / BLOCK).collect();
+    // Alone for 16 MiB, then by twos, fours and eights; the tail at the commit as one.
+    assert_eq!(sizes, [1, 1, 1, 1, 2, 2, 2, 2, 4, 4, 4, 4, 8, 4]);
+
+    // An append reuses every block, large ones included: nothing is read back.
+    let d = f.draft("long").await;
+    let bytes = f.store.bytes.load(Ordering::Relaxed);
+    let tail = pattern(3 * MIB, 5);
+    d.write(data.len() as u64, &tail).await.unwrap();
+    data.extend_from_slice(&tail);
+    d.commit().await.unwrap();
+    assert!(f.content("long") == data);
+    assert_eq!(f.store.bytes.load(Ordering::Relaxed), bytes);
+
+    // An edit inside a block of two reads back and sends again just those two.
+    let d = f.draft("long").await;
+    let at = 7 * BLOCK as usize + 7;
+    d.write(at as u64, b"patch").await.unwrap();
+    data[at..at + 5].copy_from_slice(b"patch");
+    d.commit().await.unwrap();
+    assert!(f.content("long") == data);
+    assert_eq!(f.store.bytes.load(Ordering::Relaxed) - bytes, 2 * BLOCK);
+}
+
+#[tokio::test]
+async fn a_rewrite_into_a_block_sent_with_others_sends_them_again() {
+    let store = Arc::new(MemoryStore::new(5000));
+    store.create_container("c").await.unwrap();
+    let cache = Arc::new(Cache::new(256 << 20, 8, Arc::default()));
+    let f = Fixture { store, cache };
+    let mut data = pattern(12 * BLOCK as usize, 6);
+    let d = f.draft("torn").await;
+    write_all(&d, &data, MIB).await;
+    // Block 5 went up with block 4; it changes before the commit.
+    let at = 5 * BLOCK as usize + 10;
+    d.write(at as u64, b"again").await.unwrap();
+    data[at..at + 5].copy_from_slice(b"again");
+    d.commit().await.unwrap().expect("committed");
+    assert!(f.content("torn") == data);
+    let (_, list) = f.store.get_block_list("c", "torn").await.unwrap();
+    let total: u64 = list.iter().map(|(_, n)| n).sum();
+    assert_eq!(total, data.len() as u64);
+}

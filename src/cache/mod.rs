@@ -72,8 +72,11 @@ pub const MAX_WINDOW: u64 = 128 * 1024 * 1024;
 const SEQ_SLACK: u64 = 2 * 1024 * 1024;
 /// Size of the write buffers the cache keeps for reuse (the write path's block size).
 pub const WRITE_BLOCK: usize = 4 << 20;
-/// At most this many spare write buffers are kept.
-const MAX_SPARE: usize = 8;
+/// At most this many spare write buffers are kept (counted in the budget, and the first
+/// thing given back when it is short): a writer's groups of up to eight blocks (see
+/// `crate::write`) finish several at a time, and a buffer not kept is a fresh one to fault
+/// in for the next block.
+const MAX_SPARE: usize = 32;
 /// A sequential reader that has not read for this long no longer takes a share of the
 /// prefetch budget.
 const STREAM_IDLE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -1078,15 +1081,12 @@ impl Inner {
     }
 }
 
-/// An empty write buffer of [`WRITE_BLOCK`] bytes that starts on a page boundary, so that a
-/// full block can go to the spill file with `O_DIRECT` (see `crate::write::spill`).
+/// An empty write buffer of [`WRITE_BLOCK`] bytes on huge pages where the kernel allows.
+/// It starts on a 2 MiB boundary, so a full block can also go to the spill file with
+/// `O_DIRECT` (see `crate::write::spill`).
 fn new_block() -> BytesMut {
-    let align = crate::write::spill::ALIGN;
-    let mut b = BytesMut::with_capacity(WRITE_BLOCK + align);
-    let pad = b.as_ptr().align_offset(align);
-    b.resize(pad, 0);
-    bytes::Buf::advance(&mut b, pad);
-    b
+    const _: () = assert!(crate::write::spill::ALIGN <= 2 << 20);
+    crate::blob::client::huge_buffer(WRITE_BLOCK)
 }
 
 /// `run` cut into runs of at most `max` pages.

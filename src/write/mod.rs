@@ -310,10 +310,16 @@ impl<S: BlobStore> Draft<S> {
             }
             self.grow(&mut st, i, to).await?;
             if let Some(Block::Dirty { buf, .. }) = st.blocks.get_mut(&i) {
-                if buf.len() < to {
-                    buf.resize(to, 0);
+                // An append (the sequential writer) is one copy, not zeros and then a copy.
+                if buf.len() <= from {
+                    buf.resize(from, 0);
+                    buf.extend_from_slice(src);
+                } else {
+                    if buf.len() < to {
+                        buf.resize(to, 0);
+                    }
+                    buf[from..to].copy_from_slice(src);
                 }
-                buf[from..to].copy_from_slice(src);
             }
         }
         st.size = st.size.max(end);

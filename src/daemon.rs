@@ -14,7 +14,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fuser::{Config as FuseConfig, MountOption, SessionACL};
 
@@ -24,7 +24,7 @@ use crate::accounts::identity::{BATCH_SCOPE, TokenSource};
 use crate::accounts::sources::{SourceArgs, Sources};
 use crate::batch::{Auth, ServiceClient};
 use crate::blob::{BlobError, BlobStore, HttpBlobStore, RetryPolicy};
-use crate::cache::disk::DiskTier;
+use crate::cache::disk::{DiskError, DiskTier};
 use crate::fs::{Account, Namespace, Options};
 use crate::fuse::FuseFs;
 use crate::stats::{STATS_FILE, Stats};
@@ -165,9 +165,7 @@ fn run_mount(args: &MountArgs, mut notify: Option<&mut std::io::Stdout>) -> Res 
                 mountpoint.display()
             ));
         }
-        let tier =
-            DiskTier::open(dir, args.disk_cache_size, stats.clone()).map_err(|e| e.to_string())?;
-        opts.disk = Some(tier);
+        opts.disk = Some(open_tier(dir, args.disk_cache_size, &stats)?);
     }
     let found = rt.block_on(sources.accounts())?;
     let mut stores = Stores::new(policy, stats.clone());
@@ -385,6 +383,23 @@ fn fusermount(path: &Path, lazy: bool) -> Res {
         Ok(())
     } else {
         Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+/// How long a new mount waits for the tier's lock: `batchfs unmount` (and `fusermount -u`)
+/// return once the kernel lets go, while the old daemon may still be closing the tier, so an
+/// unmount and a mount at once would otherwise be refused.
+const TIER_LOCK_WAIT: Duration = Duration::from_secs(10);
+
+fn open_tier(dir: &Path, size: u64, stats: &Arc<Stats>) -> Result<Arc<DiskTier>, String> {
+    let start = Instant::now();
+    loop {
+        match DiskTier::open(dir, size, stats.clone()) {
+            Err(DiskError::InUse(_)) if start.elapsed() < TIER_LOCK_WAIT => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            r => return r.map_err(|e| e.to_string()),
+        }
     }
 }
 

@@ -8,9 +8,9 @@
 //! budget) divided by larger ranges means fewer connections. So each account has a
 //! [`Link`] that keeps a throughput estimate for each range size in [`SIZES`] and uses the
 //! best: the aggregate rate of its prefetch GETs over the time at least one is in flight,
-//! measured over samples of [`SAMPLE`] bytes. Every third sample tries a neighbour of the
-//! best size instead (alternately larger and smaller), so the choice moves when the link
-//! changes. Fewer, larger requests also cut the request rate and the transaction bill.
+//! measured over samples of [`SAMPLE`] bytes (not the first: the windows' ramp-up). Every
+//! third sample tries a neighbour of the best size instead (alternately larger and
+//! smaller), so the choice moves when the link changes. Fewer, larger requests also cut the request rate and the transaction bill.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -41,6 +41,8 @@ struct State {
     /// The direction of the exploration being measured, if `current` is one.
     trying: Option<bool>,
     in_flight: u32,
+    /// A first sample has been taken (and thrown away).
+    warm: bool,
     since: Instant,
     bytes: u64,
     busy: f64,
@@ -63,6 +65,7 @@ impl Default for Link {
                 up: true,
                 trying: None,
                 in_flight: 0,
+                warm: false,
                 since: Instant::now(),
                 bytes: 0,
                 busy: 0.0,
@@ -102,7 +105,12 @@ impl Link {
             let rate = s.bytes as f64 / MIB as f64 / s.busy;
             s.bytes = 0;
             s.busy = 0.0;
-            s.learn(rate);
+            // The first sample holds the windows' ramp-up (few GETs in flight), which says
+            // nothing of the size: learning it sent a capped link to larger ranges.
+            if s.warm {
+                s.learn(rate);
+            }
+            s.warm = true;
         }
     }
 
@@ -239,6 +247,10 @@ mod tests {
     fn busy_time_not_idle_time_makes_the_rate() {
         let link = Link::default();
         let ms = std::time::Duration::from_millis;
+        // The first sample is the ramp-up, and is not learned.
+        link.started();
+        link.finished(SAMPLE);
+        assert!(link.rates().is_empty(), "{:?}", link.rates());
         link.started();
         std::thread::sleep(ms(20));
         link.finished(SAMPLE / 2);

@@ -759,15 +759,13 @@ pub(crate) fn huge_buffer(cap: usize) -> bytes::BytesMut {
     let pad = buf.as_ptr().align_offset(HUGE);
     let len = cap.next_multiple_of(HUGE).min(buf.capacity() - pad);
     // SAFETY: the range lies inside the buffer's own allocation, which nothing has touched
-    // yet; MADV_HUGEPAGE only changes how its pages are backed, never their content. The
-    // padding is skipped without being written (writing it would fault its pages in) and
-    // is never read: `advance` moves past it at once.
+    // yet; MADV_HUGEPAGE only changes how its pages are backed, never their content.
     unsafe {
         libc::madvise(buf.as_mut_ptr().add(pad).cast(), len, libc::MADV_HUGEPAGE);
-        buf.set_len(pad);
     }
-    bytes::Buf::advance(&mut buf, pad);
-    buf
+    // The padding is dropped without being written (writing it would fault its pages in);
+    // what is returned owns the allocation alone once `buf` goes.
+    buf.split_off(pad)
 }
 
 fn header_value(v: &str) -> Result<HeaderValue, Failure> {

@@ -10,7 +10,10 @@
 //! best: the aggregate rate of its prefetch GETs over the time at least one is in flight,
 //! measured over samples of [`SAMPLE`] bytes (not the first: the windows' ramp-up). Every
 //! third sample tries a neighbour of the best size instead (alternately larger and
-//! smaller), so the choice moves when the link changes. Fewer, larger requests also cut the request rate and the transaction bill.
+//! smaller), so the choice moves when the link changes. Fewer, larger requests also cut
+//! the request rate and the transaction bill. Uploads have a link of their own per account
+//! (see `Cache::upload_link`): its size is how many 4 MiB blocks a writer sends in one Put
+//! Block.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -43,6 +46,8 @@ struct State {
     in_flight: u32,
     /// A first sample has been taken (and thrown away).
     warm: bool,
+    /// The size was set by a test, not to be changed by measurements.
+    pinned: bool,
     since: Instant,
     bytes: u64,
     busy: f64,
@@ -66,6 +71,7 @@ impl Default for Link {
                 trying: None,
                 in_flight: 0,
                 warm: false,
+                pinned: false,
                 since: Instant::now(),
                 bytes: 0,
                 busy: 0.0,
@@ -114,13 +120,15 @@ impl Link {
         }
     }
 
-    /// Uses `size` from now on, as if it had been measured best (for tests).
+    /// Uses `size` from now on, whatever is measured (for tests: an in-memory store's
+    /// rates are noise).
     #[cfg(test)]
     pub fn pin(&self, size: u64) {
         let mut s = self.lock();
         let i = SIZES.iter().position(|&x| x == size).unwrap_or(START);
         s.current = i;
         s.best = i;
+        s.pinned = true;
     }
 
     /// The current estimates, for logs and tests: (size, MiB/s) of each size tried.
@@ -136,6 +144,9 @@ impl Link {
 
 impl State {
     fn learn(&mut self, rate: f64) {
+        if self.pinned {
+            return;
+        }
         let i = self.current;
         self.rate[i] = Some(match self.rate[i] {
             Some(old) => old * (1.0 - ALPHA) + rate * ALPHA,

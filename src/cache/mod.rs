@@ -261,6 +261,9 @@ pub struct Readahead {
 /// piece sent here is the run of pages that starts at `next`.
 #[derive(Debug)]
 struct Feed {
+    /// The version it reads: a handle being written to changes version at each commit,
+    /// and the old one's body must not answer for the new one's pages.
+    blob: Arc<str>,
     next: u64,
     end: u64,
     pieces: mpsc::UnboundedSender<(Run, watch::Sender<Outcome>)>,
@@ -316,6 +319,14 @@ impl Cache {
     /// The byte budget (`--cache-size`).
     pub fn budget(&self) -> u64 {
         self.budget
+    }
+
+    /// The link of uploads to the storage account at `origin`, measured apart from its
+    /// reads: a link may reward large GETs and small parallel Put Blocks (a per-connection
+    /// cap: 4 MiB x 16 uploads at 168 MiB/s where 32 MiB x 4 reach 54).
+    pub fn upload_link(&self, origin: Option<String>) -> Arc<link::Link> {
+        self.links
+            .of(&format!("put {}", origin.unwrap_or_default()).into())
     }
 
     /// The tier and the blob's key in it, when both exist.
@@ -773,14 +784,16 @@ impl Cache {
         let mut r = ra.lock().unwrap_or_else(|p| p.into_inner());
         let mut pos = run.0;
         while pos < run.1 {
-            r.feeds
-                .retain(|f| f.next >= pos && f.next < f.end && !f.pieces.is_closed());
+            r.feeds.retain(|f| {
+                f.blob == blob.id && f.next >= pos && f.next < f.end && !f.pieces.is_closed()
+            });
             let i = match r.feeds.iter().position(|f| f.next == pos) {
                 Some(i) => i,
                 None => {
                     let end = pos.saturating_add(span).min(last);
                     let pieces = self.spawn_feed(blob, end, link.clone());
                     r.feeds.push(Feed {
+                        blob: blob.id.clone(),
                         next: pos,
                         end,
                         pieces,
@@ -951,8 +964,10 @@ impl Cache {
     pub fn try_reserve(&self, len: u64) -> bool {
         let mut inner = self.lock();
         while inner.used + len > self.budget {
-            if let Some(spare) = inner.spare.pop() {
-                inner.used = inner.used.saturating_sub(spare.capacity() as u64);
+            // A spare holds WRITE_BLOCK of the budget (see `keep_spare`), whatever its
+            // allocation's capacity (a huge-page buffer has slack for its alignment).
+            if inner.spare.pop().is_some() {
+                inner.used = inner.used.saturating_sub(WRITE_BLOCK as u64);
                 continue;
             }
             let Some((_, page)) = inner.lru.pop_lru() else {

@@ -411,3 +411,55 @@ async fn a_link_that_rewards_one_get_streams_the_blob_through_one_and_survives_a
         "{gets} GETs: the break cost one more"
     );
 }
+
+#[tokio::test]
+async fn a_reader_whose_file_changes_version_is_not_fed_by_the_old_versions_get() {
+    // A handle being written to reads on after a commit: same reader, a new version.
+    let (store, old, _) = blob_of((40 * MIB) as usize).await;
+    let c = cache(64 * MIB);
+    c.links.of(&old.origin).pin(link::REST);
+    let ra = Mutex::new(Readahead::default());
+    let mut off = 0;
+    while off < 16 * MIB {
+        off += c.read(&old, &ra, off, 128 * 1024).await.unwrap().len() as u64;
+    }
+    let new: Vec<u8> = (0..40 * MIB).map(|i| (i * 13 % 241) as u8).collect();
+    let etag = store
+        .put(
+            "c",
+            "b",
+            Bytes::from(new.clone()),
+            Condition::None,
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    let blob = BlobRef::new(
+        store.clone(),
+        0,
+        "c".into(),
+        "b".into(),
+        etag,
+        new.len() as u64,
+    );
+    while off < blob.size {
+        let got = c.read(&blob, &ra, off, 128 * 1024).await.unwrap();
+        assert!(
+            got[..] == new[off as usize..off as usize + got.len()],
+            "old bytes at {off}"
+        );
+        off += got.len() as u64;
+    }
+}
+
+#[tokio::test]
+async fn a_spare_write_buffer_given_up_frees_what_it_held_of_the_budget() {
+    let c = cache(64 * MIB);
+    assert!(c.try_reserve(8 * MIB));
+    let b = c.try_block().expect("room for a block");
+    c.release(c.keep_spare(b.freeze(), WRITE_BLOCK as u64));
+    assert_eq!(c.lock().used, 8 * MIB + WRITE_BLOCK as u64);
+    // Making room evicts the spare: the budget goes back to what the rest holds, not less.
+    assert!(c.try_reserve(56 * MIB));
+    assert_eq!(c.lock().used, 64 * MIB);
+}

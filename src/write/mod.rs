@@ -41,6 +41,7 @@ use sha2::Digest;
 use tokio::sync::watch;
 
 use crate::blob::{BlobError, BlobProps, BlobStore, Condition, meta};
+use crate::cache::link::Link;
 use crate::cache::{BlobRef, Cache, Readahead};
 use crate::stats::Stats;
 use spill::Spill;
@@ -101,7 +102,16 @@ pub struct Committed {
     pub size: u64,
 }
 
-type UploadResult = Result<bool, Arc<FailedUpload>>;
+type UploadResult = Result<Sent, Arc<FailedUpload>>;
+
+/// A block that went up.
+#[derive(Debug, Clone)]
+struct Sent {
+    /// Its copy is in the spill file.
+    spilled: bool,
+    /// It went up again on its own under this id (see [`Draft::upload`]).
+    alone: Option<String>,
+}
 
 /// An upload that failed: its bytes, and the budget they still hold. Whoever turns it back
 /// into a dirty block takes the budget along; if nobody does (the draft was dropped), the
@@ -197,6 +207,8 @@ pub struct Draft<S> {
     acct: usize,
     spill_dir: PathBuf,
     session: u64,
+    /// How large the storage account's uploads should be, by measurement.
+    link: Arc<Link>,
     state: tokio::sync::Mutex<State>,
     /// Size and mtime as of the last change, readable without waiting for the state lock
     /// (getattr must not wait behind a write that waits for budget).
@@ -221,9 +233,11 @@ impl<S: BlobStore> Draft<S> {
         let size = base.map_or(0, |b| b.size);
         let mtime = base.map_or_else(SystemTime::now, meta::mtime);
         let atime = base.map_or(mtime, meta::atime);
+        let link = cache.upload_link(store.origin());
         Draft {
             store,
             cache,
+            link,
             stats,
             acct,
             spill_dir,
@@ -494,10 +508,11 @@ impl<S: BlobStore> Draft<S> {
         }
     }
 
-    /// The most blocks one Put Block may carry: [`MAX_GROUP`], and few enough that a group
-    /// filling up holds at most an eighth of the budget.
+    /// The most blocks one Put Block may carry: [`MAX_GROUP`], few enough that a group
+    /// filling up holds at most an eighth of the budget, and as many as the link rewards.
     fn most_grouped(&self) -> u64 {
-        (self.cache.budget() / 8 / BLOCK).clamp(1, MAX_GROUP)
+        let budget = (self.cache.budget() / 8 / BLOCK).clamp(1, MAX_GROUP);
+        (self.link.chunk() / BLOCK).clamp(1, budget)
     }
 
     fn unreserve(&self, len: u64) {
@@ -541,10 +556,16 @@ impl<S: BlobStore> Draft<S> {
     /// the per-request cost and the transaction bill. Each block keeps its own outcome, so a
     /// failed upload turns back into dirty blocks as a single one does.
     fn seal_run(&self, st: &mut State, from: u64, to: u64, limit: Option<std::time::Duration>) {
+        // Without a spill file, one block of a group could not be rewritten later (its
+        // neighbours would be nowhere to send again from): blocks go up alone.
+        let most = match self.spill_file(st) {
+            Some(_) => usize::MAX,
+            None => 1,
+        };
         let mut i = from;
         while i < to {
             let mut parts = Vec::new();
-            while i < to {
+            while i < to && parts.len() < most {
                 let want = len_of(st.size, i) as usize;
                 if !matches!(st.blocks.get(&i), Some(Block::Dirty { .. })) {
                     break;
@@ -575,6 +596,11 @@ impl<S: BlobStore> Draft<S> {
         let id = self.block_id(st);
         let spill = self.spill_file(st);
         let span: u64 = parts.iter().map(|(_, d, _)| d.len() as u64).sum();
+        // Ids for each block of a group alone, used only if the group's local copy fails.
+        let alone: Vec<String> = match parts.len() {
+            1 => Vec::new(),
+            _ => parts.iter().map(|_| self.block_id(st)).collect(),
+        };
         let mut senders = Vec::with_capacity(parts.len());
         for (i, data, _) in &parts {
             let (tx, rx) = watch::channel(None);
@@ -589,7 +615,7 @@ impl<S: BlobStore> Draft<S> {
                 },
             );
         }
-        let (store, cache) = (self.store.clone(), self.cache.clone());
+        let (store, cache, link) = (self.store.clone(), self.cache.clone(), self.link.clone());
         let (container, name) = (st.container.clone(), st.name.clone());
         let stats = self.stats.clone();
         let task = async move {
@@ -603,15 +629,38 @@ impl<S: BlobStore> Draft<S> {
                 .unwrap_or(false)
             };
             let body = parts.iter().map(|(_, d, _)| d.clone()).collect();
-            let upload = cache.with_permit(store.put_block_parts(&container, &name, &id, body));
-            let (spilled, uploaded) = tokio::join!(spilled, upload);
-            for ((_, data, reserved), tx) in parts.into_iter().zip(senders) {
+            let upload = cache.with_permit(async {
+                link.started();
+                let sent = store.put_block_parts(&container, &name, &id, body).await;
+                link.finished(if sent.is_ok() { span } else { 0 });
+                sent
+            });
+            let (spilled, mut uploaded) = tokio::join!(spilled, upload);
+            // A rewrite of one block of a group sends the group's other blocks again, from
+            // the spill file: uncommitted blocks cannot be read back from storage. Where
+            // that copy failed (a full disk), each block goes up again on its own, as a
+            // single one would have, so that a later rewrite needs no neighbour.
+            let resent = uploaded.is_ok() && !spilled && !alone.is_empty();
+            if resent {
+                for ((_, data, _), id) in parts.iter().zip(&alone) {
+                    uploaded = cache
+                        .with_permit(store.put_block(&container, &name, id, data.clone()))
+                        .await;
+                    if uploaded.is_err() {
+                        break;
+                    }
+                }
+            }
+            for (k, ((_, data, reserved), tx)) in parts.into_iter().zip(senders).enumerate() {
                 let result = match &uploaded {
                     Ok(()) => {
                         // The buffer goes back to the cache for the next block.
                         cache.release(cache.keep_spare(data, reserved));
                         Stats::sub(&stats.dirty_bytes, reserved);
-                        Ok(spilled)
+                        Ok(Sent {
+                            spilled,
+                            alone: alone.get(k).filter(|_| resent).cloned(),
+                        })
                     }
                     // The bytes stay, and so does the budget they hold: memory must not grow
                     // past the budget while storage is down.
@@ -654,14 +703,18 @@ impl<S: BlobStore> Draft<S> {
             crate::blob::deadline::progress();
         }
         match outcome {
-            Some(Ok(spilled)) => {
+            Some(Ok(sent)) => {
+                let (id, span) = match sent.alone {
+                    Some(alone) => (alone, len),
+                    None => (id, span),
+                };
                 st.blocks.insert(
                     i,
                     Block::Staged {
                         id,
                         len,
                         span,
-                        spilled,
+                        spilled: sent.spilled,
                     },
                 );
                 Ok(())
@@ -1368,13 +1421,14 @@ const ID_LEN: usize = "batchfs-0123456789abcdef-0123456789abcdef"
     .div_ceil(3)
     * 4;
 
-/// Length of block `i` in a file of `size` bytes.
 /// Blocks of a Put Block that no longer holds together: one of its blocks was written or
-/// cut off since, so the rest must go up again without it.
+/// cut off since, or no longer has its length in the file (a short last block the file
+/// grew past), so the rest must go up again without it.
 fn torn_groups(st: &State, n: u64) -> std::collections::HashSet<u64> {
     let mut torn = std::collections::HashSet::new();
     let mut run: Vec<u64> = Vec::new();
     let mut held = 0;
+    let mut whole = true;
     let mut of: Option<(&str, u64)> = None;
     for i in 0..=n {
         let part =
@@ -1387,17 +1441,19 @@ fn torn_groups(st: &State, n: u64) -> std::collections::HashSet<u64> {
         let same = matches!((part, of), (Some((id, ..)), Some((prev, _))) if id == prev);
         if !same {
             if let Some((_, span)) = of
-                && held != span
+                && (held != span || !whole)
             {
                 torn.extend(run.iter().copied());
             }
             run.clear();
             held = 0;
+            whole = true;
             of = part.map(|(id, _, span)| (id, span));
         }
         if let Some((_, len, _)) = part {
             run.push(i);
             held += len;
+            whole &= len == len_of(st.size, i);
         }
     }
     torn
@@ -1417,6 +1473,7 @@ fn group(i: u64, most: u64) -> (u64, u64) {
     (base + (i - base) / n * n, n)
 }
 
+/// Length of block `i` in a file of `size` bytes.
 fn len_of(size: u64, i: u64) -> u64 {
     size.saturating_sub(i * BLOCK).min(BLOCK)
 }

@@ -51,7 +51,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
 }
 
-async fn write_all(d: &Draft<MemoryStore>, data: &[u8], step: usize) {
+async fn write_all<S: BlobStore>(d: &Draft<S>, data: &[u8], step: usize) {
     for (i, chunk) in data.chunks(step).enumerate() {
         d.write((i * step) as u64, chunk).await.unwrap();
     }
@@ -320,6 +320,8 @@ async fn a_long_sequential_write_goes_up_in_larger_blocks_that_later_edits_reuse
     let store = Arc::new(MemoryStore::new(5000));
     store.create_container("c").await.unwrap();
     let cache = Arc::new(Cache::new(256 << 20, 8, Arc::default()));
+    // A link that rewards large uploads.
+    cache.upload_link(store.origin()).pin(8 * BLOCK);
     let f = Fixture { store, cache };
     let mut data = pattern(40 * BLOCK as usize, 4);
     let d = f.draft("long").await;
@@ -369,4 +371,96 @@ async fn a_rewrite_into_a_block_sent_with_others_sends_them_again() {
     let (_, list) = f.store.get_block_list("c", "torn").await.unwrap();
     let total: u64 = list.iter().map(|(_, n)| n).sum();
     assert_eq!(total, data.len() as u64);
+}
+
+/// A draft of `name` in container "c" of `store`, with its copies of uploaded blocks in
+/// `spill`.
+async fn draft_over<S: BlobStore>(
+    store: &Arc<S>,
+    cache: &Arc<Cache>,
+    spill: std::path::PathBuf,
+    name: &str,
+) -> Draft<S> {
+    let base = store.head("c", name).await.ok();
+    Draft::new(
+        store.clone(),
+        cache.clone(),
+        Arc::default(),
+        spill,
+        Target {
+            acct: 0,
+            container: "c".into(),
+            name: name.into(),
+        },
+        base.as_ref(),
+    )
+}
+
+#[tokio::test]
+async fn a_short_last_block_sent_with_others_is_not_reused_once_the_file_grows_past_it() {
+    use crate::blob::faulty::{Fault, FaultyStore, Op, Rule};
+    let store = Arc::new(FaultyStore::new(Arc::new(MemoryStore::new(5000)), 1));
+    store.create_container("c").await.unwrap();
+    let cache = Arc::new(Cache::new(256 << 20, 8, Arc::default()));
+    cache.upload_link(store.origin()).pin(8 * BLOCK);
+    // Blocks 28 and 29 and 1 MiB of block 30 go up as one Put Block at the first commit,
+    // whose block list storage refuses.
+    let mut data = pattern(30 * BLOCK as usize + MIB, 7);
+    let d = draft_over(&store, &cache, std::env::temp_dir(), "short").await;
+    write_all(&d, &data, MIB).await;
+    store.add(
+        Rule::on(
+            Op::PutBlockList,
+            Fault::Fail(BlobError::Transport("down".into())),
+        )
+        .times(1),
+    );
+    assert!(d.commit().await.is_err());
+    // The file grows past its short block without writing it: zeros follow the old end.
+    d.truncate(32 * BLOCK).await.unwrap();
+    data.resize(32 * BLOCK as usize, 0);
+    d.commit().await.unwrap().expect("committed");
+    let stored = store.inner().content("c", "short").expect("blob exists");
+    assert_eq!(stored.len(), data.len());
+    assert!(
+        stored == data,
+        "content after growing past a short grouped block differs"
+    );
+}
+
+#[tokio::test]
+async fn without_a_spill_file_a_rewrite_into_a_group_still_commits() {
+    let store = Arc::new(MemoryStore::new(5000));
+    store.create_container("c").await.unwrap();
+    let cache = Arc::new(Cache::new(256 << 20, 8, Arc::default()));
+    // No spill file can be made under a regular file.
+    let nowhere = std::path::PathBuf::from("/dev/null/spill");
+    let mut data = pattern(12 * BLOCK as usize, 8);
+    let d = draft_over(&store, &cache, nowhere, "nospill").await;
+    write_all(&d, &data, MIB).await;
+    // All of block 5, which went up with block 4 as the writer passed it, is written
+    // again: block 4's bytes are nowhere but in storage's uncommitted block.
+    let again = pattern(BLOCK as usize, 9);
+    d.write(5 * BLOCK, &again).await.unwrap();
+    data[5 * BLOCK as usize..6 * BLOCK as usize].copy_from_slice(&again);
+    d.commit().await.unwrap().expect("committed");
+    assert!(store.content("c", "nospill").expect("blob exists") == data);
+}
+
+#[tokio::test]
+async fn a_link_that_rewards_small_uploads_gets_blocks_alone() {
+    let store = Arc::new(MemoryStore::new(5000));
+    store.create_container("c").await.unwrap();
+    let cache = Arc::new(Cache::new(256 << 20, 8, Arc::default()));
+    // A per-connection cap: many 4 MiB uploads at once beat a few large ones.
+    cache.upload_link(store.origin()).pin(BLOCK);
+    let f = Fixture { store, cache };
+    let data = pattern(40 * BLOCK as usize, 3);
+    let d = f.draft("capped").await;
+    write_all(&d, &data, MIB).await;
+    d.commit().await.unwrap().expect("committed");
+    assert!(f.content("capped") == data);
+    let (_, list) = f.store.get_block_list("c", "capped").await.unwrap();
+    let sizes: Vec<u64> = list.iter().map(|(_, n)| n / MIB as u64).collect();
+    assert!(sizes.iter().all(|&n| n == 4), "{sizes:?}");
 }

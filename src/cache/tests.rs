@@ -14,18 +14,30 @@ async fn blob_of(len: usize) -> (Arc<MemoryStore>, BlobRef<MemoryStore>, Vec<u8>
     let store = Arc::new(MemoryStore::new(5000));
     store.create_container("c").await.unwrap();
     let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+    let blob = put_b(&store, &data).await;
+    (store, blob, data)
+}
+
+/// Writes `data` as blob "b" of container "c"; returns the new version.
+async fn put_b(store: &Arc<MemoryStore>, data: &[u8]) -> BlobRef<MemoryStore> {
     let etag = store
         .put(
             "c",
             "b",
-            Bytes::from(data.clone()),
+            Bytes::copy_from_slice(data),
             Condition::None,
             &Default::default(),
         )
         .await
         .unwrap();
-    let blob = BlobRef::new(store.clone(), 0, "c".into(), "b".into(), etag, len as u64);
-    (store, blob, data)
+    BlobRef::new(
+        store.clone(),
+        0,
+        "c".into(),
+        "b".into(),
+        etag,
+        data.len() as u64,
+    )
 }
 
 fn cache(budget: u64) -> Arc<Cache> {
@@ -424,24 +436,7 @@ async fn a_reader_whose_file_changes_version_is_not_fed_by_the_old_versions_get(
         off += c.read(&old, &ra, off, 128 * 1024).await.unwrap().len() as u64;
     }
     let new: Vec<u8> = (0..40 * MIB).map(|i| (i * 13 % 241) as u8).collect();
-    let etag = store
-        .put(
-            "c",
-            "b",
-            Bytes::from(new.clone()),
-            Condition::None,
-            &Default::default(),
-        )
-        .await
-        .unwrap();
-    let blob = BlobRef::new(
-        store.clone(),
-        0,
-        "c".into(),
-        "b".into(),
-        etag,
-        new.len() as u64,
-    );
+    let blob = put_b(&store, &new).await;
     while off < blob.size {
         let got = c.read(&blob, &ra, off, 128 * 1024).await.unwrap();
         assert!(

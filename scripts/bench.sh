@@ -128,10 +128,8 @@ EOF
 if storage_cases; then start_backends; fi
 
 if has_case read; then
-    echo "bench: seeding 4 x $((SIZE >> 20)) MiB and 20,000 small blobs"
+    echo "bench: seeding 4 x $((SIZE >> 20)) MiB"
     for i in 0 1 2 3; do "$TOOL" put bench "big$i" "$SIZE"; done
-    "$TOOL" put-many bench dir10k 1 10000
-    "$TOOL" put-many bench tree 100 100
 fi
 
 RCLONE_BEST=(--vfs-cache-mode full --vfs-read-ahead 512M --buffer-size 64M
@@ -268,7 +266,19 @@ has_case read && for b in $BACKENDS; do
         fi
         unmount_fs
     done
+done
 
+# The many small blobs of the listing cases go in only now: Azurite's in-memory store finds a
+# blob by scanning them all, so with these 20,000 present every request of the cases above
+# cost several times more (16 x 2 MiB GETs of one 512 MiB blob: 200 MiB/s beside no other
+# blob, 86 beside 10,000, 60 beside 20,000), a cost no storage account has.
+if has_case read; then
+    echo "bench: seeding 20,000 small blobs"
+    BENCH_ENDPOINT=$(endpoint R) "$TOOL" put-many bench dir10k 1 10000
+    BENCH_ENDPOINT=$(endpoint R) "$TOOL" put-many bench tree 100 100
+fi
+has_case read && for b in $BACKENDS; do
+    export BENCH_ENDPOINT; BENCH_ENDPOINT=$(endpoint "$b")
     t=(); for _ in $(seq "$REPEAT"); do t+=("$("$TOOL" list bench dir10k/)"); done
     record "ls $b raw-list $(median "${t[@]}") s"
     for sys in batchfs rclone-default; do

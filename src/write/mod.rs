@@ -558,10 +558,8 @@ impl<S: BlobStore> Draft<S> {
     fn seal_run(&self, st: &mut State, from: u64, to: u64, limit: Option<std::time::Duration>) {
         // Without a spill file, one block of a group could not be rewritten later (its
         // neighbours would be nowhere to send again from): blocks go up alone.
-        let most = match self.spill_file(st) {
-            Some(_) => usize::MAX,
-            None => 1,
-        };
+        let spill = self.spill_file(st);
+        let most = if spill.is_some() { usize::MAX } else { 1 };
         let mut i = from;
         while i < to {
             let mut parts = Vec::new();
@@ -581,20 +579,20 @@ impl<S: BlobStore> Draft<S> {
                 i += 1;
                 continue;
             }
-            self.upload(st, parts, limit);
+            self.upload(st, parts, spill.clone(), limit);
         }
     }
 
     /// Uploads consecutive blocks `parts` (index, bytes, budget held) as one Put Block, and
-    /// copies each to the spill file.
+    /// copies each to `spill`.
     fn upload(
         &self,
         st: &mut State,
         parts: Vec<(u64, Bytes, u64)>,
+        spill: Option<Arc<Spill>>,
         limit: Option<std::time::Duration>,
     ) {
         let id = self.block_id(st);
-        let spill = self.spill_file(st);
         let span: u64 = parts.iter().map(|(_, d, _)| d.len() as u64).sum();
         // Ids for each block of a group alone, used only if the group's local copy fails.
         let alone: Vec<String> = match parts.len() {

@@ -14,28 +14,25 @@ struct Fixture {
 
 impl Fixture {
     async fn new() -> Fixture {
+        Fixture::with_budget(64 << 20).await
+    }
+
+    async fn with_budget(budget: u64) -> Fixture {
         let store = Arc::new(MemoryStore::new(5000));
         store.create_container("c").await.unwrap();
         Fixture {
             store,
-            cache: Arc::new(Cache::new(64 << 20, 8, Arc::default())),
+            cache: Arc::new(Cache::new(budget, 8, Arc::default())),
         }
     }
 
+    /// Uploads of `size` from now on, whatever is measured.
+    fn pin_uploads(&self, size: u64) {
+        self.cache.upload_link(self.store.origin()).pin(size);
+    }
+
     async fn draft(&self, name: &str) -> Draft<MemoryStore> {
-        let base = self.store.head("c", name).await.ok();
-        Draft::new(
-            self.store.clone(),
-            self.cache.clone(),
-            Arc::default(),
-            std::env::temp_dir(),
-            Target {
-                acct: 0,
-                container: "c".into(),
-                name: name.into(),
-            },
-            base.as_ref(),
-        )
+        draft_over(&self.store, &self.cache, std::env::temp_dir(), name).await
     }
 
     fn requests(&self) -> u64 {
@@ -317,12 +314,9 @@ async fn a_new_file_commits_over_uncommitted_blocks_left_by_another_writer() {
 
 #[tokio::test]
 async fn a_long_sequential_write_goes_up_in_larger_blocks_that_later_edits_reuse() {
-    let store = Arc::new(MemoryStore::new(5000));
-    store.create_container("c").await.unwrap();
-    let cache = Arc::new(Cache::new(256 << 20, 8, Arc::default()));
+    let f = Fixture::with_budget(256 << 20).await;
     // A link that rewards large uploads.
-    cache.upload_link(store.origin()).pin(8 * BLOCK);
-    let f = Fixture { store, cache };
+    f.pin_uploads(8 * BLOCK);
     let mut data = pattern(40 * BLOCK as usize, 4);
     let d = f.draft("long").await;
     write_all(&d, &data, MIB).await;
@@ -355,10 +349,7 @@ async fn a_long_sequential_write_goes_up_in_larger_blocks_that_later_edits_reuse
 
 #[tokio::test]
 async fn a_rewrite_into_a_block_sent_with_others_sends_them_again() {
-    let store = Arc::new(MemoryStore::new(5000));
-    store.create_container("c").await.unwrap();
-    let cache = Arc::new(Cache::new(256 << 20, 8, Arc::default()));
-    let f = Fixture { store, cache };
+    let f = Fixture::with_budget(256 << 20).await;
     let mut data = pattern(12 * BLOCK as usize, 6);
     let d = f.draft("torn").await;
     write_all(&d, &data, MIB).await;
@@ -430,31 +421,26 @@ async fn a_short_last_block_sent_with_others_is_not_reused_once_the_file_grows_p
 
 #[tokio::test]
 async fn without_a_spill_file_a_rewrite_into_a_group_still_commits() {
-    let store = Arc::new(MemoryStore::new(5000));
-    store.create_container("c").await.unwrap();
-    let cache = Arc::new(Cache::new(256 << 20, 8, Arc::default()));
+    let f = Fixture::with_budget(256 << 20).await;
     // No spill file can be made under a regular file.
     let nowhere = std::path::PathBuf::from("/dev/null/spill");
     let mut data = pattern(12 * BLOCK as usize, 8);
-    let d = draft_over(&store, &cache, nowhere, "nospill").await;
+    let d = draft_over(&f.store, &f.cache, nowhere, "nospill").await;
     write_all(&d, &data, MIB).await;
-    // All of block 5, which went up with block 4 as the writer passed it, is written
+    // All of block 5, which would go up with block 4 as the writer passed it, is written
     // again: block 4's bytes are nowhere but in storage's uncommitted block.
     let again = pattern(BLOCK as usize, 9);
     d.write(5 * BLOCK, &again).await.unwrap();
     data[5 * BLOCK as usize..6 * BLOCK as usize].copy_from_slice(&again);
     d.commit().await.unwrap().expect("committed");
-    assert!(store.content("c", "nospill").expect("blob exists") == data);
+    assert!(f.content("nospill") == data);
 }
 
 #[tokio::test]
 async fn a_link_that_rewards_small_uploads_gets_blocks_alone() {
-    let store = Arc::new(MemoryStore::new(5000));
-    store.create_container("c").await.unwrap();
-    let cache = Arc::new(Cache::new(256 << 20, 8, Arc::default()));
+    let f = Fixture::with_budget(256 << 20).await;
     // A per-connection cap: many 4 MiB uploads at once beat a few large ones.
-    cache.upload_link(store.origin()).pin(BLOCK);
-    let f = Fixture { store, cache };
+    f.pin_uploads(BLOCK);
     let data = pattern(40 * BLOCK as usize, 3);
     let d = f.draft("capped").await;
     write_all(&d, &data, MIB).await;

@@ -152,6 +152,7 @@ fn run_mount(args: &MountArgs, mut notify: Option<&mut std::io::Stdout>) -> Res 
     let refresh = secs("--refresh", args.refresh)?;
     let rt = runtime()?;
     let stats = Arc::new(Stats::default());
+    rt.spawn(return_freed_memory(stats.clone()));
     if let Some(dir) = &args.disk_cache {
         // Under the mountpoint, the tier's new files would be written through the mount
         // itself, into storage.
@@ -257,6 +258,30 @@ fn tune_allocator() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
         libc::mallopt(libc::M_ARENA_MAX, 4);
+    }
+}
+
+/// Gives the pages of freed buffers back to the system four times a second while data moves. The cache's 32 KiB pages live in malloc's arenas, and a random reader evicts and
+/// refills them in an order that leaves free holes between live pages; glibc keeps those
+/// resident, which took the daemon 50-80 MiB past its budget. `malloc_trim` releases them.
+async fn return_freed_memory(stats: Arc<Stats>) {
+    let mut seen = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = [
+            &stats.evictions,
+            &stats.bytes_fetched,
+            &stats.disk_read_bytes,
+        ]
+        .iter()
+        .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+        .fold(0u64, u64::wrapping_add);
+        if now != seen {
+            seen = now;
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            // SAFETY: malloc_trim only returns free memory to the system; it is thread-safe.
+            let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+        }
     }
 }
 

@@ -1081,7 +1081,7 @@ impl Inner {
     /// a whole 32 MiB GET alive after the rest of it was evicted (and no longer counted).
     fn promote(&mut self, key: &Key) -> Option<Page> {
         let page = self.lru.get_mut(key)?;
-        if page.buf.len() > 4 * PAGE as usize {
+        if page.buf.len() > PAGE as usize {
             *page = Page::of(&Bytes::copy_from_slice(page.bytes()), 0, 0);
         }
         Some(page.clone())

@@ -100,7 +100,11 @@ impl Azurite {
             };
             let start = Instant::now();
             while start.elapsed() < Duration::from_secs(30) {
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                // The port is free when chosen, but another test's server may take it before
+                // node does: only a listener of our own child counts.
+                if TcpStream::connect(("127.0.0.1", port)).is_ok()
+                    && listens_on(az.child.id(), port)
+                {
                     return az;
                 }
                 if let Ok(Some(_)) = az.child.try_wait() {
@@ -470,4 +474,29 @@ pub fn peak_rss(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map(|kb| kb * 1024)
         .expect("VmHWM")
+}
+
+/// Whether process `pid` holds a listening TCP socket on `port` (from /proc/net/tcp and its
+/// file descriptors).
+fn listens_on(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local_port = f.get(1)?.rsplit(':').next()?;
+            (u16::from_str_radix(local_port, 16).ok()? == port && *f.get(3)? == "0A")
+                .then(|| format!("socket:[{}]", f.get(9).unwrap_or(&"")))
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|t| inodes.iter().any(|i| t.to_string_lossy() == *i))
+    })
 }

@@ -105,6 +105,9 @@ start_backends() {
     for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$AZ_PORT") 2>/dev/null && break; sleep 0.1; done
     export BENCH_ENDPOINT; BENCH_ENDPOINT=$(endpoint R)
     "$TOOL" put bench seed 1
+    # `local`: the callers' own loops over backends use `b` too (the write case measured S
+    # twice while this loop overwrote its `b`).
+    local b
     for b in R S; do
         cat >"$WORK/batchfs-$b.toml" <<EOF
 [[account]]

@@ -25,6 +25,8 @@ command -v diff >/dev/null || missing+=(diffutils)
 # The write-path tests run these as a user would.
 command -v rsync >/dev/null || missing+=(rsync)
 command -v tar >/dev/null || missing+=(tar)
+# tests/xattrs.rs reads and sets extended attributes as a user would.
+command -v getfattr >/dev/null || missing+=(attr)
 command -v cc >/dev/null || missing+=(gcc)
 # The Entra ID tests run Azurite and a stand-in token endpoint over HTTPS, with a
 # certificate they make.

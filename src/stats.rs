@@ -2,8 +2,8 @@
 //!
 //! The daemon serves them as JSON in the file [`STATS_FILE`] at the mount's root. It is not
 //! listed (so `ls`, `find` and `cp -r` never see it) and cannot clash with an account name.
-//! (An extended attribute would avoid the name, but answering getxattr at all makes the kernel
-//! ask for every file `ls -l` shows; without it the kernel stops asking after the first try.)
+//! (A file, not an extended attribute: any tool can read it, and `user.*` attributes are blob
+//! metadata.)
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

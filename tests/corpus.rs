@@ -9,81 +9,15 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use base64::Engine;
+use common::sdk::*;
 use common::*;
 use serde_json::{Value, json};
 
-const PYTHON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/.tools/py/bin/python");
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pysdk.py");
-
-type Metadata = BTreeMap<String, String>;
-
-/// A blob as the SDK sees it.
-#[derive(Debug, Clone, PartialEq)]
-struct Stored {
-    data: Vec<u8>,
-    metadata: Metadata,
-    /// Last-Modified, seconds since the epoch.
-    last_modified: i64,
-}
-
-/// Microsoft's Python SDK, on the Azurite account.
-struct Sdk {
-    conn: String,
-}
-
 impl Sdk {
-    fn new(az: &Azurite) -> Sdk {
-        assert!(
-            Path::new(PYTHON).exists(),
-            "{PYTHON} is missing: run scripts/setup.sh"
-        );
-        Sdk {
-            conn: format!(
-                "DefaultEndpointsProtocol=http;AccountName={DEV_ACCOUNT};AccountKey={DEV_KEY};BlobEndpoint={};",
-                az.endpoint()
-            ),
-        }
-    }
-
-    fn run(&self, args: &[&str], stdin: &[u8]) -> Output {
-        let mut child = Command::new(PYTHON)
-            .arg(SCRIPT)
-            .arg(&self.conn)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("python runs");
-        let mut input = child.stdin.take().expect("stdin");
-        let stdin = stdin.to_vec();
-        let feeder = std::thread::spawn(move || input.write_all(&stdin));
-        let out = child.wait_with_output().expect("python output");
-        feeder.join().expect("feeder").expect("write stdin");
-        out
-    }
-
-    /// Runs a command that must succeed; returns its stdout.
-    fn ok(&self, args: &[&str], stdin: &[u8]) -> Vec<u8> {
-        let out = self.run(args, stdin);
-        assert!(
-            out.status.success(),
-            "pysdk {args:?} failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
-    }
-
-    fn container(&self, name: &str) {
-        self.ok(&["mkcontainer", name], b"");
-    }
-
     fn put_all(&self, container: &str, blobs: &[Blob]) {
         let spec: Vec<Value> = blobs
             .iter()
@@ -103,49 +37,6 @@ impl Sdk {
             &["put-json", container],
             &serde_json::to_vec(&spec).unwrap(),
         );
-    }
-
-    /// Every blob of `container` with its bytes and metadata.
-    fn dump(&self, container: &str) -> BTreeMap<String, Stored> {
-        let out = self.ok(&["dump", container], b"");
-        let v: Vec<Value> = serde_json::from_slice(&out).expect("dump is JSON");
-        v.into_iter()
-            .map(|b| (b["name"].as_str().unwrap().to_string(), stored(&b)))
-            .collect()
-    }
-
-    fn names(&self, container: &str) -> BTreeSet<String> {
-        let out = self.ok(&["list", container], b"");
-        serde_json::from_slice(&out).expect("list is JSON")
-    }
-
-    fn head(&self, container: &str, name: &str) -> Option<Stored> {
-        let out = self.ok(&["head", container, name], b"");
-        let v: Value = serde_json::from_slice(&out).expect("head is JSON");
-        if v.is_null() {
-            return None;
-        }
-        let mut s = stored(&v);
-        s.data = self.ok(&["get", container, name], b"");
-        Some(s)
-    }
-}
-
-fn stored(v: &Value) -> Stored {
-    let lm = v["last_modified"].as_str().expect("last_modified");
-    Stored {
-        data: v
-            .get("data_b64")
-            .and_then(Value::as_str)
-            .map(|d| base64::engine::general_purpose::STANDARD.decode(d).unwrap())
-            .unwrap_or_default(),
-        metadata: serde_json::from_value(v["metadata"].clone()).expect("metadata"),
-        last_modified: time::OffsetDateTime::parse(
-            lm,
-            &time::format_description::well_known::Rfc3339,
-        )
-        .unwrap_or_else(|e| panic!("last_modified {lm}: {e}"))
-        .unix_timestamp(),
     }
 }
 

@@ -7,11 +7,13 @@ batchfs's own blob client.
 Commands (names are passed as they are; any character but NUL works in an argument):
 
     mkcontainer CONTAINER
-    put CONTAINER NAME [--meta K=V]... [--data-file F | --data TEXT]
+    put CONTAINER NAME [--meta K=V]... [--data-file F | --data TEXT] [--content-type T]
+    append CONTAINER NAME TEXT   appends TEXT to an append blob, made if missing
     put-json CONTAINER      blobs from stdin: [{"name", "data" | "data_b64", "meta",
                             "block_size" (optional: upload in blocks of this size)}, ...]
     get CONTAINER NAME      the blob's bytes on stdout
-    head CONTAINER NAME     JSON: name, size, etag, last_modified, metadata (null if absent)
+    head CONTAINER NAME     JSON: name, size, etag, last_modified, metadata, content_type,
+                            blob_tier, blob_type (null if absent)
     list CONTAINER          JSON: every blob name, flat
     dump CONTAINER          JSON: every blob with its size, metadata and bytes (data_b64)
 
@@ -25,7 +27,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 from azure.core.exceptions import ResourceNotFoundError
-from azure.storage.blob import BlobServiceClient
+from azure.storage.blob import BlobServiceClient, ContentSettings
 
 
 def props_json(p):
@@ -36,6 +38,9 @@ def props_json(p):
         "last_modified": p.last_modified.isoformat(),
         # A listing gives an empty value as None.
         "metadata": {k: v or "" for k, v in (p.metadata or {}).items()},
+        "content_type": p.content_settings.content_type,
+        "blob_tier": getattr(p.blob_tier, "value", p.blob_tier),
+        "blob_type": getattr(p.blob_type, "value", p.blob_type),
     }
 
 
@@ -61,6 +66,11 @@ def main():
     p.add_argument("--meta", action="append")
     p.add_argument("--data-file")
     p.add_argument("--data")
+    p.add_argument("--content-type")
+    p = sub.add_parser("append")
+    p.add_argument("container")
+    p.add_argument("name")
+    p.add_argument("text")
     p = sub.add_parser("put-json")
     p.add_argument("container")
     for cmd in ("get", "head"):
@@ -83,7 +93,16 @@ def main():
                 data = f.read()
         else:
             data = (a.data or "").encode()
-        cc.upload_blob(a.name, data, overwrite=True, metadata=meta_arg(a.meta))
+        settings = ContentSettings(content_type=a.content_type) if a.content_type else None
+        cc.upload_blob(
+            a.name, data, overwrite=True, metadata=meta_arg(a.meta), content_settings=settings
+        )
+    elif a.cmd == "append":
+        # An append blob, made if missing, as Batch's tracked task output writes them.
+        bc = cc.get_blob_client(a.name)
+        if not bc.exists():
+            bc.create_append_blob()
+        bc.append_block(a.text.encode())
     elif a.cmd == "put-json":
 
         def put(b):

@@ -38,7 +38,9 @@ use super::xml::{
     block_list_body, normalize_etag, parse_blob_list, parse_block_list, parse_container_list,
     parse_time,
 };
-use super::{BlobError, BlobProps, BlobStore, Body, Condition, ContainerInfo, ListPage};
+use super::{
+    BlobError, BlobProps, BlobStore, Body, Condition, ContainerInfo, ListPage, SystemProps,
+};
 use crate::accounts::config::{Credential, StorageConfig};
 use crate::accounts::identity::{STORAGE_SCOPE, TokenSource};
 use crate::stats::Stats;
@@ -801,11 +803,23 @@ fn props_from_headers(h: &HeaderMap) -> Result<BlobProps, BlobError> {
             metadata.insert(name.to_string(), v.to_str().unwrap_or("").to_string());
         }
     }
+    let some = |name: &str| Some(header_str(h, name).to_string()).filter(|v| !v.is_empty());
     Ok(BlobProps {
         size,
         etag: normalize_etag(header_str(h, "etag")),
         last_modified: parse_time(header_str(h, "last-modified")),
         metadata,
+        system: Box::new(SystemProps {
+            content_type: some("content-type"),
+            content_md5: some("content-md5"),
+            content_encoding: some("content-encoding"),
+            content_language: some("content-language"),
+            content_disposition: some("content-disposition"),
+            cache_control: some("cache-control"),
+            access_tier: some("x-ms-access-tier"),
+            blob_type: some("x-ms-blob-type"),
+            lease_state: some("x-ms-lease-state"),
+        }),
     })
 }
 
@@ -1136,6 +1150,40 @@ impl BlobStore for HttpBlobStore {
         }
         let answer = self.execute(op).await?;
         Ok(normalize_etag(header_str(&answer.headers, "etag")))
+    }
+
+    async fn set_content_headers(
+        &self,
+        container: &str,
+        blob: &str,
+        system: &SystemProps,
+        cond: Condition,
+    ) -> Result<String, BlobError> {
+        let mut op = Op::new("set_properties", Method::PUT, Some(container), Some(blob))
+            .query("comp", "properties")
+            .condition(&cond);
+        let headers = [
+            ("x-ms-blob-content-type", &system.content_type),
+            ("x-ms-blob-content-md5", &system.content_md5),
+            ("x-ms-blob-content-encoding", &system.content_encoding),
+            ("x-ms-blob-content-language", &system.content_language),
+            ("x-ms-blob-content-disposition", &system.content_disposition),
+            ("x-ms-blob-cache-control", &system.cache_control),
+        ];
+        for (name, value) in headers {
+            if let Some(v) = value {
+                op = op.header(name, v.clone());
+            }
+        }
+        let answer = self.execute(op).await?;
+        Ok(normalize_etag(header_str(&answer.headers, "etag")))
+    }
+
+    async fn set_tier(&self, container: &str, blob: &str, tier: &str) -> Result<(), BlobError> {
+        let op = Op::new("set_tier", Method::PUT, Some(container), Some(blob))
+            .query("comp", "tier")
+            .header("x-ms-access-tier", tier.to_string());
+        self.execute(op).await.map(|_| ())
     }
 
     async fn create_container(&self, container: &str) -> Result<(), BlobError> {

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{BlobError, BlobProps, BlobStore, Body, Condition, ContainerInfo, ListPage};
+use super::{
+    BlobError, BlobProps, BlobStore, Body, Condition, ContainerInfo, ListPage, SystemProps,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Op {
@@ -33,6 +35,8 @@ pub enum Op {
     GetSnapshotRange,
     DeleteSnapshot,
     SetMetadata,
+    SetProperties,
+    SetTier,
     CreateContainer,
     DeleteContainer,
 }
@@ -416,6 +420,24 @@ impl<S: BlobStore> BlobStore for FaultyStore<S> {
     ) -> Result<String, BlobError> {
         let call = self.inner.set_metadata(container, blob, metadata, cond);
         self.run(Op::SetMetadata, call).await
+    }
+
+    async fn set_content_headers(
+        &self,
+        container: &str,
+        blob: &str,
+        system: &SystemProps,
+        cond: Condition,
+    ) -> Result<String, BlobError> {
+        let call = self
+            .inner
+            .set_content_headers(container, blob, system, cond);
+        self.run(Op::SetProperties, call).await
+    }
+
+    async fn set_tier(&self, container: &str, blob: &str, tier: &str) -> Result<(), BlobError> {
+        self.run(Op::SetTier, self.inner.set_tier(container, blob, tier))
+            .await
     }
 
     async fn create_container(&self, container: &str) -> Result<(), BlobError> {

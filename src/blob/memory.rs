@@ -9,7 +9,9 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
-use super::{BlobError, BlobItem, BlobProps, BlobStore, Condition, ContainerInfo, ListPage};
+use super::{
+    BlobError, BlobItem, BlobProps, BlobStore, Condition, ContainerInfo, ListPage, SystemProps,
+};
 
 /// Container name → blob name → (content, properties).
 type Containers = BTreeMap<String, BTreeMap<String, (Bytes, BlobProps)>>;
@@ -77,9 +79,38 @@ impl MemoryStore {
             etag: etag.clone(),
             last_modified: SystemTime::now(),
             metadata: metadata.clone(),
+            // A new version's content headers are the defaults unless the request sets them.
+            system: Box::new(SystemProps {
+                content_type: Some("application/octet-stream".into()),
+                access_tier: Some("Hot".into()),
+                blob_type: Some("BlockBlob".into()),
+                lease_state: Some("available".into()),
+                ..Default::default()
+            }),
         };
         c.insert(blob.to_string(), (data, props));
         Ok(etag)
+    }
+
+    /// Changes the properties of a blob in place under `cond`; returns its new ETag.
+    fn update(
+        &self,
+        container: &str,
+        blob: &str,
+        cond: &Condition,
+        change: impl FnOnce(&mut BlobProps),
+    ) -> Result<String, BlobError> {
+        let mut all = self.lock();
+        let c = all.get_mut(container).ok_or(BlobError::NotFound)?;
+        let (_, props) = c.get_mut(blob).ok_or(BlobError::NotFound)?;
+        check(cond, Some(&*props))?;
+        change(props);
+        props.etag = format!(
+            "0x{:X}",
+            self.etag_counter.fetch_add(1, Ordering::Relaxed) + 1
+        );
+        props.last_modified = SystemTime::now();
+        Ok(props.etag.clone())
     }
 
     /// The content of a blob, if it exists (for assertions in tests).
@@ -425,8 +456,34 @@ impl BlobStore for MemoryStore {
         cond: Condition,
     ) -> Result<String, BlobError> {
         self.count();
-        let data = self.content(container, blob).ok_or(BlobError::NotFound)?;
-        self.commit(container, blob, data, &cond, metadata)
+        self.update(container, blob, &cond, |p| p.metadata = metadata.clone())
+    }
+
+    async fn set_content_headers(
+        &self,
+        container: &str,
+        blob: &str,
+        system: &SystemProps,
+        cond: Condition,
+    ) -> Result<String, BlobError> {
+        self.count();
+        self.update(container, blob, &cond, |p| {
+            // Only the content headers change: tier, type and lease are not among them.
+            let mut next = system.clone();
+            next.access_tier = p.system.access_tier.take();
+            next.blob_type = p.system.blob_type.take();
+            next.lease_state = p.system.lease_state.take();
+            *p.system = next;
+        })
+    }
+
+    async fn set_tier(&self, container: &str, blob: &str, tier: &str) -> Result<(), BlobError> {
+        self.count();
+        let mut all = self.lock();
+        let c = all.get_mut(container).ok_or(BlobError::NotFound)?;
+        let (_, props) = c.get_mut(blob).ok_or(BlobError::NotFound)?;
+        props.system.access_tier = Some(tier.to_string());
+        Ok(())
     }
 
     async fn delete_container(&self, container: &str) -> Result<(), BlobError> {

@@ -6,6 +6,7 @@
 //!   RFC 3339 offset is read, and so is the `seconds.nanos` form earlier batchfs releases wrote.
 //! - `mode`: permission bits in octal (`644`), for files and for directory markers.
 //! - `hdi_isfolder=true` on a zero-length blob: a directory (blobfuse, Storage Explorer, ADLS).
+//! - `is_symlink=true`: a symbolic link whose target is the blob's content (blobfuse2).
 //! - `batchfscommit`: a random id each commit carries, so a commit whose reply was lost can be
 //!   recognised as this writer's own when its retry is refused.
 //!
@@ -24,6 +25,8 @@ pub const ATIME: &str = "atime";
 pub const MODE: &str = "mode";
 pub const FOLDER: &str = "hdi_isfolder";
 pub const COMMIT: &str = "batchfscommit";
+/// blobfuse2's mark of a symbolic link, whose target is the blob's content.
+pub const SYMLINK: &str = "is_symlink";
 
 /// The value of metadata `key`, whatever case another tool wrote the key in (Azure keeps
 /// metadata names case-insensitively).
@@ -46,6 +49,10 @@ pub fn remove(metadata: &mut BTreeMap<String, String>, key: &str) {
 
 pub fn is_folder(metadata: &BTreeMap<String, String>) -> bool {
     get(metadata, FOLDER).is_some_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
+pub fn is_symlink(metadata: &BTreeMap<String, String>) -> bool {
+    get(metadata, SYMLINK).is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
 
 /// The modification time a blob shows: its `mtime` metadata if readable, else Last-Modified.

@@ -33,6 +33,28 @@ pub struct BlobProps {
     pub etag: String,
     pub last_modified: SystemTime,
     pub metadata: BTreeMap<String, String>,
+    /// Boxed: listings hold thousands of these, and most never have their properties read.
+    pub system: Box<SystemProps>,
+}
+
+/// The blob's system properties that a file system has no place for, shown as extended
+/// attributes (`user.azure.*`). `None` where storage did not say. The content headers are
+/// also what Set Blob Properties must send back unchanged: it clears any it is not given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SystemProps {
+    pub content_type: Option<String>,
+    /// Base64, as storage returns it.
+    pub content_md5: Option<String>,
+    pub content_encoding: Option<String>,
+    pub content_language: Option<String>,
+    pub content_disposition: Option<String>,
+    pub cache_control: Option<String>,
+    /// `Hot`, `Cool`, `Cold`, `Archive` (`None` where the account has no tiers).
+    pub access_tier: Option<String>,
+    /// `BlockBlob`, `AppendBlob` or `PageBlob`.
+    pub blob_type: Option<String>,
+    /// `available`, `leased`, `expired`, `breaking` or `broken`.
+    pub lease_state: Option<String>,
 }
 
 impl BlobProps {
@@ -254,6 +276,24 @@ pub trait BlobStore: Send + Sync + 'static {
         container: &str,
         blob: &str,
         snapshot: &str,
+    ) -> impl Future<Output = Result<(), BlobError>> + Send;
+
+    /// Set Blob Properties: the content headers become exactly those of `system` (storage
+    /// clears any not sent); returns the new ETag.
+    fn set_content_headers(
+        &self,
+        container: &str,
+        blob: &str,
+        system: &SystemProps,
+        cond: Condition,
+    ) -> impl Future<Output = Result<String, BlobError>> + Send;
+
+    /// Set Blob Tier (`Hot`, `Cool`, `Cold`, `Archive`). The ETag does not change.
+    fn set_tier(
+        &self,
+        container: &str,
+        blob: &str,
+        tier: &str,
     ) -> impl Future<Output = Result<(), BlobError>> + Send;
 
     /// Replaces the blob's metadata; returns the new ETag.

@@ -2,6 +2,7 @@
 //! that went with their last entry, containers), and a directory's mode and times, kept in its
 //! marker's metadata.
 
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -22,47 +23,19 @@ impl<S: BlobStore> Namespace<S> {
     ) -> Result<Attr> {
         let a = &change.attrs;
         if !prefix.is_empty() {
-            let store = self.store(acct)?;
-            let legacy = prefix.trim_end_matches('/');
-            let mut found = None;
-            for name in [prefix, legacy] {
-                match store.head(container, name).await {
-                    Ok(p) if p.is_folder_marker() => {
-                        found = Some((name, p));
-                        break;
-                    }
-                    Ok(_) | Err(BlobError::NotFound) => {}
-                    Err(e) => return Err(e.into()),
+            self.change_marker(acct, container, prefix, |md| {
+                if let Some(m) = a.mode {
+                    meta::set(md, meta::MODE, meta::format_mode(m));
                 }
-            }
-            let mut md = found.as_ref().map(|(_, p)| p.metadata.clone());
-            let md = md.get_or_insert_with(|| [(meta::FOLDER.to_string(), "true".into())].into());
-            if let Some(m) = a.mode {
-                meta::set(md, meta::MODE, meta::format_mode(m));
-            }
-            if let Some(t) = a.mtime {
-                meta::set(md, meta::MTIME, meta::format_time(t));
-            }
-            if let Some(t) = a.atime {
-                meta::set(md, meta::ATIME, meta::format_time(t));
-            }
-            match found {
-                Some((name, p)) => {
-                    let cond = blob::Condition::IfMatch(p.etag);
-                    store.set_metadata(container, name, md, cond).await?;
+                if let Some(t) = a.mtime {
+                    meta::set(md, meta::MTIME, meta::format_time(t));
                 }
-                None => {
-                    let cond = blob::Condition::IfNoneMatchAny;
-                    let put = store.put(container, prefix, Bytes::new(), cond, md).await;
-                    match put {
-                        // Made meanwhile by someone else: theirs stands.
-                        Err(BlobError::Conflict(_) | BlobError::PreconditionFailed) => {}
-                        r => {
-                            r?;
-                        }
-                    }
+                if let Some(t) = a.atime {
+                    meta::set(md, meta::ATIME, meta::format_time(t));
                 }
-            }
+                Ok(())
+            })
+            .await?;
         }
         if let Some(n) = lock(&self.inodes).get_mut(ino) {
             if let Some(m) = a.mode {
@@ -76,6 +49,61 @@ impl<S: BlobStore> Namespace<S> {
             }
         }
         self.getattr(ino).await
+    }
+
+    /// The marker blob of directory `prefix` (ending in `/`), under either name other tools
+    /// give it: `dir/` or `dir`.
+    pub(super) async fn find_marker(
+        &self,
+        acct: usize,
+        container: &str,
+        prefix: &str,
+    ) -> Result<Option<(String, BlobProps)>> {
+        let store = self.store(acct)?;
+        for name in [prefix, prefix.trim_end_matches('/')] {
+            match store.head(container, name).await {
+                Ok(p) if p.is_folder_marker() => return Ok(Some((name.to_string(), p))),
+                Ok(_) | Err(BlobError::NotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Changes the metadata of directory `prefix`'s marker, conditional on its ETag; a
+    /// directory without one (made by another tool) gets a marker. Nothing is sent if
+    /// `change` fails.
+    pub(super) async fn change_marker(
+        &self,
+        acct: usize,
+        container: &str,
+        prefix: &str,
+        change: impl FnOnce(&mut BTreeMap<String, String>) -> Result<()>,
+    ) -> Result<()> {
+        let store = self.store(acct)?;
+        let found = self.find_marker(acct, container, prefix).await?;
+        let mut md = match &found {
+            Some((_, p)) => p.metadata.clone(),
+            None => [(meta::FOLDER.to_string(), "true".into())].into(),
+        };
+        change(&mut md)?;
+        match found {
+            Some((name, p)) => {
+                let cond = blob::Condition::IfMatch(p.etag);
+                store.set_metadata(container, &name, &md, cond).await?;
+            }
+            None => {
+                let cond = blob::Condition::IfNoneMatchAny;
+                match store.put(container, prefix, Bytes::new(), cond, &md).await {
+                    // Made meanwhile by someone else: theirs stands.
+                    Err(BlobError::Conflict(_) | BlobError::PreconditionFailed) => {}
+                    r => {
+                        r?;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     pub async fn mkdir(&self, parent: u64, name: &str, mode: u16) -> Result<Attr> {

@@ -95,6 +95,8 @@ pub struct Meta {
     pub atime: SystemTime,
     /// Mode bits kept in metadata, if any.
     pub mode: Option<u16>,
+    /// A symbolic link (metadata `is_symlink=true`).
+    pub link: bool,
     pub fetched: Instant,
 }
 

@@ -14,9 +14,11 @@ pub mod dircache;
 mod dirs;
 pub mod drafts;
 pub mod inode;
+mod links;
 pub mod listing;
 mod rename;
 pub mod service;
+pub mod xattr;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -65,6 +67,16 @@ pub enum FsError {
     NotEmpty,
     #[error("invalid name or argument")]
     Invalid,
+    #[error("no such attribute")]
+    NoAttr,
+    #[error("attributes of this kind are not supported")]
+    NotSupported,
+    #[error("no room for the attribute (blob metadata is at most 8 KiB)")]
+    NoSpace,
+    #[error("the blob is in the Archive tier: set user.azure.access_tier to Hot or Cool first")]
+    Archived,
+    #[error("an append or page blob: batchfs writes block blobs only")]
+    NotBlockBlob,
     #[error("file name too long")]
     NameTooLong,
     #[error("file too large")]
@@ -479,6 +491,11 @@ impl<S: BlobStore> Namespace<S> {
                 let (size, mtime) = meta.map_or((0, self.mount_time), |m| (m.size, m.mtime));
                 let mut a = self.file_attr(ino, size, mtime, perm);
                 a.atime = meta.map_or(mtime, |m| m.atime);
+                if meta.is_some_and(|m| m.link) {
+                    // As on any Linux file system: the bits of a link are never used.
+                    a.kind = Kind::Symlink;
+                    a.perm = 0o777;
+                }
                 a
             }
         }
@@ -991,6 +1008,7 @@ impl<S: BlobStore> Namespace<S> {
                         let store = self.store(acct)?;
                         let props = store.head(&container, &name).await?;
                         self.remember(ino, &props);
+                        check_openable(&props, write)?;
                         if !write {
                             keep_cache = self.opened_version(ino, &props.etag);
                             let blob =
@@ -1187,6 +1205,7 @@ impl<S: BlobStore> Namespace<S> {
                 mtime: now,
                 atime: now,
                 mode: Some(mode & 0o7777),
+                link: false,
                 fetched: Instant::now(),
             });
         }
@@ -1194,6 +1213,18 @@ impl<S: BlobStore> Namespace<S> {
         let opened = self.draft_handle(ino, draft);
         self.touch_dir(parent);
         Ok((self.getattr(ino).await?, opened))
+    }
+
+    /// `mknod` of a regular file (GNU tar does this with `--xattrs`, to set attributes before
+    /// the data): an empty file, committed at once like a `create` closed unwritten.
+    pub async fn mknod_file(&self, parent: u64, name: &str, mode: u16) -> Result<Attr> {
+        let (_, opened) = self.create(parent, name, mode).await?;
+        let committed = self.flush(opened.fh).await;
+        // The node may go with the handle (the kernel holds no entry for it yet): the file is
+        // looked up again, as the kernel will know it.
+        self.release(opened.fh).await;
+        committed?;
+        self.lookup(parent, name).await
     }
 
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<()> {
@@ -1253,11 +1284,13 @@ impl<S: BlobStore> Namespace<S> {
                 let shown = draft.shown();
                 if let Some(n) = lock(&self.inodes).get_mut(ino) {
                     let mode = n.meta.as_ref().and_then(|m| m.mode);
+                    let link = n.meta.as_ref().is_some_and(|m| m.link);
                     n.meta = Some(Meta {
                         size: c.size,
                         mtime: shown.mtime,
                         atime: shown.atime,
                         mode,
+                        link,
                         fetched: Instant::now(),
                     });
                     // The kernel's pages are what this mount wrote: they may be kept.
@@ -1404,21 +1437,61 @@ impl<S: BlobStore> Namespace<S> {
             _ => return Err(FsError::NotPermitted),
         };
         self.check_writable()?;
-        let draft = match self.draft_of(ino) {
-            Some(d) => d,
-            None => {
-                let props = self.store(acct)?.head(&container, &name).await?;
-                self.remember(ino, &props);
-                Arc::new(self.new_draft(acct, &container, &name, Some(&props))?)
-            }
-        };
+        let draft =
+            (self.draft_for_change(ino, acct, &container, &name, change.size.is_some())).await?;
         let r = self.apply_setattr(ino, &draft, &change).await;
-        if r.is_err() && !self.draft_of(ino).is_some_and(|d| Arc::ptr_eq(&d, &draft)) {
-            // A draft of this call alone: its memory goes back.
+        self.settle_change(ino, &draft, r).await?;
+        self.getattr(ino).await
+    }
+
+    /// The draft a change of file `ino` goes into: the one open handles share, or one made
+    /// for this change alone on the version storage holds now. A change of the data
+    /// (`data`) needs a block blob; metadata can change on any blob.
+    async fn draft_for_change(
+        &self,
+        ino: u64,
+        acct: usize,
+        container: &str,
+        name: &str,
+        data: bool,
+    ) -> Result<Arc<Draft<S>>> {
+        if let Some(d) = self.draft_of(ino) {
+            return Ok(d);
+        }
+        let props = self.store(acct)?.head(container, name).await?;
+        self.remember(ino, &props);
+        if data {
+            check_openable(&props, true)?;
+        }
+        Ok(Arc::new(self.new_draft(
+            acct,
+            container,
+            name,
+            Some(&props),
+        )?))
+    }
+
+    /// Commits a change made to `draft`, unless an open handle's close will, and gives back
+    /// the memory of a draft made for this change alone if the change failed.
+    async fn settle_change(
+        &self,
+        ino: u64,
+        draft: &Arc<Draft<S>>,
+        change: Result<()>,
+    ) -> Result<()> {
+        let open = self.draft_of(ino).is_some_and(|d| Arc::ptr_eq(&d, draft))
+            && self.drafts.handles(ino) > 0;
+        // Not the draft of an open file, or its last close is under way and may have
+        // committed already (rsync sets times right after close): nobody else will commit
+        // this change.
+        let r = match change {
+            Ok(()) if !open => self.commit(ino, draft).await,
+            r => r,
+        };
+        if r.is_err() && !self.draft_of(ino).is_some_and(|d| Arc::ptr_eq(&d, draft)) {
             draft.abandon().await;
         }
-        r?;
-        self.getattr(ino).await
+        r
     }
 
     async fn apply_setattr(&self, ino: u64, draft: &Arc<Draft<S>>, change: &SetAttr) -> Result<()> {
@@ -1436,14 +1509,6 @@ impl<S: BlobStore> Namespace<S> {
             {
                 meta.mode = Some(m & 0o7777);
             }
-        }
-        let open = self.draft_of(ino).is_some_and(|d| Arc::ptr_eq(&d, draft))
-            && self.drafts.handles(ino) > 0;
-        if !open {
-            // Not the draft of an open file, or its last close is under way and may have
-            // committed already (rsync sets times right after close): nobody else will commit
-            // this change.
-            self.commit(ino, draft).await?;
         }
         Ok(())
     }
@@ -1536,12 +1601,33 @@ fn valid_container(name: &str) -> bool {
         && !name.contains("--")
 }
 
+/// Whether a blob can be opened, for reading or for writing. An archived blob has no data
+/// online (a GET would be refused); append and page blobs are read like any file, but a
+/// commit would make them block blobs (or be refused), so they are not written.
+fn check_openable(p: &BlobProps, write: bool) -> Result<()> {
+    let is =
+        |v: &Option<String>, what: &str| v.as_deref().is_some_and(|v| v.eq_ignore_ascii_case(what));
+    if is(&p.system.access_tier, "Archive") {
+        return Err(FsError::Archived);
+    }
+    if write
+        && p.system
+            .blob_type
+            .as_deref()
+            .is_some_and(|t| !t.eq_ignore_ascii_case("BlockBlob"))
+    {
+        return Err(FsError::NotBlockBlob);
+    }
+    Ok(())
+}
+
 fn meta_of(p: &BlobProps) -> Meta {
     Meta {
         size: p.size,
         mtime: meta::mtime(p),
         atime: meta::atime(p),
         mode: meta::mode(&p.metadata),
+        link: meta::is_symlink(&p.metadata),
         fetched: Instant::now(),
     }
 }

@@ -36,7 +36,9 @@ impl<S: BlobStore> Namespace<S> {
         let store = self.store(acct)?;
         let (from, to) = (format!("{prefix}{name}"), format!("{prefix2}{new_name}"));
         match src.kind {
-            Kind::File => {
+            // A link in storage is a blob like a file (the service trees' links cannot get
+            // here: they are in no container).
+            Kind::File | Kind::Symlink => {
                 if dst.as_ref().is_some_and(|d| d.kind == Kind::Dir) {
                     return Err(FsError::IsDir);
                 }
@@ -83,8 +85,6 @@ impl<S: BlobStore> Namespace<S> {
                     self.drafts.moved(src.ino, new_parent, new_name);
                 }
             }
-            // Links only exist in the read-only service trees.
-            Kind::Symlink => return Err(FsError::ReadOnly),
             Kind::Dir => {
                 let (from, to) = (format!("{from}/"), format!("{to}/"));
                 if let Some(d) = &dst {

@@ -311,6 +311,7 @@ fn file_meta(p: &FileProps, asked: Instant) -> Meta {
         atime: p.last_modified,
         // Read-only: whatever the node says, no write bits.
         mode: p.mode.map(|m| (m & 0o555) as u16),
+        link: false,
         fetched: asked,
     }
 }
@@ -800,7 +801,7 @@ impl<S: BlobStore> Namespace<S> {
             .map_err(error)
     }
 
-    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+    pub(super) fn service_link(&self, ino: u64) -> Result<Vec<u8>> {
         match self.key_of(ino)? {
             NodeKey::Service {
                 acct,

@@ -288,3 +288,69 @@ async fn accounts_come_and_go_and_unchanged_files_keep_their_mtime() {
     assert!(keys.mtime > before.mtime);
     assert!(matches!(walk(&ns, "gamma").await, Err(FsError::NotFound)));
 }
+
+#[tokio::test]
+async fn an_attribute_change_costs_a_head_and_a_set_metadata_and_keeps_the_rest() {
+    let (store, ns) = setup(100);
+    store.create_container("c").await.unwrap();
+    let md = [("owner".to_string(), "bob".to_string())].into();
+    let data = Bytes::from_static(b"data");
+    store
+        .put("c", "f", data, Condition::None, &md)
+        .await
+        .unwrap();
+    let f = walk(&ns, "alpha/storage/c/f").await.unwrap();
+    let before = store.requests.load(Ordering::Relaxed);
+    ns.setxattr(f.ino, "user.tag", Some(b"t"), 0).await.unwrap();
+    assert_eq!(store.requests.load(Ordering::Relaxed) - before, 2);
+    let p = store.head("c", "f").await.unwrap();
+    assert_eq!(meta::get(&p.metadata, "owner"), Some("bob"));
+    assert_eq!(meta::get(&p.metadata, "tag"), Some("t"));
+    assert_eq!(store.content("c", "f").unwrap(), &b"data"[..]);
+    assert_eq!(
+        ns.listxattr(f.ino).await.unwrap(),
+        ["user.owner", "user.tag"]
+    );
+    assert!(matches!(
+        ns.getxattr(f.ino, "security.selinux").await,
+        Err(FsError::NotSupported)
+    ));
+    assert_eq!(
+        ns.getxattr(f.ino, "user.azure.blob_type").await.unwrap(),
+        b"BlockBlob"
+    );
+    // A refused change sends nothing.
+    let before = store.requests.load(Ordering::Relaxed);
+    let r = ns.setxattr(f.ino, "user.mtime", Some(b"1"), 0).await;
+    assert!(matches!(r, Err(FsError::NotPermitted)));
+    assert_eq!(store.requests.load(Ordering::Relaxed), before);
+}
+
+#[tokio::test]
+async fn a_link_is_a_blob_holding_its_target() {
+    let (store, ns) = setup(100);
+    store.create_container("c").await.unwrap();
+    // One another tool wrote, in another case.
+    let md = [("IS_SYMLINK".to_string(), "True".to_string())].into();
+    let target = Bytes::from_static(b"/abs");
+    store
+        .put("c", "theirs", target, Condition::None, &md)
+        .await
+        .unwrap();
+    put(&store, "c", "plain", b"x").await;
+    let c = walk(&ns, "alpha/storage/c").await.unwrap();
+    let l = ns.symlink(c.ino, "l", "../t").await.unwrap();
+    assert_eq!((l.kind, l.perm, l.size), (Kind::Symlink, 0o777, 4));
+    assert_eq!(store.content("c", "l").unwrap(), &b"../t"[..]);
+    assert_eq!(ns.readlink(l.ino).await.unwrap(), b"../t");
+    assert!(matches!(
+        ns.symlink(c.ino, "l", "x").await,
+        Err(FsError::Exists)
+    ));
+    let t = walk(&ns, "alpha/storage/c/theirs").await.unwrap();
+    assert_eq!(t.kind, Kind::Symlink);
+    assert_eq!(ns.readlink(t.ino).await.unwrap(), b"/abs");
+    // A file is no link.
+    let p = walk(&ns, "alpha/storage/c/plain").await.unwrap();
+    assert!(matches!(ns.readlink(p.ino).await, Err(FsError::Invalid)));
+}

@@ -12,11 +12,11 @@ use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
     ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, Request, TimeOrNow, WriteFlags,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::blob::{BlobError, BlobStore, deadline};
-use crate::fs::{Attr, FsError, Kind, Namespace, SetAttr};
+use crate::fs::{Attr, FsError, Kind, Namespace, SetAttr, xattr};
 use crate::write::AttrChange;
 
 /// Largest read and write the kernel is asked to send.
@@ -112,6 +112,11 @@ pub fn errno(e: &FsError) -> Errno {
         FsError::Exists => Errno::EEXIST,
         FsError::NotEmpty => Errno::ENOTEMPTY,
         FsError::Invalid => Errno::EINVAL,
+        FsError::NoAttr => Errno::from_i32(libc::ENODATA),
+        FsError::NotSupported => Errno::from_i32(libc::ENOTSUP),
+        FsError::NoSpace => Errno::from_i32(libc::ENOSPC),
+        FsError::Archived => Errno::from_i32(libc::ENODATA),
+        FsError::NotBlockBlob => Errno::EPERM,
         FsError::NameTooLong => Errno::ENAMETOOLONG,
         FsError::TooLarge => Errno::EFBIG,
         FsError::CrossDevice => Errno::EXDEV,
@@ -120,6 +125,16 @@ pub fn errno(e: &FsError) -> Errno {
         FsError::Storage(BlobError::Denied { .. }) => Errno::EACCES,
         FsError::Storage(_) => Errno::EIO,
         FsError::Unavailable(_) => Errno::from_i32(libc::EHOSTDOWN),
+    }
+}
+
+/// Answers getxattr or listxattr: the size when asked for it (`size` 0), else the value if
+/// it fits.
+fn xattr_reply(reply: ReplyXattr, size: u32, value: &[u8]) {
+    match u32::try_from(value.len()) {
+        Ok(len) if size == 0 => reply.size(len),
+        Ok(len) if len <= size => reply.data(value),
+        _ => reply.error(Errno::from_i32(libc::ERANGE)),
     }
 }
 
@@ -228,10 +243,47 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.ns.readlink(ino.0) {
-            Ok(target) => reply.data(&target),
-            Err(e) => reply.error(errno(&e)),
-        }
+        let ns = self.ns.clone();
+        self.answer(
+            "readlink",
+            ino.0,
+            async move { ns.readlink(ino.0).await },
+            move |r| match r {
+                Ok(target) => reply.data(&target),
+                Err(e) => reply.error(e),
+            },
+        );
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        // Blob names and contents here are UTF-8 text: blobfuse2 reads targets as such.
+        let (Some(name), Some(target)) = (
+            link_name.to_str().map(str::to_owned),
+            target.to_str().map(str::to_owned),
+        ) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let (ns, ttl, uid, gid) = (self.ns.clone(), self.ttl(), self.uid, self.gid);
+        self.answer(
+            "symlink",
+            parent.0,
+            async move {
+                let mut a = ns.symlink(parent.0, &name, &target).await?;
+                a.ino = ns.pin(parent.0, &name, &a);
+                Ok(a)
+            },
+            move |r| match r {
+                Ok(a) => reply.entry(&ttl, &file_attr(&a, uid, gid), Generation(0)),
+                Err(e) => reply.error(e),
+            },
+        );
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -670,6 +722,137 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
     ) {
         self.ns.releasedir(fh.0);
         reply.ok();
+    }
+
+    /// Regular files only: storage has no devices, FIFOs or sockets.
+    fn mknod(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            return reply.error(Errno::ENOSYS);
+        }
+        let Some(name) = name.to_str().map(str::to_owned) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let (ns, ttl, uid, gid) = (self.ns.clone(), self.ttl(), self.uid, self.gid);
+        let mode = (mode & !umask & 0o7777) as u16;
+        self.answer(
+            "mknod",
+            parent.0,
+            async move {
+                let mut a = ns.mknod_file(parent.0, &name, mode).await?;
+                a.ino = ns.pin(parent.0, &name, &a);
+                Ok(a)
+            },
+            move |r| match r {
+                Ok(a) => reply.entry(&ttl, &file_attr(&a, uid, gid), Generation(0)),
+                Err(e) => reply.error(e),
+            },
+        );
+    }
+
+    /// Storage has no hard links: a second name would be a second copy.
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EPERM);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        // Other namespaces are refused here, without a task: the kernel asks for
+        // security.capability at every write, and `ls` for security.selinux on every entry.
+        let Some(name) = name
+            .to_str()
+            .filter(|n| xattr::served(n))
+            .map(str::to_owned)
+        else {
+            return reply.error(Errno::from_i32(libc::ENOTSUP));
+        };
+        let ns = self.ns.clone();
+        self.answer(
+            "getxattr",
+            ino.0,
+            async move { ns.getxattr(ino.0, &name).await },
+            move |r| match r {
+                Ok(value) => xattr_reply(reply, size, &value),
+                Err(e) => reply.error(e),
+            },
+        );
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let ns = self.ns.clone();
+        self.answer(
+            "listxattr",
+            ino.0,
+            async move { ns.listxattr(ino.0).await },
+            move |r| match r {
+                Ok(names) => {
+                    let mut list = Vec::new();
+                    for n in names {
+                        list.extend_from_slice(n.as_bytes());
+                        list.push(0);
+                    }
+                    xattr_reply(reply, size, &list)
+                }
+                Err(e) => reply.error(e),
+            },
+        );
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let Some(name) = name
+            .to_str()
+            .filter(|n| xattr::served(n))
+            .map(str::to_owned)
+        else {
+            return reply.error(Errno::from_i32(libc::ENOTSUP));
+        };
+        let (ns, value) = (self.ns.clone(), value.to_vec());
+        self.answer(
+            "setxattr",
+            ino.0,
+            async move { ns.setxattr(ino.0, &name, Some(&value), flags).await },
+            empty(reply),
+        );
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Some(name) = name
+            .to_str()
+            .filter(|n| xattr::served(n))
+            .map(str::to_owned)
+        else {
+            return reply.error(Errno::from_i32(libc::ENOTSUP));
+        };
+        let ns = self.ns.clone();
+        self.answer(
+            "removexattr",
+            ino.0,
+            async move { ns.setxattr(ino.0, &name, None, 0).await },
+            empty(reply),
+        );
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -902,6 +902,23 @@ impl<S: BlobStore> Draft<S> {
         self.show(&st);
     }
 
+    /// The blob's metadata as the next commit will write it.
+    pub async fn metadata(&self) -> BTreeMap<String, String> {
+        self.state.lock().await.metadata.clone()
+    }
+
+    /// Changes the metadata, kept at the next commit (one Set Blob Metadata if the data is
+    /// unchanged). `change` leaves it as it was when it fails.
+    pub async fn change_metadata<E>(
+        &self,
+        change: impl FnOnce(&mut BTreeMap<String, String>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut st = self.state.lock().await;
+        change(&mut st.metadata)?;
+        st.meta_dirty = true;
+        Ok(())
+    }
+
     /// The file is about to be unlinked while open: nothing is to be committed, but its open
     /// handles keep reading and writing it until the last close (POSIX temporary files). What
     /// only storage holds, the untouched parts of the base, is copied to the spill file first;

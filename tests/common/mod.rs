@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 pub mod arm;
 pub mod proxy;
+pub mod sdk;
 pub mod standin;
 
 use batchfs::accounts::config::StorageConfig;

@@ -1,0 +1,306 @@
+//! Extended attributes through a real mount on Azurite: `getfattr`, `setfattr`, `cp -a`,
+//! `rsync -X` and `tar --xattrs` against blob metadata and properties, checked in storage
+//! with Microsoft's Python SDK.
+
+mod common;
+
+use common::sdk::*;
+use common::*;
+use serde_json::Value;
+
+const C: &str = "alpha/storage/data";
+
+fn setup() -> (Azurite, Sdk, Mount) {
+    let az = Azurite::start();
+    let sdk = Sdk::new(&az);
+    sdk.container("data");
+    let m = Mount::start(&config_for(&az, ""), &[]);
+    (az, sdk, m)
+}
+
+fn meta(sdk: &Sdk, name: &str) -> Metadata {
+    sdk.head("data", name)
+        .unwrap_or_else(|| panic!("{name} is not in storage"))
+        .metadata
+}
+
+/// `getfattr -d` of a path: name → value.
+fn dumped(m: &Mount, path: &str) -> Metadata {
+    let out = ok(m.sh(&format!("getfattr -d --absolute-names -- '{path}'")));
+    out.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+        .collect()
+}
+
+fn pairs(p: &[(&str, &str)]) -> Metadata {
+    p.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn user_attributes_are_blob_metadata_both_ways() {
+    let (_az, sdk, m) = setup();
+    let sdk_put = |args: &[&str]| sdk.ok(args, b"");
+    sdk_put(&[
+        "put",
+        "data",
+        "f.txt",
+        "--data",
+        "hello",
+        "--meta",
+        "owner=bob",
+        "--meta",
+        "mtime=2023-04-05T06:07:08.123456789Z",
+        "--meta",
+        "Project=x",
+    ]);
+    let f = format!("{C}/f.txt");
+
+    // Another tool's metadata shows as user attributes; batchfs's own keys (mtime) do not.
+    // (Names come from a HEAD, whose header names HTTP gives in lower case: Azure matches
+    // metadata names without case.)
+    assert_eq!(
+        dumped(&m, &f),
+        pairs(&[("user.owner", "bob"), ("user.project", "x")])
+    );
+    assert_eq!(
+        ok(m.sh(&format!("getfattr --only-values -n user.owner {f}"))),
+        "bob"
+    );
+
+    // Set, replace (in another spelling of the key), remove: each is in storage at once, and
+    // keeps the data, the other tool's keys and the file's time.
+    let before = ok(m.sh(&format!("stat -c %Y {f}")));
+    ok(m.sh(&format!("setfattr -n user.stage -v 'raw data 1' {f}")));
+    ok(m.sh(&format!("setfattr -n user.project -v y {f}")));
+    ok(m.sh(&format!("setfattr -x user.owner {f}")));
+    let md = meta(&sdk, "f.txt");
+    assert_eq!(md.get("stage").map(String::as_str), Some("raw data 1"));
+    assert_eq!(md.get("project").map(String::as_str), Some("y"));
+    assert!(
+        !md.contains_key("Project") && !md.contains_key("owner"),
+        "{md:?}"
+    );
+    assert!(
+        md.get("mtime")
+            .is_some_and(|t| t.starts_with("2023-04-05T06:07:08.123456789"))
+    );
+    assert_eq!(sdk.ok(&["get", "data", "f.txt"], b""), b"hello");
+    assert_eq!(ok(m.sh(&format!("stat -c %Y {f}"))), before);
+    ok(m.sh(&format!("setfattr -n user.empty -v '' {f}")));
+    assert_eq!(
+        meta(&sdk, "f.txt").get("empty").map(String::as_str),
+        Some("")
+    );
+
+    // What Azure would refuse is refused before any request, and nothing changes.
+    let md = meta(&sdk, "f.txt");
+    for (name, value, err) in [
+        ("user.bad-name", "v", "Invalid argument"),
+        ("user.9lives", "v", "Invalid argument"),
+        ("user.k", "caf\u{e9}", "Invalid argument"),
+        ("user.mtime", "1", "Operation not permitted"),
+        ("user.hdi_isfolder", "true", "Operation not permitted"),
+        ("user.azure.etag", "x", "Operation not permitted"),
+        ("trusted.k", "v", "Operation not supported"),
+    ] {
+        let e = fails(m.sh(&format!("setfattr -n {name} -v '{value}' {f}")));
+        assert!(e.contains(err), "{name}: {e}");
+    }
+    let e = fails(m.sh(&format!(
+        "setfattr -n user.big -v \"$(head -c 9000 /dev/zero | tr '\\0' x)\" {f}"
+    )));
+    assert!(e.contains("No space left"), "{e}");
+    assert_eq!(meta(&sdk, "f.txt"), md);
+    let e = fails(m.sh(&format!("getfattr -n user.nothing {f}")));
+    assert!(e.contains("No such attribute"), "{e}");
+    let e = fails(m.sh(&format!("getfattr -n security.selinux {f}")));
+    assert!(e.contains("Operation not supported"), "{e}");
+    // `ls -l` asks for security and ACL attributes of every entry: it must not fail.
+    ok(m.sh(&format!("ls -l {C}")));
+}
+
+#[test]
+fn azure_properties_are_read_by_name_and_two_are_settable() {
+    let (_az, sdk, m) = setup();
+    sdk.ok(
+        &[
+            "put",
+            "data",
+            "page.html",
+            "--data",
+            "<p>",
+            "--content-type",
+            "text/html",
+        ],
+        b"",
+    );
+    let f = format!("{C}/page.html");
+    let get = |n: &str| ok(m.sh(&format!("getfattr --only-values -n user.azure.{n} {f}")));
+    let props = sdk.props("data", "page.html");
+    assert_eq!(get("content_type"), "text/html");
+    assert_eq!(get("blob_type"), "BlockBlob");
+    assert_eq!(
+        get("etag"),
+        props["etag"].as_str().unwrap().trim_matches('"')
+    );
+    assert_eq!(get("lease_state"), "available");
+    assert!(get("last_modified").ends_with('Z'));
+    // Not listed: copies carry metadata only.
+    assert!(!ok(m.sh(&format!("getfattr -d -m - {f}"))).contains("azure"));
+
+    ok(m.sh(&format!(
+        "setfattr -n user.azure.content_type -v application/json {f}"
+    )));
+    assert_eq!(
+        sdk.props("data", "page.html")["content_type"],
+        "application/json"
+    );
+    assert_eq!(sdk.ok(&["get", "data", "page.html"], b""), b"<p>");
+    ok(m.sh(&format!("setfattr -n user.azure.access_tier -v cool {f}")));
+    assert_eq!(sdk.props("data", "page.html")["blob_tier"], "Cool");
+    assert_eq!(get("access_tier"), "Cool");
+    let e = fails(m.sh(&format!(
+        "setfattr -n user.azure.access_tier -v lukewarm {f}"
+    )));
+    assert!(e.contains("Invalid argument"), "{e}");
+}
+
+#[test]
+fn directories_keep_attributes_in_their_marker() {
+    let (_az, sdk, m) = setup();
+    let d = format!("{C}/results");
+    ok(m.sh(&format!("mkdir {d} && setfattr -n user.color -v red {d}")));
+    let md = meta(&sdk, "results/");
+    assert_eq!(md.get("color").map(String::as_str), Some("red"));
+    assert_eq!(md.get("hdi_isfolder").map(String::as_str), Some("true"));
+    assert_eq!(dumped(&m, &d), pairs(&[("user.color", "red")]));
+    // A directory another tool made without a marker gets one.
+    sdk.ok(&["put", "data", "bare/x", "--data", "1"], b"");
+    ok(m.sh(&format!("setfattr -n user.k -v v {C}/bare")));
+    assert_eq!(meta(&sdk, "bare/").get("k").map(String::as_str), Some("v"));
+    assert_eq!(ok(m.sh(&format!("cat {C}/bare/x"))), "1");
+}
+
+#[test]
+fn a_file_open_for_writing_commits_its_attributes_with_its_data() {
+    let (_az, sdk, m) = setup();
+    // Attributes set while the file is open go up with its close, in one commit.
+    let f = format!("{C}/w.txt");
+    let local = tempfile::tempdir().unwrap();
+    let seen = local.path().join("seen");
+    ok(m.sh(&format!(
+        "exec 3>{f}; echo data >&3; setfattr -n user.k -v v {f}; getfattr --only-values -n user.k {f} > {}; exec 3>&-",
+        seen.display()
+    )));
+    assert_eq!(std::fs::read_to_string(&seen).unwrap(), "v");
+    let s = sdk.head("data", "w.txt").expect("committed");
+    assert_eq!(s.data, b"data\n");
+    assert_eq!(s.metadata.get("k").map(String::as_str), Some("v"));
+}
+
+#[test]
+fn cp_rsync_and_tar_carry_user_attributes_into_and_out_of_the_mount() {
+    let (_az, sdk, m) = setup();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path().display();
+    ok(sh_in(
+        local.path(),
+        "mkdir -p src/sub && echo a > src/a && echo b > src/sub/b && \
+         setfattr -n user.owner -v alice src/a && setfattr -n user.tag -v t1 src/sub/b && \
+         setfattr -n user.kind -v dir src/sub",
+    ));
+    let want = |root: &str| {
+        for (path, k, v) in [
+            ("a", "user.owner", "alice"),
+            ("sub/b", "user.tag", "t1"),
+            ("sub", "user.kind", "dir"),
+        ] {
+            let out = ok(m.sh(&format!("getfattr --only-values -n {k} {root}/{path}")));
+            assert_eq!(out, v, "{root}/{path}");
+        }
+    };
+    ok(m.sh(&format!("cp -a {l}/src {C}/cp")));
+    want(&format!("{C}/cp"));
+    ok(m.sh(&format!("rsync -aX {l}/src/ {C}/rs/")));
+    want(&format!("{C}/rs"));
+    ok(m.sh(&format!(
+        "tar --xattrs -cf {l}/t.tar -C {l}/src . && mkdir {C}/tar && tar --xattrs --xattrs-include='user.*' -xf {l}/t.tar -C {C}/tar"
+    )));
+    want(&format!("{C}/tar"));
+    for root in ["cp", "rs", "tar"] {
+        assert_eq!(
+            meta(&sdk, &format!("{root}/a"))
+                .get("owner")
+                .map(String::as_str),
+            Some("alice")
+        );
+        assert_eq!(
+            meta(&sdk, &format!("{root}/sub/b"))
+                .get("tag")
+                .map(String::as_str),
+            Some("t1")
+        );
+    }
+    ok(m.sh(&format!(
+        "diff -r {l}/src {C}/cp && diff -r {l}/src {C}/rs && diff -r {l}/src {C}/tar"
+    )));
+    // And out again, to a local disk.
+    ok(m.sh(&format!(
+        "cp -a {C}/rs {l}/back && rsync -aX {C}/tar/ {l}/back2/"
+    )));
+    for root in ["back", "back2"] {
+        let out = ok(sh_in(
+            local.path(),
+            &format!("getfattr --only-values -n user.owner {root}/a"),
+        ));
+        assert_eq!(out, "alice");
+    }
+    let v: Value = sdk.props("data", "cp/a");
+    assert_eq!(v["size"], 2);
+}
+
+#[test]
+fn append_blobs_read_and_refuse_writes_and_archived_blobs_say_so() {
+    let (_az, sdk, m) = setup();
+    sdk.ok(&["append", "data", "log.txt", "line 1\n"], b"");
+    sdk.ok(&["append", "data", "log.txt", "line 2\n"], b"");
+    let f = format!("{C}/log.txt");
+    assert_eq!(ok(m.sh(&format!("cat {f}"))), "line 1\nline 2\n");
+    assert_eq!(
+        ok(m.sh(&format!(
+            "getfattr --only-values -n user.azure.blob_type {f}"
+        ))),
+        "AppendBlob"
+    );
+    // Writing would turn it into a block blob: refused, and the blob is as it was.
+    let e = fails(m.sh(&format!("echo more >> {f}")));
+    assert!(e.contains("Operation not permitted"), "{e}");
+    let e = fails(m.sh(&format!("truncate -s 0 {f}")));
+    assert!(e.contains("Operation not permitted"), "{e}");
+    // Its metadata can change all the same.
+    ok(m.sh(&format!("setfattr -n user.k -v v {f}")));
+    let p = sdk.props("data", "log.txt");
+    assert_eq!(
+        (p["blob_type"].as_str(), p["size"].as_u64()),
+        (Some("AppendBlob"), Some(14))
+    );
+    assert_eq!(p["metadata"]["k"], "v");
+    assert_eq!(
+        sdk.ok(&["get", "data", "log.txt"], b""),
+        b"line 1\nline 2\n"
+    );
+
+    // An archived blob: a clear error at open, not a hang nor EIO; it still lists and stats.
+    sdk.ok(&["put", "data", "cold.bin", "--data", "old"], b"");
+    let cold = format!("{C}/cold.bin");
+    ok(m.sh(&format!(
+        "setfattr -n user.azure.access_tier -v Archive {cold}"
+    )));
+    assert_eq!(sdk.props("data", "cold.bin")["blob_tier"], "Archive");
+    let e = fails(m.sh(&format!("cat {cold}")));
+    assert!(e.contains("No data available"), "{e}");
+    assert_eq!(ok(m.sh(&format!("stat -c %s {cold}"))), "3\n");
+}

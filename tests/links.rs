@@ -10,11 +10,7 @@ use common::*;
 const C: &str = "alpha/storage/data";
 
 fn setup() -> (Azurite, Sdk, Mount) {
-    let az = Azurite::start();
-    let sdk = Sdk::new(&az);
-    sdk.container("data");
-    let m = Mount::start(&config_for(&az, ""), &[]);
-    (az, sdk, m)
+    mounted_with_container("data")
 }
 
 #[test]

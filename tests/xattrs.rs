@@ -11,11 +11,7 @@ use serde_json::Value;
 const C: &str = "alpha/storage/data";
 
 fn setup() -> (Azurite, Sdk, Mount) {
-    let az = Azurite::start();
-    let sdk = Sdk::new(&az);
-    sdk.container("data");
-    let m = Mount::start(&config_for(&az, ""), &[]);
-    (az, sdk, m)
+    mounted_with_container("data")
 }
 
 fn meta(sdk: &Sdk, name: &str) -> Metadata {

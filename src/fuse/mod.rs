@@ -53,6 +53,28 @@ impl<S: BlobStore> FuseFs<S> {
         });
     }
 
+    /// Answers an operation that makes the entry `name` in `parent` (`mkdir`, `mknod`,
+    /// `symlink`): its attributes, under the inode the kernel will hold.
+    fn answer_entry(
+        &self,
+        op: &'static str,
+        parent: INodeNo,
+        name: String,
+        reply: ReplyEntry,
+        make: impl std::future::Future<Output = Result<Attr, FsError>> + Send + 'static,
+    ) {
+        let (ns, ttl, uid, gid) = (self.ns.clone(), self.ttl(), self.uid, self.gid);
+        let work = async move {
+            let mut a = make.await?;
+            a.ino = ns.pin(parent.0, &name, &a);
+            Ok(a)
+        };
+        self.answer(op, parent.0, work, move |r| match r {
+            Ok(a) => reply.entry(&ttl, &file_attr(&a, uid, gid), Generation(0)),
+            Err(e) => reply.error(e),
+        });
+    }
+
     pub fn new(ns: Arc<Namespace<S>>, rt: tokio::runtime::Handle, uid: u32, gid: u32) -> Self {
         FuseFs {
             ns,
@@ -270,20 +292,11 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
         ) else {
             return reply.error(Errno::EINVAL);
         };
-        let (ns, ttl, uid, gid) = (self.ns.clone(), self.ttl(), self.uid, self.gid);
-        self.answer(
-            "symlink",
-            parent.0,
-            async move {
-                let mut a = ns.symlink(parent.0, &name, &target).await?;
-                a.ino = ns.pin(parent.0, &name, &a);
-                Ok(a)
-            },
-            move |r| match r {
-                Ok(a) => reply.entry(&ttl, &file_attr(&a, uid, gid), Generation(0)),
-                Err(e) => reply.error(e),
-            },
-        );
+        let ns = self.ns.clone();
+        let made = name.clone();
+        self.answer_entry("symlink", parent, name, reply, async move {
+            ns.symlink(parent.0, &made, &target).await
+        });
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -532,20 +545,11 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
         let Some(name) = name.to_str().map(str::to_owned) else {
             return reply.error(Errno::EINVAL);
         };
-        let (ns, ttl, uid, gid) = (self.ns.clone(), self.ttl(), self.uid, self.gid);
-        self.answer(
-            "mkdir",
-            parent.0,
-            async move {
-                let mut a = ns.mkdir(parent.0, &name, mode).await?;
-                a.ino = ns.pin(parent.0, &name, &a);
-                Ok(a)
-            },
-            move |r| match r {
-                Ok(a) => reply.entry(&ttl, &file_attr(&a, uid, gid), Generation(0)),
-                Err(e) => reply.error(e),
-            },
-        );
+        let ns = self.ns.clone();
+        let made = name.clone();
+        self.answer_entry("mkdir", parent, name, reply, async move {
+            ns.mkdir(parent.0, &made, mode).await
+        });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -741,21 +745,12 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
         let Some(name) = name.to_str().map(str::to_owned) else {
             return reply.error(Errno::EINVAL);
         };
-        let (ns, ttl, uid, gid) = (self.ns.clone(), self.ttl(), self.uid, self.gid);
+        let ns = self.ns.clone();
         let mode = (mode & !umask & 0o7777) as u16;
-        self.answer(
-            "mknod",
-            parent.0,
-            async move {
-                let mut a = ns.mknod_file(parent.0, &name, mode).await?;
-                a.ino = ns.pin(parent.0, &name, &a);
-                Ok(a)
-            },
-            move |r| match r {
-                Ok(a) => reply.entry(&ttl, &file_attr(&a, uid, gid), Generation(0)),
-                Err(e) => reply.error(e),
-            },
-        );
+        let made = name.clone();
+        self.answer_entry("mknod", parent, name, reply, async move {
+            ns.mknod_file(parent.0, &made, mode).await
+        });
     }
 
     /// Storage has no hard links: a second name would be a second copy.

@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use base64::Engine;
 use serde_json::Value;
 
-use super::{Azurite, DEV_ACCOUNT, DEV_KEY};
+use super::{Azurite, DEV_ACCOUNT, DEV_KEY, Mount, config_for};
 
 pub const PYTHON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/.tools/py/bin/python");
 pub const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pysdk.py");
@@ -127,4 +127,13 @@ pub fn stored(v: &Value) -> Stored {
         .unwrap_or_else(|e| panic!("last_modified {lm}: {e}"))
         .unix_timestamp(),
     }
+}
+
+/// A fresh Azurite with `container` made by the SDK, and a mount of it with default options.
+pub fn mounted_with_container(container: &str) -> (Azurite, Sdk, Mount) {
+    let az = Azurite::start();
+    let sdk = Sdk::new(&az);
+    sdk.container(container);
+    let m = Mount::start(&config_for(&az, ""), &[]);
+    (az, sdk, m)
 }

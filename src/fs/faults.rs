@@ -403,3 +403,34 @@ async fn an_unlink_that_storage_refuses_leaves_the_open_file_as_it_was() {
     assert_eq!(got.len(), 5 << 20);
     assert_eq!(&got[..2], b"Z\x07");
 }
+
+/// An attribute change storage refuses is an error and changes nothing; one whose reply is
+/// lost after storage made it is known as made (its commit id), not an error. A link that
+/// cannot be written leaves no blob.
+#[tokio::test]
+async fn attribute_changes_and_links_under_a_failing_store() {
+    let f = fx().await;
+    f.put("f", b"data", &[("owner", "bob")]).await;
+    let ino = f.walk("f").await.unwrap().ino;
+    f.store
+        .add(Rule::on(Op::SetMetadata, Fault::Fail(unreachable())).times(1));
+    assert!(f.ns.setxattr(ino, "user.tag", Some(b"t"), 0).await.is_err());
+    let md = f.store.inner().head("c", "f").await.unwrap().metadata;
+    assert_eq!(md, [("owner".to_string(), "bob".to_string())].into());
+    // The change is made, its reply lost, and the client's retry refused (the ETag moved).
+    let refused = BlobError::PreconditionFailed;
+    f.store
+        .add(Rule::on(Op::SetMetadata, Fault::LoseReply(refused)).times(1));
+    f.ns.setxattr(ino, "user.tag", Some(b"t"), 0).await.unwrap();
+    let md = f.store.inner().head("c", "f").await.unwrap().metadata;
+    assert_eq!(meta::get(&md, "tag"), Some("t"));
+    assert_eq!(meta::get(&md, "owner"), Some("bob"));
+    assert_eq!(f.content("f").as_deref(), Some(&b"data"[..]));
+
+    f.store
+        .add(Rule::on(Op::Put, Fault::Fail(unreachable())).times(1));
+    assert!(f.ns.symlink(f.dir, "l", "f").await.is_err());
+    assert!(f.content("l").is_none());
+    let l = f.ns.symlink(f.dir, "l", "f").await.unwrap();
+    assert_eq!(f.ns.readlink(l.ino).await.unwrap(), b"f");
+}

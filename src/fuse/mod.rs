@@ -150,6 +150,15 @@ pub fn errno(e: &FsError) -> Errno {
     }
 }
 
+/// An attribute name this mount may hold (`user.*`): the others are refused on the FUSE
+/// thread, without a task, since the kernel asks for security.capability at every write and
+/// `ls` for security.selinux on every entry.
+fn served_name(name: &OsStr) -> Option<String> {
+    name.to_str()
+        .filter(|n| xattr::served(n))
+        .map(str::to_owned)
+}
+
 /// Answers getxattr or listxattr: the size when asked for it (`size` 0), else the value if
 /// it fits.
 fn xattr_reply(reply: ReplyXattr, size: u32, value: &[u8]) {
@@ -766,13 +775,7 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        // Other namespaces are refused here, without a task: the kernel asks for
-        // security.capability at every write, and `ls` for security.selinux on every entry.
-        let Some(name) = name
-            .to_str()
-            .filter(|n| xattr::served(n))
-            .map(str::to_owned)
-        else {
+        let Some(name) = served_name(name) else {
             return reply.error(Errno::from_i32(libc::ENOTSUP));
         };
         let ns = self.ns.clone();
@@ -817,11 +820,7 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let Some(name) = name
-            .to_str()
-            .filter(|n| xattr::served(n))
-            .map(str::to_owned)
-        else {
+        let Some(name) = served_name(name) else {
             return reply.error(Errno::from_i32(libc::ENOTSUP));
         };
         let (ns, value) = (self.ns.clone(), value.to_vec());
@@ -834,11 +833,7 @@ impl<S: BlobStore> Filesystem for FuseFs<S> {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let Some(name) = name
-            .to_str()
-            .filter(|n| xattr::served(n))
-            .map(str::to_owned)
-        else {
+        let Some(name) = served_name(name) else {
             return reply.error(Errno::from_i32(libc::ENOTSUP));
         };
         let ns = self.ns.clone();

@@ -8,11 +8,16 @@ Commands (names are passed as they are; any character but NUL works in an argume
 
     mkcontainer CONTAINER
     put CONTAINER NAME [--meta K=V]... [--data-file F | --data TEXT] [--content-type T]
+        [--content-encoding E] [--cache-control C] [--block-size N] [--page]
+                            --block-size: uploaded in blocks of N bytes (Put Block List);
+                            --page: a page blob (the data's length a multiple of 512)
+    md5 CONTAINER NAME      the MD5 of the blob's bytes, in base64 as Azure shows it
     append CONTAINER NAME TEXT   appends TEXT to an append blob, made if missing
     put-json CONTAINER      blobs from stdin: [{"name", "data" | "data_b64", "meta",
                             "block_size" (optional: upload in blocks of this size)}, ...]
     get CONTAINER NAME      the blob's bytes on stdout
     head CONTAINER NAME     JSON: name, size, etag, last_modified, metadata, content_type,
+                            content_encoding, cache_control, content_md5 (base64),
                             blob_tier, blob_type (null if absent)
     list CONTAINER          JSON: every blob name, flat
     dump CONTAINER          JSON: every blob with its size, metadata and bytes (data_b64)
@@ -22,12 +27,13 @@ A blob that does not exist makes `get` exit with status 3.
 
 import argparse
 import base64
+import hashlib
 import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
 from azure.core.exceptions import ResourceNotFoundError
-from azure.storage.blob import BlobServiceClient, ContentSettings
+from azure.storage.blob import BlobServiceClient, BlobType, ContentSettings
 
 
 def props_json(p):
@@ -39,6 +45,13 @@ def props_json(p):
         # A listing gives an empty value as None.
         "metadata": {k: v or "" for k, v in (p.metadata or {}).items()},
         "content_type": p.content_settings.content_type,
+        "content_encoding": p.content_settings.content_encoding,
+        "cache_control": p.content_settings.cache_control,
+        "content_md5": (
+            base64.b64encode(p.content_settings.content_md5).decode()
+            if p.content_settings.content_md5
+            else None
+        ),
         "blob_tier": getattr(p.blob_tier, "value", p.blob_tier),
         "blob_type": getattr(p.blob_type, "value", p.blob_type),
     }
@@ -67,13 +80,17 @@ def main():
     p.add_argument("--data-file")
     p.add_argument("--data")
     p.add_argument("--content-type")
+    p.add_argument("--content-encoding")
+    p.add_argument("--cache-control")
+    p.add_argument("--block-size", type=int)
+    p.add_argument("--page", action="store_true")
     p = sub.add_parser("append")
     p.add_argument("container")
     p.add_argument("name")
     p.add_argument("text")
     p = sub.add_parser("put-json")
     p.add_argument("container")
-    for cmd in ("get", "head"):
+    for cmd in ("get", "head", "md5"):
         p = sub.add_parser(cmd)
         p.add_argument("container")
         p.add_argument("name")
@@ -93,9 +110,23 @@ def main():
                 data = f.read()
         else:
             data = (a.data or "").encode()
-        settings = ContentSettings(content_type=a.content_type) if a.content_type else None
-        cc.upload_blob(
-            a.name, data, overwrite=True, metadata=meta_arg(a.meta), content_settings=settings
+        settings = ContentSettings(
+            content_type=a.content_type,
+            content_encoding=a.content_encoding,
+            cache_control=a.cache_control,
+        )
+        c = cc
+        if a.block_size:
+            c = BlobServiceClient.from_connection_string(
+                a.conn, max_single_put_size=a.block_size, max_block_size=a.block_size
+            ).get_container_client(a.container)
+        c.upload_blob(
+            a.name,
+            data,
+            overwrite=True,
+            metadata=meta_arg(a.meta),
+            content_settings=settings,
+            blob_type=BlobType.PAGEBLOB if a.page else BlobType.BLOCKBLOB,
         )
     elif a.cmd == "append":
         # An append blob, made if missing, as Batch's tracked task output writes them.
@@ -127,6 +158,9 @@ def main():
         except ResourceNotFoundError:
             sys.exit(3)
         sys.stdout.buffer.write(data)
+    elif a.cmd == "md5":
+        data = cc.download_blob(a.name).readall()
+        out.write(base64.b64encode(hashlib.md5(data).digest()).decode())
     elif a.cmd == "head":
         try:
             json.dump(props_json(cc.get_blob_client(a.name).get_blob_properties()), out)

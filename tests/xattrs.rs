@@ -195,6 +195,17 @@ fn a_file_open_for_writing_commits_its_attributes_with_its_data() {
     let s = sdk.head("data", "w.txt").expect("committed");
     assert_eq!(s.data, b"data\n");
     assert_eq!(s.metadata.get("k").map(String::as_str), Some("v"));
+
+    // A content type set while the file is open for writing: the close commits the data
+    // under it, without taking the change for someone else's.
+    ok(m.sh(&format!(
+        "exec 3>>{f}; echo more >&3; setfattr -n user.azure.content_type -v text/plain {f}; echo end >&3; exec 3>&-"
+    )));
+    let p = sdk.props("data", "w.txt");
+    assert_eq!(p["content_type"], "text/plain");
+    assert_eq!(p["metadata"]["k"], "v");
+    assert_eq!(sdk.ok(&["get", "data", "w.txt"], b""), b"data\nmore\nend\n");
+    assert_eq!(sdk.names("data").len(), 1, "{:?}", sdk.names("data"));
 }
 
 #[test]
@@ -259,7 +270,7 @@ fn cp_rsync_and_tar_carry_user_attributes_into_and_out_of_the_mount() {
 }
 
 #[test]
-fn append_blobs_read_and_refuse_writes_and_archived_blobs_say_so() {
+fn append_and_page_blobs_read_and_refuse_writes_and_archived_blobs_say_so() {
     let (_az, sdk, m) = setup();
     sdk.ok(&["append", "data", "log.txt", "line 1\n"], b"");
     sdk.ok(&["append", "data", "log.txt", "line 2\n"], b"");
@@ -289,6 +300,23 @@ fn append_blobs_read_and_refuse_writes_and_archived_blobs_say_so() {
         b"line 1\nline 2\n"
     );
 
+    // A page blob reads the same way and refuses writes the same way.
+    let page: Vec<u8> = (0..1024).map(|i| (i % 251) as u8).collect();
+    let page_file = m.dir.path().join("page.bin");
+    std::fs::write(&page_file, &page).expect("page data");
+    let page_arg = page_file.to_str().expect("utf-8 path");
+    sdk.ok(
+        &["put", "data", "disk.vhd", "--data-file", page_arg, "--page"],
+        b"",
+    );
+    let out = m.sh(&format!("cat {C}/disk.vhd"));
+    assert!(out.status.success() && out.stdout == page);
+    let e = fails(m.sh(&format!(
+        "printf x | dd of={C}/disk.vhd conv=notrunc status=none"
+    )));
+    assert!(e.contains("Operation not permitted"), "{e}");
+    assert_eq!(sdk.props("data", "disk.vhd")["blob_type"], "PageBlob");
+
     // An archived blob: a clear error at open, not a hang nor EIO; it still lists and stats.
     sdk.ok(&["put", "data", "cold.bin", "--data", "old"], b"");
     let cold = format!("{C}/cold.bin");
@@ -299,4 +327,88 @@ fn append_blobs_read_and_refuse_writes_and_archived_blobs_say_so() {
     let e = fails(m.sh(&format!("cat {cold}")));
     assert!(e.contains("No data available"), "{e}");
     assert_eq!(ok(m.sh(&format!("stat -c %s {cold}"))), "3\n");
+}
+
+#[test]
+fn edits_and_renames_keep_content_headers_and_other_tools_metadata() {
+    let (_az, sdk, m) = setup();
+    let big = m.dir.path().join("big.bin");
+    std::fs::write(&big, data(9 << 20, 7)).expect("data file");
+    let headers = [
+        "--content-type",
+        "text/csv",
+        "--content-encoding",
+        "identity",
+        "--cache-control",
+        "no-cache",
+        "--meta",
+        "origin=azcopy",
+    ];
+    let put = |name: &str, data: &[&str]| {
+        sdk.ok(&[&["put", "data", name][..], data, &headers].concat(), b"")
+    };
+    put("small.csv", &["--data", "a,b\n"]);
+    let block = (4 << 20).to_string();
+    let big_arg = big.to_str().expect("utf-8 path");
+    put("big.csv", &["--data-file", big_arg, "--block-size", &block]);
+
+    // Put Blob for the small file, Put Block List for the large one (one block rewritten).
+    ok(m.sh(&format!("echo c,d >> {C}/small.csv")));
+    ok(m.sh(&format!(
+        "printf XY | dd of={C}/big.csv bs=1 seek=5000000 conv=notrunc status=none"
+    )));
+    ok(m.sh(&format!("mv {C}/small.csv {C}/moved.csv")));
+    for name in ["moved.csv", "big.csv"] {
+        let p = sdk.props("data", name);
+        assert_eq!(p["content_type"], "text/csv", "{name}: {p}");
+        assert_eq!(p["content_encoding"], "identity", "{name}: {p}");
+        assert_eq!(p["cache_control"], "no-cache", "{name}: {p}");
+        assert_eq!(p["metadata"]["origin"], "azcopy", "{name}: {p}");
+        // The old content's MD5 never stays on new content: storage's own, or none.
+        if let Some(md5) = p["content_md5"].as_str() {
+            let actual = sdk.ok(&["md5", "data", name], b"");
+            assert_eq!(md5.as_bytes(), &actual[..], "{name}");
+        }
+    }
+    assert_eq!(sdk.ok(&["get", "data", "moved.csv"], b""), b"a,b\nc,d\n");
+    let stored = sdk.ok(&["get", "data", "big.csv"], b"");
+    assert_eq!(&stored[5_000_000..5_000_002], b"XY");
+    assert_eq!(stored.len(), 9 << 20);
+}
+
+#[test]
+fn azcopy_posix_properties_show_and_follow_changes() {
+    let (_az, sdk, m) = setup();
+    // As `azcopy copy --preserve-posix-properties` leaves a file: nanosecond times and the
+    // whole st_mode in decimal (0100750).
+    let mut args = vec!["put", "data", "tool.sh", "--data", "#!/bin/sh\n"];
+    let posix = [
+        "modtime=1700000000123456789",
+        "posix_atime=1700000100000000000",
+        "permissions=33256",
+        "posix_owner=1000",
+    ];
+    for kv in &posix {
+        args.extend(["--meta", kv]);
+    }
+    sdk.ok(&args, b"");
+    let f = format!("{C}/tool.sh");
+    assert_eq!(
+        ok(m.sh(&format!("stat -c '%a %Y %X' {f}"))),
+        "750 1700000000 1700000100\n"
+    );
+    // Not user attributes: they are the file's times and mode.
+    assert!(!ok(m.sh(&format!("getfattr -d {f}"))).contains("modtime"));
+    ok(m.sh(&format!("chmod 700 {f} && touch -m -d @1600000000 {f}")));
+    let md = meta(&sdk, "tool.sh");
+    assert_eq!(md["permissions"], (0o100700).to_string());
+    assert_eq!(md["modtime"], "1600000000000000000");
+    assert_eq!(md["posix_owner"], "1000");
+    // An edit keeps them current too.
+    ok(m.sh(&format!("echo exit >> {f}")));
+    let md = meta(&sdk, "tool.sh");
+    let shown: u64 = ok(m.sh(&format!("stat -c %Y {f}"))).trim().parse().unwrap();
+    let stored: u64 = md["modtime"].parse().unwrap();
+    assert_eq!(stored / 1_000_000_000, shown);
+    assert!(shown > 1_700_000_000, "{shown}");
 }

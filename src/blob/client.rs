@@ -827,6 +827,28 @@ fn utf8(body: &Bytes) -> Result<&str, BlobError> {
     std::str::from_utf8(body).map_err(|_| BlobError::BadResponse("listing is not UTF-8".into()))
 }
 
+/// Sets the blob's content headers from `system` (the content type defaulting to
+/// `application/octet-stream`). Every request that writes a version sends them all: storage
+/// clears any it is not given.
+fn with_content_headers<'a>(mut op: Op<'a>, system: &SystemProps) -> Op<'a> {
+    let content_type =
+        (system.content_type.clone()).unwrap_or_else(|| "application/octet-stream".to_string());
+    op = op.header("x-ms-blob-content-type", content_type);
+    let headers = [
+        ("x-ms-blob-content-md5", &system.content_md5),
+        ("x-ms-blob-content-encoding", &system.content_encoding),
+        ("x-ms-blob-content-language", &system.content_language),
+        ("x-ms-blob-content-disposition", &system.content_disposition),
+        ("x-ms-blob-cache-control", &system.cache_control),
+    ];
+    for (name, value) in headers {
+        if let Some(v) = value {
+            op = op.header(name, v.clone());
+        }
+    }
+    op
+}
+
 impl BlobStore for HttpBlobStore {
     fn origin(&self) -> Option<String> {
         // Written into the disk tier's index headers: never a query (a SAS pasted into an
@@ -952,17 +974,19 @@ impl BlobStore for HttpBlobStore {
         ))
     }
 
-    async fn put(
+    async fn put_with(
         &self,
         container: &str,
         blob: &str,
         data: Bytes,
         cond: Condition,
         metadata: &BTreeMap<String, String>,
+        headers: &SystemProps,
     ) -> Result<String, BlobError> {
-        let mut op = Op::new("put", Method::PUT, Some(container), Some(blob))
+        let op = Op::new("put", Method::PUT, Some(container), Some(blob))
             .header("x-ms-blob-type", "BlockBlob")
             .condition(&cond);
+        let mut op = with_content_headers(op, headers);
         for (k, v) in metadata {
             op = op.header(&format!("x-ms-meta-{k}"), v.clone());
         }
@@ -1002,18 +1026,19 @@ impl BlobStore for HttpBlobStore {
         Ok(())
     }
 
-    async fn put_block_list(
+    async fn put_block_list_with(
         &self,
         container: &str,
         blob: &str,
         ids: &[String],
         cond: Condition,
         metadata: &BTreeMap<String, String>,
+        headers: &SystemProps,
     ) -> Result<String, BlobError> {
-        let mut op = Op::new("put_block_list", Method::PUT, Some(container), Some(blob))
+        let op = Op::new("put_block_list", Method::PUT, Some(container), Some(blob))
             .query("comp", "blocklist")
-            .header("x-ms-blob-content-type", "application/octet-stream")
             .condition(&cond);
+        let mut op = with_content_headers(op, headers);
         for (k, v) in metadata {
             op = op.header(&format!("x-ms-meta-{k}"), v.clone());
         }
@@ -1159,22 +1184,10 @@ impl BlobStore for HttpBlobStore {
         system: &SystemProps,
         cond: Condition,
     ) -> Result<String, BlobError> {
-        let mut op = Op::new("set_properties", Method::PUT, Some(container), Some(blob))
+        let op = Op::new("set_properties", Method::PUT, Some(container), Some(blob))
             .query("comp", "properties")
             .condition(&cond);
-        let headers = [
-            ("x-ms-blob-content-type", &system.content_type),
-            ("x-ms-blob-content-md5", &system.content_md5),
-            ("x-ms-blob-content-encoding", &system.content_encoding),
-            ("x-ms-blob-content-language", &system.content_language),
-            ("x-ms-blob-content-disposition", &system.content_disposition),
-            ("x-ms-blob-cache-control", &system.cache_control),
-        ];
-        for (name, value) in headers {
-            if let Some(v) = value {
-                op = op.header(name, v.clone());
-            }
-        }
+        let op = with_content_headers(op, system);
         let answer = self.execute(op).await?;
         Ok(normalize_etag(header_str(&answer.headers, "etag")))
     }

@@ -314,15 +314,18 @@ impl<S: BlobStore> BlobStore for FaultyStore<S> {
         Ok(Body::whole(data.slice(..data.len() / 2)))
     }
 
-    async fn put(
+    async fn put_with(
         &self,
         container: &str,
         blob: &str,
         data: Bytes,
         cond: Condition,
         metadata: &BTreeMap<String, String>,
+        headers: &SystemProps,
     ) -> Result<String, BlobError> {
-        let call = self.inner.put(container, blob, data, cond, metadata);
+        let call = self
+            .inner
+            .put_with(container, blob, data, cond, metadata, headers);
         self.run(Op::Put, call).await
     }
 
@@ -337,17 +340,18 @@ impl<S: BlobStore> BlobStore for FaultyStore<S> {
         self.run(Op::PutBlock, call).await
     }
 
-    async fn put_block_list(
+    async fn put_block_list_with(
         &self,
         container: &str,
         blob: &str,
         ids: &[String],
         cond: Condition,
         metadata: &BTreeMap<String, String>,
+        headers: &SystemProps,
     ) -> Result<String, BlobError> {
         let call = self
             .inner
-            .put_block_list(container, blob, ids, cond, metadata);
+            .put_block_list_with(container, blob, ids, cond, metadata, headers);
         self.run(Op::PutBlockList, call).await
     }
 

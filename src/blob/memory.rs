@@ -66,6 +66,7 @@ impl MemoryStore {
         data: Bytes,
         cond: &Condition,
         metadata: &BTreeMap<String, String>,
+        headers: &SystemProps,
     ) -> Result<String, BlobError> {
         let mut all = self.lock();
         let c = all.get_mut(container).ok_or(BlobError::NotFound)?;
@@ -79,13 +80,14 @@ impl MemoryStore {
             etag: etag.clone(),
             last_modified: SystemTime::now(),
             metadata: metadata.clone(),
-            // A new version's content headers are the defaults unless the request sets them.
+            // A new version's content headers are the request's, the type defaulted.
             system: Box::new(SystemProps {
-                content_type: Some("application/octet-stream".into()),
+                content_type: (headers.content_type.clone())
+                    .or_else(|| Some("application/octet-stream".into())),
                 access_tier: Some("Hot".into()),
                 blob_type: Some("BlockBlob".into()),
                 lease_state: Some("available".into()),
-                ..Default::default()
+                ..headers.clone()
             }),
         };
         c.insert(blob.to_string(), (data, props));
@@ -258,13 +260,14 @@ impl BlobStore for MemoryStore {
         Ok(self.serve(data, offset, len))
     }
 
-    async fn put(
+    async fn put_with(
         &self,
         container: &str,
         blob: &str,
         data: Bytes,
         cond: Condition,
         metadata: &BTreeMap<String, String>,
+        headers: &SystemProps,
     ) -> Result<String, BlobError> {
         self.count();
         // As Azurite does: a name that holds only uncommitted blocks exists for Put Blob's
@@ -277,7 +280,7 @@ impl BlobStore for MemoryStore {
         if cond == Condition::IfNoneMatchAny && staged {
             return Err(BlobError::Conflict("BlobAlreadyExists".into()));
         }
-        let etag = self.commit(container, blob, data, &cond, metadata)?;
+        let etag = self.commit(container, blob, data, &cond, metadata, headers)?;
         // A blob written in one Put Blob has no committed blocks.
         self.blocks()
             .insert((container.into(), blob.into()), Blocks::default());
@@ -303,13 +306,14 @@ impl BlobStore for MemoryStore {
         Ok(())
     }
 
-    async fn put_block_list(
+    async fn put_block_list_with(
         &self,
         container: &str,
         blob: &str,
         ids: &[String],
         cond: Condition,
         metadata: &BTreeMap<String, String>,
+        headers: &SystemProps,
     ) -> Result<String, BlobError> {
         self.count();
         let mut blocks = self.blocks();
@@ -334,7 +338,7 @@ impl BlobStore for MemoryStore {
         for (_, d) in &list {
             whole.extend_from_slice(d);
         }
-        let etag = self.commit(container, blob, whole.freeze(), &cond, metadata)?;
+        let etag = self.commit(container, blob, whole.freeze(), &cond, metadata, headers)?;
         b.committed = list;
         b.staged.clear();
         Ok(etag)
@@ -377,7 +381,15 @@ impl BlobStore for MemoryStore {
         if props.etag != src_etag {
             return Err(BlobError::PreconditionFailed);
         }
-        let etag = self.commit(container, dst, data, &dst_cond, &props.metadata)?;
+        // A copy keeps the source's content headers, as Copy Blob does.
+        let etag = self.commit(
+            container,
+            dst,
+            data,
+            &dst_cond,
+            &props.metadata,
+            &props.system,
+        )?;
         self.blocks()
             .insert((container.into(), dst.into()), Blocks::default());
         Ok(etag)

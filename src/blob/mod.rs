@@ -57,6 +57,35 @@ pub struct SystemProps {
     pub lease_state: Option<String>,
 }
 
+/// No content headers: the type is `application/octet-stream`, the rest unset.
+static DEFAULT_HEADERS: SystemProps = SystemProps {
+    content_type: None,
+    content_md5: None,
+    content_encoding: None,
+    content_language: None,
+    content_disposition: None,
+    cache_control: None,
+    access_tier: None,
+    blob_type: None,
+    lease_state: None,
+};
+
+impl SystemProps {
+    /// The content headers a rewrite keeps (type, encoding, language, disposition, cache
+    /// control): the tier, type and lease are not the writer's to send, and the MD5 of the
+    /// old content would be wrong for the new.
+    pub fn kept_by_rewrite(&self) -> SystemProps {
+        SystemProps {
+            content_type: self.content_type.clone(),
+            content_encoding: self.content_encoding.clone(),
+            content_language: self.content_language.clone(),
+            content_disposition: self.content_disposition.clone(),
+            cache_control: self.cache_control.clone(),
+            ..Default::default()
+        }
+    }
+}
+
 impl BlobProps {
     /// The directory-marker convention of blobfuse, Storage Explorer and ADLS: a zero-length
     /// blob with metadata `hdi_isfolder=true`.
@@ -177,7 +206,7 @@ pub trait BlobStore: Send + Sync + 'static {
         }
     }
 
-    /// Put Blob (one request); returns the new ETag.
+    /// Put Blob (one request) with the default content headers; returns the new ETag.
     fn put(
         &self,
         container: &str,
@@ -185,6 +214,20 @@ pub trait BlobStore: Send + Sync + 'static {
         data: Bytes,
         cond: Condition,
         metadata: &BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<String, BlobError>> + Send {
+        self.put_with(container, blob, data, cond, metadata, &DEFAULT_HEADERS)
+    }
+
+    /// Put Blob whose content headers are those of `headers` (a content type of `None` is
+    /// `application/octet-stream`; tier, type and lease are ignored); returns the new ETag.
+    fn put_with(
+        &self,
+        container: &str,
+        blob: &str,
+        data: Bytes,
+        cond: Condition,
+        metadata: &BTreeMap<String, String>,
+        headers: &SystemProps,
     ) -> impl Future<Output = Result<String, BlobError>> + Send;
 
     /// Put Block: stages `data` under `id` (base64, the same length for every block of a
@@ -215,7 +258,8 @@ pub trait BlobStore: Send + Sync + 'static {
         }
     }
 
-    /// Put Block List: the blob becomes exactly these blocks, in order; returns the new ETag.
+    /// Put Block List with the default content headers: the blob becomes exactly these
+    /// blocks, in order; returns the new ETag.
     fn put_block_list(
         &self,
         container: &str,
@@ -223,6 +267,19 @@ pub trait BlobStore: Send + Sync + 'static {
         ids: &[String],
         cond: Condition,
         metadata: &BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<String, BlobError>> + Send {
+        self.put_block_list_with(container, blob, ids, cond, metadata, &DEFAULT_HEADERS)
+    }
+
+    /// Put Block List whose content headers are those of `headers`, as for [`Self::put_with`].
+    fn put_block_list_with(
+        &self,
+        container: &str,
+        blob: &str,
+        ids: &[String],
+        cond: Condition,
+        metadata: &BTreeMap<String, String>,
+        headers: &SystemProps,
     ) -> impl Future<Output = Result<String, BlobError>> + Send;
 
     /// The committed blocks (id, size) of the blob and its ETag. A blob written in one Put

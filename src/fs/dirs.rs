@@ -25,13 +25,13 @@ impl<S: BlobStore> Namespace<S> {
         if !prefix.is_empty() {
             self.change_marker(acct, container, prefix, |md| {
                 if let Some(m) = a.mode {
-                    meta::set(md, meta::MODE, meta::format_mode(m));
+                    meta::set_mode(md, m);
                 }
                 if let Some(t) = a.mtime {
-                    meta::set(md, meta::MTIME, meta::format_time(t));
+                    meta::set_mtime(md, t);
                 }
                 if let Some(t) = a.atime {
-                    meta::set(md, meta::ATIME, meta::format_time(t));
+                    meta::set_atime(md, t);
                 }
                 Ok(())
             })

@@ -19,13 +19,16 @@ use super::*;
 use crate::blob::SystemProps;
 
 /// Metadata keys batchfs and the conventions it follows keep for themselves.
-const OWN: [&str; 6] = [
+const OWN: [&str; 9] = [
     meta::MTIME,
     meta::ATIME,
     meta::MODE,
     meta::FOLDER,
     meta::COMMIT,
-    "is_symlink",
+    meta::SYMLINK,
+    meta::AZCOPY_MTIME,
+    meta::AZCOPY_ATIME,
+    meta::AZCOPY_MODE,
 ];
 
 /// Azure's limit on the metadata of one blob, names and values together.
@@ -297,7 +300,7 @@ impl<S: BlobStore> Namespace<S> {
         let key = match parse(name) {
             Name::Other => return Err(FsError::NotSupported),
             Name::NoProp => return Err(FsError::Invalid),
-            Name::Prop(which) => return self.set_prop(&holder, which, value).await,
+            Name::Prop(which) => return self.set_prop(ino, &holder, which, value).await,
             Name::Meta(key) => key,
         };
         self.check_writable()?;
@@ -334,7 +337,13 @@ impl<S: BlobStore> Namespace<S> {
 
     /// Sets a property of a file's blob: the content type (Set Blob Properties, sending the
     /// other content headers back as they are) or the access tier (Set Blob Tier).
-    async fn set_prop(&self, holder: &Holder, which: Prop, value: Option<&[u8]>) -> Result<()> {
+    async fn set_prop(
+        &self,
+        ino: u64,
+        holder: &Holder,
+        which: Prop,
+        value: Option<&[u8]>,
+    ) -> Result<()> {
         let Holder::File {
             acct,
             container,
@@ -363,13 +372,21 @@ impl<S: BlobStore> Namespace<S> {
                         content_type: Some(value.to_string()),
                         ..*p.system
                     };
-                    let cond = blob::Condition::IfMatch(p.etag);
+                    let cond = blob::Condition::IfMatch(p.etag.clone());
                     match store
                         .set_content_headers(container, name, &system, cond)
                         .await
                     {
                         Err(BlobError::PreconditionFailed) => continue,
-                        r => return r.map(|_| ()).map_err(Into::into),
+                        Err(e) => return Err(e.into()),
+                        Ok(etag) => {
+                            // A writer open on this file edits the same data under a new
+                            // ETag, and its commit must carry the new type, not its old one.
+                            if let Some(d) = self.draft_of(ino) {
+                                d.adopt_headers(&p.etag, &etag, &system).await;
+                            }
+                            return Ok(());
+                        }
                     }
                 }
                 Err(FsError::Stale)

@@ -40,7 +40,7 @@ use bytes::{Bytes, BytesMut};
 use sha2::Digest;
 use tokio::sync::watch;
 
-use crate::blob::{BlobError, BlobProps, BlobStore, Condition, meta};
+use crate::blob::{BlobError, BlobProps, BlobStore, Condition, SystemProps, meta};
 use crate::cache::link::Link;
 use crate::cache::{BlobRef, Cache, Readahead};
 use crate::stats::Stats;
@@ -183,6 +183,9 @@ struct State {
     size: u64,
     blocks: BTreeMap<u64, Block>,
     metadata: BTreeMap<String, String>,
+    /// The base's content headers, sent back with every new version of the data: Put Blob
+    /// and Put Block List clear any they are not given.
+    headers: SystemProps,
     data_dirty: bool,
     meta_dirty: bool,
     unlinked: bool,
@@ -254,6 +257,7 @@ impl<S: BlobStore> Draft<S> {
                 size,
                 blocks: BTreeMap::new(),
                 metadata: base.map(|b| b.metadata.clone()).unwrap_or_default(),
+                headers: base.map(|b| b.system.kept_by_rewrite()).unwrap_or_default(),
                 // A new file exists once it is closed, even if nothing was written.
                 data_dirty: base.is_none(),
                 meta_dirty: false,
@@ -889,17 +893,28 @@ impl<S: BlobStore> Draft<S> {
         let mut st = self.state.lock().await;
         if let Some(t) = change.mtime {
             st.mtime = meta::round_trip(t);
-            meta::set(&mut st.metadata, meta::MTIME, meta::format_time(t));
+            meta::set_mtime(&mut st.metadata, t);
         }
         if let Some(t) = change.atime {
             st.atime = meta::round_trip(t);
-            meta::set(&mut st.metadata, meta::ATIME, meta::format_time(t));
+            meta::set_atime(&mut st.metadata, t);
         }
         if let Some(m) = change.mode {
-            meta::set(&mut st.metadata, meta::MODE, meta::format_mode(m));
+            meta::set_mode(&mut st.metadata, m);
         }
         st.meta_dirty = true;
         self.show(&st);
+    }
+
+    /// This mount changed the blob's content headers (Set Blob Properties) from ETag `from`
+    /// to `to` while the draft was open: the data the draft edits is the same, so its next
+    /// commit is pinned to `to`, and sends the new headers back rather than its old ones.
+    pub async fn adopt_headers(&self, from: &str, to: &str, headers: &SystemProps) {
+        let mut st = self.state.lock().await;
+        if let Some(b) = st.base.as_mut().filter(|b| b.etag == from) {
+            b.etag = to.to_string();
+            st.headers = headers.kept_by_rewrite();
+        }
     }
 
     /// The blob's metadata as the next commit will write it.
@@ -1090,7 +1105,7 @@ impl<S: BlobStore> Draft<S> {
         // commit's time (whole seconds on some services), and a file's times must not move
         // by themselves after it is closed.
         let t = st.mtime;
-        meta::set(&mut st.metadata, meta::MTIME, meta::format_time(t));
+        meta::set_mtime(&mut st.metadata, t);
         // Each commit carries its own id, so that a commit whose reply was lost is recognised
         // when the retry that follows is refused.
         let commit_id = format!("{:016x}", rand::random::<u64>());
@@ -1108,9 +1123,14 @@ impl<S: BlobStore> Draft<S> {
                 .map(|etag| (etag, st.base.as_ref().and_then(|b| b.committed.clone())))
         } else if st.size <= BLOCK && !staged {
             let data = Bytes::from(self.load(st, 0).await?);
-            let put = self
-                .store
-                .put(&st.container, &st.name, data, cond.clone(), &st.metadata);
+            let put = self.store.put_with(
+                &st.container,
+                &st.name,
+                data,
+                cond.clone(),
+                &st.metadata,
+                &st.headers,
+            );
             let r = self.cache.with_permit(put).await;
             r.map(|etag| (etag, Some(Vec::new())))
         } else {
@@ -1197,7 +1217,14 @@ impl<S: BlobStore> Draft<S> {
                 let ids: Vec<String> = list.iter().map(|(id, _)| id.clone()).collect();
                 Ok(self
                     .store
-                    .put_block_list(&st.container, &st.name, &ids, cond, &st.metadata)
+                    .put_block_list_with(
+                        &st.container,
+                        &st.name,
+                        &ids,
+                        cond,
+                        &st.metadata,
+                        &st.headers,
+                    )
                     .await
                     .map(|etag| (etag, Some(list))))
             }
@@ -1350,12 +1377,13 @@ impl<S: BlobStore> Draft<S> {
                     _ => Bytes::from(self.load(st, 0).await?),
                 };
                 self.store
-                    .put(
+                    .put_with(
                         &st.container,
                         &sibling,
                         data,
                         Condition::IfNoneMatchAny,
                         &st.metadata,
+                        &st.headers,
                     )
                     .await
             } else {
@@ -1380,12 +1408,13 @@ impl<S: BlobStore> Draft<S> {
                     joined(Some(done))?;
                 }
                 self.store
-                    .put_block_list(
+                    .put_block_list_with(
                         &st.container,
                         &sibling,
                         &contents,
                         Condition::IfNoneMatchAny,
                         &st.metadata,
+                        &st.headers,
                     )
                     .await
             };

@@ -450,3 +450,53 @@ async fn a_link_that_rewards_small_uploads_gets_blocks_alone() {
     let sizes: Vec<u64> = list.iter().map(|(_, n)| n / MIB as u64).collect();
     assert!(sizes.iter().all(|&n| n == 4), "{sizes:?}");
 }
+
+#[tokio::test]
+async fn a_rewrite_keeps_the_content_headers_and_drops_the_old_md5() {
+    let f = Fixture::new().await;
+    let headers = SystemProps {
+        content_type: Some("text/csv".into()),
+        content_md5: Some("1B2M2Y8AsgTpgAEHEjGoTw==".into()),
+        content_encoding: Some("gzip".into()),
+        content_language: Some("en".into()),
+        content_disposition: Some("attachment".into()),
+        cache_control: Some("no-cache".into()),
+        ..Default::default()
+    };
+    for (name, len) in [("small", 10), ("large", 2 * BLOCK as usize + 5)] {
+        let d = f.draft(name).await;
+        write_all(&d, &pattern(len, 4), MIB).await;
+        d.commit().await.unwrap();
+        drop(d);
+        let cond = Condition::None;
+        (f.store.set_content_headers("c", name, &headers, cond))
+            .await
+            .unwrap();
+
+        // Put Blob for the small file, a block list for the large one.
+        let d = f.draft(name).await;
+        d.write(1, b"edit").await.unwrap();
+        d.commit().await.unwrap().expect("committed");
+        let after = f.store.head("c", name).await.unwrap().system;
+        assert_eq!(
+            *after,
+            SystemProps {
+                content_md5: None,
+                access_tier: after.access_tier.clone(),
+                blob_type: after.blob_type.clone(),
+                lease_state: after.lease_state.clone(),
+                ..headers.clone()
+            },
+            "{name}"
+        );
+    }
+    // A new file gets the default type.
+    let d = f.draft("new").await;
+    d.write(0, b"x").await.unwrap();
+    d.commit().await.unwrap();
+    let p = f.store.head("c", "new").await.unwrap();
+    assert_eq!(
+        p.system.content_type.as_deref(),
+        Some("application/octet-stream")
+    );
+}

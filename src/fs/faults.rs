@@ -434,3 +434,45 @@ async fn attribute_changes_and_links_under_a_failing_store() {
     let l = f.ns.symlink(f.dir, "l", "f").await.unwrap();
     assert_eq!(f.ns.readlink(l.ino).await.unwrap(), b"f");
 }
+
+/// A change of attributes alone that meets a blob replaced elsewhere after its HEAD is made
+/// again on the new version: no conflict sibling (no data of this writer is at stake), the
+/// other writer's data and metadata kept, and the change made.
+#[tokio::test]
+async fn an_attribute_change_that_meets_a_replaced_blob_is_made_again_on_it() {
+    let f = fx().await;
+    f.put("f", b"old", &[("owner", "bob")]).await;
+    let ino = f.walk("f").await.unwrap().ino;
+    let f = &f;
+    let replace = |owner: &'static str| async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        f.put("f", b"theirs", &[("owner", owner)]).await;
+    };
+    // Each change's Set Blob Metadata waits, so the replacement lands between it and its HEAD.
+    let hold = || Rule::on(Op::SetMetadata, Fault::Delay(Duration::from_millis(300))).times(1);
+    f.store.add(hold());
+    let (r, ()) = tokio::join!(
+        f.ns.setxattr(ino, "user.tag", Some(b"t"), 0),
+        replace("carol")
+    );
+    r.unwrap();
+    let md = f.store.inner().head("c", "f").await.unwrap().metadata;
+    assert_eq!(meta::get(&md, "owner"), Some("carol"));
+    assert_eq!(meta::get(&md, "tag"), Some("t"));
+
+    f.store.add(hold());
+    let mode = SetAttr {
+        attrs: AttrChange {
+            mode: Some(0o600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (r, ()) = tokio::join!(f.ns.setattr(ino, mode), replace("dave"));
+    r.unwrap();
+    let md = f.store.inner().head("c", "f").await.unwrap().metadata;
+    assert_eq!(meta::get(&md, "owner"), Some("dave"));
+    assert_eq!(meta::mode(&md), Some(0o600));
+    assert_eq!(f.content("f").as_deref(), Some(&b"theirs"[..]));
+    assert_eq!(f.store.inner().names("c"), ["f"], "no conflict sibling");
+}

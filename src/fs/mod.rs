@@ -102,6 +102,7 @@ impl From<WriteError> for FsError {
             }
             WriteError::Storage(e) => e.into(),
             WriteError::TooLarge => FsError::TooLarge,
+            WriteError::Outdated => FsError::Stale,
             e => FsError::Write(e.to_string()),
         }
     }
@@ -1437,10 +1438,8 @@ impl<S: BlobStore> Namespace<S> {
             _ => return Err(FsError::NotPermitted),
         };
         self.check_writable()?;
-        let draft =
-            (self.draft_for_change(ino, acct, &container, &name, change.size.is_some())).await?;
-        let r = self.apply_setattr(ino, &draft, &change).await;
-        self.settle_change(ino, &draft, r).await?;
+        let target = (acct, container.as_str(), name.as_str());
+        (self.change_file(ino, target, FileChange::Attrs(&change))).await?;
         self.getattr(ino).await
     }
 
@@ -1469,6 +1468,33 @@ impl<S: BlobStore> Namespace<S> {
             name,
             Some(&props),
         )?))
+    }
+
+    /// Makes `change` in the draft of file `ino` (`target`: account, container, blob) and
+    /// commits it, unless an open handle's close will. A draft made for this change alone
+    /// that finds the blob changed elsewhere since its HEAD is made again on the new version,
+    /// at most three times: only the change itself was at stake, and it applies as well there.
+    async fn change_file(
+        &self,
+        ino: u64,
+        target: (usize, &str, &str),
+        change: FileChange<'_>,
+    ) -> Result<()> {
+        let (acct, container, name) = target;
+        let data = matches!(change, FileChange::Attrs(a) if a.size.is_some());
+        let mut tries = 1;
+        loop {
+            let draft = (self.draft_for_change(ino, acct, container, name, data)).await?;
+            let changed = match change {
+                FileChange::Attrs(a) => self.apply_setattr(ino, &draft, a).await,
+                FileChange::Xattr(set) => draft.change_metadata(|md| set.apply(md)).await,
+            };
+            let alone = !self.draft_of(ino).is_some_and(|d| Arc::ptr_eq(&d, &draft));
+            match self.settle_change(ino, &draft, changed).await {
+                Err(FsError::Stale) if alone && tries < 3 => tries += 1,
+                r => return r,
+            }
+        }
     }
 
     /// Commits a change made to `draft`, unless an open handle's close will, and gives back
@@ -1559,6 +1585,13 @@ impl<S: BlobStore> Namespace<S> {
             r => Ok(r?),
         }
     }
+}
+
+/// A change of a file other than writing its data: what `Namespace::change_file` makes.
+#[derive(Debug, Clone, Copy)]
+enum FileChange<'a> {
+    Attrs(&'a SetAttr),
+    Xattr(xattr::SetXattr<'a>),
 }
 
 /// What `setattr` may change.

@@ -6,7 +6,8 @@
 //! The model: files by path, and whether the one directory `d` has a marker. A directory
 //! without a marker exists in storage while it holds a file (as blobs other tools write); one
 //! that a node emptied stays, for that node only, until it removes it (a phantom). Conflict
-//! siblings (`.conflict-`) are left out of the comparison.
+//! siblings (`.conflict-`) are left out of the comparison. Files carry one user attribute,
+//! `user.tag` (blob metadata), which every kind of rewrite and rename must keep.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -36,6 +37,8 @@ enum Op {
     /// Node 0 opens a file for writing; node 1 replaces it; node 0 writes and closes: the
     /// close must fail and node 1's version must stay.
     Race(usize, Vec<u8>),
+    /// `setfattr -n user.tag -v <value>`, or `setfattr -x user.tag` for `None`.
+    Tag(usize, Option<u8>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +47,7 @@ enum Outcome {
     NotFound,
     Exists,
     NotEmpty,
+    NoAttr,
     Failed,
 }
 
@@ -53,6 +57,7 @@ fn outcome<T>(r: &Result<T>) -> Outcome {
         Err(FsError::NotFound) => Outcome::NotFound,
         Err(FsError::Exists) => Outcome::Exists,
         Err(FsError::NotEmpty) => Outcome::NotEmpty,
+        Err(FsError::NoAttr) => Outcome::NoAttr,
         Err(_) => Outcome::Failed,
     }
 }
@@ -60,6 +65,8 @@ fn outcome<T>(r: &Result<T>) -> Outcome {
 #[derive(Debug, Default, Clone)]
 struct Model {
     files: BTreeMap<&'static str, Vec<u8>>,
+    /// `user.tag` of the files that have one.
+    tags: BTreeMap<&'static str, String>,
     marker: bool,
     /// Conflict siblings made in `d`: real files, under names the model does not predict.
     siblings_in_d: usize,
@@ -105,7 +112,8 @@ fn op() -> impl Strategy<Value = (usize, Op)> {
         1 => Just(Op::Mkdir),
         1 => Just(Op::Rmdir),
         1 => (file.clone(), data.clone()).prop_map(|(f, d)| Op::Scratch(f, d)),
-        1 => (file, data).prop_map(|(f, d)| Op::Race(f, d)),
+        1 => (file.clone(), data).prop_map(|(f, d)| Op::Race(f, d)),
+        2 => (file, prop::option::of(0..3u8)).prop_map(|(f, v)| Op::Tag(f, v)),
     ];
     (0..2usize, op)
 }
@@ -279,6 +287,11 @@ async fn apply(nodes: &[Node; 2], model: &mut Model, n: usize, op: &Op) {
             if r.is_ok() && from != to {
                 let content = model.files.remove(from).expect("modelled");
                 model.files.insert(to, content);
+                // The file moves with its metadata; the one it replaced is gone with its own.
+                match model.tags.remove(from) {
+                    Some(t) => model.tags.insert(to, t),
+                    None => model.tags.remove(to),
+                };
                 if from.starts_with("d/") {
                     model.removed_in_d(n);
                 }
@@ -296,6 +309,9 @@ async fn apply(nodes: &[Node; 2], model: &mut Model, n: usize, op: &Op) {
                 None => Outcome::NotFound,
             };
             assert_eq!(outcome(&r), want, "unlink {path}: {r:?}");
+            if r.is_ok() {
+                model.tags.remove(path);
+            }
             if r.is_ok() && path.starts_with("d/") {
                 model.removed_in_d(n);
             }
@@ -381,6 +397,28 @@ async fn apply(nodes: &[Node; 2], model: &mut Model, n: usize, op: &Op) {
                     .count();
             }
         }
+        Op::Tag(f, value) => {
+            let path = FILES[*f];
+            let value = value.map(|v| format!("t{v}"));
+            let r = async {
+                let a = node.lookup(path).await?;
+                let v = value.as_deref().map(str::as_bytes);
+                node.ns.setxattr(a.ino, "user.tag", v, 0).await
+            }
+            .await;
+            let want = match (model.files.contains_key(path), &value) {
+                (false, _) => Outcome::NotFound,
+                (true, None) if !model.tags.contains_key(path) => Outcome::NoAttr,
+                (true, _) => Outcome::Ok,
+            };
+            assert_eq!(outcome(&r), want, "tag {path} {value:?}: {r:?}");
+            if r.is_ok() {
+                match value {
+                    Some(v) => model.tags.insert(path, v),
+                    None => model.tags.remove(path),
+                };
+            }
+        }
     }
 }
 
@@ -418,6 +456,14 @@ async fn check(nodes: &[Node; 2], model: &Model) {
         for (path, content) in &model.files {
             let got = node.read(path).await.expect("read");
             assert_eq!(&got, content, "node {i}: {path}");
+            let ino = node.lookup(path).await.expect("lookup").ino;
+            let tag = node.ns.getxattr(ino, "user.tag").await;
+            let tag = tag.ok().map(|t| String::from_utf8_lossy(&t).into_owned());
+            assert_eq!(
+                tag.as_ref(),
+                model.tags.get(path),
+                "node {i}: {path} user.tag"
+            );
         }
     }
 }

@@ -127,6 +127,21 @@ fn valid_value(value: &[u8]) -> Option<&str> {
     }
 }
 
+/// One `setxattr` (`value` set) or `removexattr` of `user.<key>`, kept as data so that it
+/// can be applied again to a newer version of the blob.
+#[derive(Debug, Clone, Copy)]
+pub struct SetXattr<'a> {
+    pub key: &'a str,
+    pub value: Option<&'a [u8]>,
+    pub flags: i32,
+}
+
+impl SetXattr<'_> {
+    pub fn apply(&self, metadata: &mut BTreeMap<String, String>) -> Result<()> {
+        apply(metadata, self.key, self.value, self.flags)
+    }
+}
+
 /// Sets (`Some`) or removes (`None`) `user.<key>` in `metadata`, as `setxattr` flags say.
 /// Nothing changes unless all of it is allowed.
 pub fn apply(
@@ -317,11 +332,9 @@ impl<S: BlobStore> Namespace<S> {
                 container,
                 name,
             } => {
-                let draft = (self.draft_for_change(ino, acct, &container, &name, false)).await?;
-                let changed = draft
-                    .change_metadata(|md| apply(md, key, value, flags))
-                    .await;
-                self.settle_change(ino, &draft, changed).await
+                let target = (acct, container.as_str(), name.as_str());
+                let set = SetXattr { key, value, flags };
+                (self.change_file(ino, target, FileChange::Xattr(set))).await
             }
             Holder::Dir {
                 acct,

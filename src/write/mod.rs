@@ -69,6 +69,9 @@ pub enum WriteError {
     Lost(String),
     #[error("this file hit an earlier conflict and takes no more writes")]
     Failed,
+    /// A change of metadata alone met a blob changed elsewhere since it was read.
+    #[error("the blob was changed elsewhere before this change of its attributes")]
+    Outdated,
     #[error("spill file: {0}")]
     Spill(String),
     #[error("larger than a block blob can be")]
@@ -1155,6 +1158,13 @@ impl<S: BlobStore> Draft<S> {
             r => r,
         };
         match result {
+            // Only metadata changed (times, mode, attributes): the writer has no data at stake,
+            // so no sibling is made; the caller may make the change again on the new version.
+            Err(e) if changed_elsewhere(&e) && !st.data_dirty => {
+                Stats::add(&self.stats.conflicts, 1);
+                st.failed = true;
+                Err(WriteError::Outdated)
+            }
             Ok((etag, committed)) => {
                 Stats::add(&self.stats.commits, 1);
                 let size = st.size;

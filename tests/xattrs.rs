@@ -276,6 +276,12 @@ fn append_and_page_blobs_read_and_refuse_writes_and_archived_blobs_say_so() {
     sdk.ok(&["append", "data", "log.txt", "line 2\n"], b"");
     let f = format!("{C}/log.txt");
     assert_eq!(ok(m.sh(&format!("cat {f}"))), "line 1\nline 2\n");
+    // Appended to by its writer (as Batch's tracked output grows): the next open reads it all.
+    sdk.ok(&["append", "data", "log.txt", "line 3\n"], b"");
+    assert_eq!(
+        ok(m.sh(&format!("cat {f}"))),
+        "line 1\nline 2\nline 3\n"
+    );
     assert_eq!(
         ok(m.sh(&format!(
             "getfattr --only-values -n user.azure.blob_type {f}"
@@ -292,12 +298,12 @@ fn append_and_page_blobs_read_and_refuse_writes_and_archived_blobs_say_so() {
     let p = sdk.props("data", "log.txt");
     assert_eq!(
         (p["blob_type"].as_str(), p["size"].as_u64()),
-        (Some("AppendBlob"), Some(14))
+        (Some("AppendBlob"), Some(21))
     );
     assert_eq!(p["metadata"]["k"], "v");
     assert_eq!(
         sdk.ok(&["get", "data", "log.txt"], b""),
-        b"line 1\nline 2\n"
+        b"line 1\nline 2\nline 3\n"
     );
 
     // A page blob reads the same way and refuses writes the same way.

@@ -278,10 +278,7 @@ fn append_and_page_blobs_read_and_refuse_writes_and_archived_blobs_say_so() {
     assert_eq!(ok(m.sh(&format!("cat {f}"))), "line 1\nline 2\n");
     // Appended to by its writer (as Batch's tracked output grows): the next open reads it all.
     sdk.ok(&["append", "data", "log.txt", "line 3\n"], b"");
-    assert_eq!(
-        ok(m.sh(&format!("cat {f}"))),
-        "line 1\nline 2\nline 3\n"
-    );
+    assert_eq!(ok(m.sh(&format!("cat {f}"))), "line 1\nline 2\nline 3\n");
     assert_eq!(
         ok(m.sh(&format!(
             "getfattr --only-values -n user.azure.blob_type {f}"

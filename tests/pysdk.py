@@ -8,7 +8,8 @@ Commands (names are passed as they are; any character but NUL works in an argume
 
     mkcontainer CONTAINER
     put CONTAINER NAME [--meta K=V]... [--data-file F | --data TEXT] [--content-type T]
-        [--content-encoding E] [--cache-control C] [--block-size N] [--page]
+        [--content-encoding E] [--cache-control C] [--block-size N] [--page] [--md5]
+                            --md5: the Content-MD5 property set to the data's MD5
                             --block-size: uploaded in blocks of N bytes (Put Block List);
                             --page: a page blob (the data's length a multiple of 512)
     md5 CONTAINER NAME      the MD5 of the blob's bytes, in base64 as Azure shows it
@@ -84,6 +85,7 @@ def main():
     p.add_argument("--cache-control")
     p.add_argument("--block-size", type=int)
     p.add_argument("--page", action="store_true")
+    p.add_argument("--md5", action="store_true")
     p = sub.add_parser("append")
     p.add_argument("container")
     p.add_argument("name")
@@ -114,6 +116,7 @@ def main():
             content_type=a.content_type,
             content_encoding=a.content_encoding,
             cache_control=a.cache_control,
+            content_md5=bytearray(hashlib.md5(data).digest()) if a.md5 else None,
         )
         c = cc
         if a.block_size:

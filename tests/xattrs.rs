@@ -346,6 +346,7 @@ fn edits_and_renames_keep_content_headers_and_other_tools_metadata() {
         "no-cache",
         "--meta",
         "origin=azcopy",
+        "--md5",
     ];
     let put = |name: &str, data: &[&str]| {
         sdk.ok(&[&["put", "data", name][..], data, &headers].concat(), b"")
@@ -354,6 +355,13 @@ fn edits_and_renames_keep_content_headers_and_other_tools_metadata() {
     let block = (4 << 20).to_string();
     let big_arg = big.to_str().expect("utf-8 path");
     put("big.csv", &["--data-file", big_arg, "--block-size", &block]);
+    for name in ["small.csv", "big.csv"] {
+        let md5 = sdk.ok(&["md5", "data", name], b"");
+        assert_eq!(
+            sdk.props("data", name)["content_md5"].as_str(),
+            Some(&*String::from_utf8_lossy(&md5))
+        );
+    }
 
     // Put Blob for the small file, Put Block List for the large one (one block rewritten).
     ok(m.sh(&format!("echo c,d >> {C}/small.csv")));

@@ -85,14 +85,14 @@ pub fn atime(p: &BlobProps) -> SystemTime {
 /// The permission bits kept in metadata, if any are readable: `mode`, else AzCopy's
 /// `permissions`.
 pub fn mode(metadata: &BTreeMap<String, String>) -> Option<u16> {
-    let m = match get(metadata, MODE) {
-        Some(m) => u32::from_str_radix(m.trim(), 8).ok(),
-        None => get(metadata, AZCOPY_MODE).and_then(|m| {
+    get(metadata, MODE)
+        .and_then(|m| u32::from_str_radix(m.trim(), 8).ok())
+        .or_else(|| {
+            let m = get(metadata, AZCOPY_MODE)?;
             let radix = if amlfs_style(metadata, m) { 8 } else { 10 };
             u32::from_str_radix(m.trim(), radix).ok()
-        }),
-    };
-    m.map(|m| (m & 0o7777) as u16)
+        })
+        .map(|m| (m & 0o7777) as u16)
 }
 
 /// Sets the modification time, in batchfs's key and in AzCopy's where the blob has it.
@@ -100,7 +100,7 @@ pub fn set_mtime(metadata: &mut BTreeMap<String, String>, t: SystemTime) {
     set(metadata, MTIME, format_time(t));
     if let Some(old) = get(metadata, AZCOPY_MTIME) {
         let value = match old.trim().parse::<i128>() {
-            Ok(_) => unix_nanos(t).to_string(),
+            Ok(_) => azcopy_nanos(t).to_string(),
             Err(_) => format_amlfs_time(t),
         };
         set(metadata, AZCOPY_MTIME, value);
@@ -111,7 +111,7 @@ pub fn set_mtime(metadata: &mut BTreeMap<String, String>, t: SystemTime) {
 pub fn set_atime(metadata: &mut BTreeMap<String, String>, t: SystemTime) {
     set(metadata, ATIME, format_time(t));
     if get(metadata, AZCOPY_ATIME).is_some() {
-        set(metadata, AZCOPY_ATIME, unix_nanos(t).to_string());
+        set(metadata, AZCOPY_ATIME, azcopy_nanos(t).to_string());
     }
 }
 
@@ -146,8 +146,7 @@ fn parse_azcopy_time(s: &str) -> Option<SystemTime> {
             .ok()?
             .unix_timestamp_nanos(),
     };
-    let nanos = u64::try_from(nanos).ok()?;
-    SystemTime::UNIX_EPOCH.checked_add(Duration::from_nanos(nanos))
+    from_unix_nanos(nanos)
 }
 
 const AMLFS_TIME: &[time::format_description::BorrowedFormatItem<'static>] = time::macros::format_description!(
@@ -158,7 +157,18 @@ fn format_amlfs_time(t: SystemTime) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(unix_nanos(t))
         .ok()
         .and_then(|t| t.format(AMLFS_TIME).ok())
-        .unwrap_or_else(|| format_time(t))
+        .unwrap_or_else(|| "9999-12-31 23:59:59 +0000".to_string())
+}
+
+/// Nanoseconds since the epoch as AzCopy reads them (a 64-bit signed integer: up to 2262).
+fn azcopy_nanos(t: SystemTime) -> i64 {
+    i64::try_from(unix_nanos(t)).unwrap_or(i64::MAX)
+}
+
+/// `None` before the epoch or too far ahead to be represented.
+fn from_unix_nanos(nanos: i128) -> Option<SystemTime> {
+    let nanos = u64::try_from(nanos).ok()?;
+    SystemTime::UNIX_EPOCH.checked_add(Duration::from_nanos(nanos))
 }
 
 fn unix_nanos(t: SystemTime) -> i128 {
@@ -183,8 +193,7 @@ pub fn format_time(t: SystemTime) -> String {
 pub fn parse_time(s: &str) -> Option<SystemTime> {
     let s = s.trim();
     if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
-        let nanos = u64::try_from(t.unix_timestamp_nanos()).ok()?;
-        return SystemTime::UNIX_EPOCH.checked_add(Duration::from_nanos(nanos));
+        return from_unix_nanos(t.unix_timestamp_nanos());
     }
     let (secs, frac) = s.split_once('.').unwrap_or((s, "0"));
     if !frac.bytes().all(|b| b.is_ascii_digit()) {
@@ -323,6 +332,14 @@ mod tests {
             assert_eq!(mtime(&p), SystemTime::UNIX_EPOCH);
             assert_eq!(mode(&p.metadata), None);
         }
+        // An unreadable `mode` falls back to AzCopy's; a time past AzCopy's range is clamped.
+        let mut m = props(&[("mode", "zzz"), ("permissions", "33188"), ("modtime", "1")]).metadata;
+        assert_eq!(mode(&m), Some(0o644));
+        set_mtime(
+            &mut m,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(10_000_000_000),
+        );
+        assert_eq!(m["modtime"], i64::MAX.to_string());
         // Keys batchfs does not find are not added.
         let mut m = BTreeMap::new();
         set_mtime(&mut m, t);

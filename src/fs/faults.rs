@@ -475,4 +475,24 @@ async fn an_attribute_change_that_meets_a_replaced_blob_is_made_again_on_it() {
     assert_eq!(meta::mode(&md), Some(0o600));
     assert_eq!(f.content("f").as_deref(), Some(&b"theirs"[..]));
     assert_eq!(f.store.inner().names("c"), ["f"], "no conflict sibling");
+    // Both changes were refused once: the replacement did land between HEAD and change.
+    assert_eq!(f.ns.stats().conflicts.load(Ordering::Relaxed), 2);
+
+    // On a file open for writing, with nothing written, the close says the change was
+    // outdated: no sibling, and no local copy of data the writer never wrote.
+    let o = f.ns.open(ino, true).await.unwrap();
+    let mode = SetAttr {
+        attrs: AttrChange {
+            mode: Some(0o640),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    f.ns.setattr(ino, mode).await.unwrap();
+    f.put("f", b"replaced again", &[]).await;
+    assert!(matches!(f.ns.flush(o.fh).await, Err(FsError::Stale)));
+    f.ns.release(o.fh).await;
+    assert_eq!(f.content("f").as_deref(), Some(&b"replaced again"[..]));
+    assert_eq!(f.store.inner().names("c"), ["f"], "no conflict sibling");
+    assert!(f.unsaved().is_empty(), "{:?}", f.unsaved());
 }

@@ -458,7 +458,11 @@ async fn check(nodes: &[Node; 2], model: &Model) {
             assert_eq!(&got, content, "node {i}: {path}");
             let ino = node.lookup(path).await.expect("lookup").ino;
             let tag = node.ns.getxattr(ino, "user.tag").await;
-            let tag = tag.ok().map(|t| String::from_utf8_lossy(&t).into_owned());
+            let tag = match tag {
+                Ok(t) => Some(String::from_utf8_lossy(&t).into_owned()),
+                Err(FsError::NoAttr) => None,
+                Err(e) => panic!("node {i}: {path} user.tag: {e:?}"),
+            };
             assert_eq!(
                 tag.as_ref(),
                 model.tags.get(path),

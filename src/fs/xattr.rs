@@ -377,6 +377,11 @@ impl<S: BlobStore> Namespace<S> {
             }
             Prop::ContentType => {
                 let value = valid_value(value).ok_or(FsError::Invalid)?;
+                // A writer open on this file edits the same data: the change goes through
+                // it, so that its commit carries the new type over the new ETag.
+                if let Some(d) = self.draft_of(ino) {
+                    return Ok(d.set_content_type(value).await?);
+                }
                 // Conditional on the version read, so that the other headers sent back are
                 // that version's; a blob changed meanwhile is read again.
                 for _ in 0..3 {
@@ -385,21 +390,13 @@ impl<S: BlobStore> Namespace<S> {
                         content_type: Some(value.to_string()),
                         ..*p.system
                     };
-                    let cond = blob::Condition::IfMatch(p.etag.clone());
+                    let cond = blob::Condition::IfMatch(p.etag);
                     match store
                         .set_content_headers(container, name, &system, cond)
                         .await
                     {
                         Err(BlobError::PreconditionFailed) => continue,
-                        Err(e) => return Err(e.into()),
-                        Ok(etag) => {
-                            // A writer open on this file edits the same data under a new
-                            // ETag, and its commit must carry the new type, not its old one.
-                            if let Some(d) = self.draft_of(ino) {
-                                d.adopt_headers(&p.etag, &etag, &system).await;
-                            }
-                            return Ok(());
-                        }
+                        r => return r.map(|_| ()).map_err(Into::into),
                     }
                 }
                 Err(FsError::Stale)

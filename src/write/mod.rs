@@ -909,15 +909,34 @@ impl<S: BlobStore> Draft<S> {
         self.show(&st);
     }
 
-    /// This mount changed the blob's content headers (Set Blob Properties) from ETag `from`
-    /// to `to` while the draft was open: the data the draft edits is the same, so its next
-    /// commit is pinned to `to`, and sends the new headers back rather than its old ones.
-    pub async fn adopt_headers(&self, from: &str, to: &str, headers: &SystemProps) {
+    /// Sets the content type of the blob this draft edits: 1 HEAD and 1 Set Blob Properties
+    /// (the other headers sent back as they are), made under the draft's lock so that no
+    /// commit of it runs in between. Its next commit is pinned to the new ETag and sends the
+    /// new type; a file not committed yet takes the type with its first commit. A blob
+    /// changed elsewhere since the draft's base gives `PreconditionFailed`.
+    pub async fn set_content_type(&self, value: &str) -> Result<(), BlobError> {
         let mut st = self.state.lock().await;
-        if let Some(b) = st.base.as_mut().filter(|b| b.etag == from) {
-            b.etag = to.to_string();
-            st.headers = headers.kept_by_rewrite();
+        let Some(base) = st.base.as_ref().map(|b| b.etag.clone()) else {
+            st.headers.content_type = Some(value.to_string());
+            return Ok(());
+        };
+        let p = self.store.head(&st.container, &st.name).await?;
+        if p.etag != base {
+            return Err(BlobError::PreconditionFailed);
         }
+        let system = SystemProps {
+            content_type: Some(value.to_string()),
+            ..*p.system
+        };
+        let cond = Condition::IfMatch(base);
+        let etag = (self.store)
+            .set_content_headers(&st.container, &st.name, &system, cond)
+            .await?;
+        if let Some(b) = st.base.as_mut() {
+            b.etag = etag;
+        }
+        st.headers = system.kept_by_rewrite();
+        Ok(())
     }
 
     /// The blob's metadata as the next commit will write it.
@@ -1086,7 +1105,9 @@ impl<S: BlobStore> Draft<S> {
         let mut st = self.state.lock().await;
         let r = self.commit_locked(&mut st).await;
         st.commit_failed = match &r {
-            Ok(_) | Err(WriteError::Conflict(_) | WriteError::Failed) => false,
+            Ok(_) | Err(WriteError::Conflict(_) | WriteError::Failed | WriteError::Outdated) => {
+                false
+            }
             Err(_) => true,
         };
         r
@@ -1163,6 +1184,8 @@ impl<S: BlobStore> Draft<S> {
             Err(e) if changed_elsewhere(&e) && !st.data_dirty => {
                 Stats::add(&self.stats.conflicts, 1);
                 st.failed = true;
+                // The change is given up here: there is nothing of it to keep locally.
+                st.meta_dirty = false;
                 Err(WriteError::Outdated)
             }
             Ok((etag, committed)) => {

@@ -495,4 +495,26 @@ async fn an_attribute_change_that_meets_a_replaced_blob_is_made_again_on_it() {
     assert_eq!(f.content("f").as_deref(), Some(&b"replaced again"[..]));
     assert_eq!(f.store.inner().names("c"), ["f"], "no conflict sibling");
     assert!(f.unsaved().is_empty(), "{:?}", f.unsaved());
+
+    // The same change refused by a failing store: EIO, the blob as it was, and still no
+    // local copy (the writer wrote no data; reading the base back would be all it could do).
+    let ino = f.walk("f").await.unwrap().ino;
+    let o = f.ns.open(ino, true).await.unwrap();
+    let mode = SetAttr {
+        attrs: AttrChange {
+            mode: Some(0o604),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    f.ns.setattr(ino, mode).await.unwrap();
+    f.store
+        .add(Rule::on(Op::SetMetadata, Fault::Fail(unreachable())));
+    assert!(f.ns.flush(o.fh).await.is_err());
+    f.ns.release(o.fh).await;
+    f.store.clear();
+    let md = f.store.inner().head("c", "f").await.unwrap().metadata;
+    assert_ne!(meta::mode(&md), Some(0o604));
+    assert_eq!(f.content("f").as_deref(), Some(&b"replaced again"[..]));
+    assert!(f.unsaved().is_empty(), "{:?}", f.unsaved());
 }

@@ -1397,7 +1397,7 @@ impl<S: BlobStore> Namespace<S> {
 
     /// Keeps the data of a draft whose commit failed in a local file, then drops it.
     async fn keep_unsaved(&self, draft: &Draft<S>) {
-        if !draft.is_dirty().await {
+        if !draft.has_unsaved_data().await {
             return;
         }
         match draft.save_local(&self.opts.spill_dir).await {

@@ -1094,9 +1094,11 @@ impl<S: BlobStore> Draft<S> {
         }
     }
 
-    pub async fn is_dirty(&self) -> bool {
+    /// Whether the draft holds data storage does not have: what a failed close keeps in a
+    /// local file. A change of metadata alone has nothing to keep there.
+    pub async fn has_unsaved_data(&self) -> bool {
         let st = self.state.lock().await;
-        (st.data_dirty || st.meta_dirty) && !st.unlinked
+        st.data_dirty && !st.unlinked
     }
 
     /// Commits the draft if it changed; `None` if there was nothing to commit. A bare
@@ -1184,8 +1186,6 @@ impl<S: BlobStore> Draft<S> {
             Err(e) if changed_elsewhere(&e) && !st.data_dirty => {
                 Stats::add(&self.stats.conflicts, 1);
                 st.failed = true;
-                // The change is given up here: there is nothing of it to keep locally.
-                st.meta_dirty = false;
                 Err(WriteError::Outdated)
             }
             Ok((etag, committed)) => {

@@ -809,7 +809,7 @@ fn props_from_headers(h: &HeaderMap) -> Result<BlobProps, BlobError> {
         etag: normalize_etag(header_str(h, "etag")),
         last_modified: parse_time(header_str(h, "last-modified")),
         metadata,
-        system: Box::new(SystemProps {
+        system: Some(Box::new(SystemProps {
             content_type: some("content-type"),
             content_md5: some("content-md5"),
             content_encoding: some("content-encoding"),
@@ -819,7 +819,7 @@ fn props_from_headers(h: &HeaderMap) -> Result<BlobProps, BlobError> {
             access_tier: some("x-ms-access-tier"),
             blob_type: some("x-ms-blob-type"),
             lease_state: some("x-ms-lease-state"),
-        }),
+        })),
     })
 }
 

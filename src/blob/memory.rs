@@ -81,14 +81,14 @@ impl MemoryStore {
             last_modified: SystemTime::now(),
             metadata: metadata.clone(),
             // A new version's content headers are the request's, the type defaulted.
-            system: Box::new(SystemProps {
+            system: Some(Box::new(SystemProps {
                 content_type: (headers.content_type.clone())
                     .or_else(|| Some("application/octet-stream".into())),
                 access_tier: Some("Hot".into()),
                 blob_type: Some("BlockBlob".into()),
                 lease_state: Some("available".into()),
                 ..headers.clone()
-            }),
+            })),
         };
         c.insert(blob.to_string(), (data, props));
         Ok(etag)
@@ -223,7 +223,11 @@ impl BlobStore for MemoryStore {
                 }
                 None => page.blobs.push(BlobItem {
                     name: name.clone(),
-                    props: props.clone(),
+                    // As the real client gives them: a listing carries no system properties.
+                    props: BlobProps {
+                        system: None,
+                        ..props.clone()
+                    },
                 }),
             }
         }
@@ -388,7 +392,7 @@ impl BlobStore for MemoryStore {
             data,
             &dst_cond,
             &props.metadata,
-            &props.system,
+            props.system(),
         )?;
         self.blocks()
             .insert((container.into(), dst.into()), Blocks::default());
@@ -481,11 +485,13 @@ impl BlobStore for MemoryStore {
         self.count();
         self.update(container, blob, &cond, |p| {
             // Only the content headers change: tier, type and lease are not among them.
-            let mut next = system.clone();
-            next.access_tier = p.system.access_tier.take();
-            next.blob_type = p.system.blob_type.take();
-            next.lease_state = p.system.lease_state.take();
-            *p.system = next;
+            let old = p.system.take().unwrap_or_default();
+            p.system = Some(Box::new(SystemProps {
+                access_tier: old.access_tier,
+                blob_type: old.blob_type,
+                lease_state: old.lease_state,
+                ..system.clone()
+            }));
         })
     }
 
@@ -494,7 +500,8 @@ impl BlobStore for MemoryStore {
         let mut all = self.lock();
         let c = all.get_mut(container).ok_or(BlobError::NotFound)?;
         let (_, props) = c.get_mut(blob).ok_or(BlobError::NotFound)?;
-        props.system.access_tier = Some(tier.to_string());
+        let system = props.system.get_or_insert_with(Box::default);
+        system.access_tier = Some(tier.to_string());
         Ok(())
     }
 

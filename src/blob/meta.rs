@@ -287,7 +287,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            system: Box::default(),
+            system: None,
         }
     }
 

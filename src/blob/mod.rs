@@ -33,8 +33,9 @@ pub struct BlobProps {
     pub etag: String,
     pub last_modified: SystemTime,
     pub metadata: BTreeMap<String, String>,
-    /// Boxed: listings hold thousands of these, and most never have their properties read.
-    pub system: Box<SystemProps>,
+    /// From a HEAD only: a listing leaves them out (`None`), since nothing reads them there
+    /// and a directory of a million blobs would hold them all while it is listed.
+    pub system: Option<Box<SystemProps>>,
 }
 
 /// The blob's system properties that a file system has no place for, shown as extended
@@ -57,7 +58,7 @@ pub struct SystemProps {
     pub lease_state: Option<String>,
 }
 
-/// No content headers: the type is `application/octet-stream`, the rest unset.
+/// No property known; as content headers, the defaults (`application/octet-stream`).
 static DEFAULT_HEADERS: SystemProps = SystemProps {
     content_type: None,
     content_md5: None,
@@ -87,6 +88,11 @@ impl SystemProps {
 }
 
 impl BlobProps {
+    /// The system properties, or none known where the props came from a listing.
+    pub fn system(&self) -> &SystemProps {
+        self.system.as_deref().unwrap_or(&DEFAULT_HEADERS)
+    }
+
     /// The directory-marker convention of blobfuse, Storage Explorer and ADLS: a zero-length
     /// blob with metadata `hdi_isfolder=true`.
     pub fn is_folder_marker(&self) -> bool {

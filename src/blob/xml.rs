@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use serde::Deserialize;
 
-use super::{BlobError, BlobItem, BlobProps, ContainerInfo, ListPage, SystemProps};
+use super::{BlobError, BlobItem, BlobProps, ContainerInfo, ListPage};
 
 #[derive(Deserialize)]
 struct BlobResults {
@@ -51,42 +51,6 @@ struct PropsXml {
     last_modified: String,
     #[serde(rename = "Etag", default)]
     etag: String,
-    #[serde(rename = "Content-Type", default)]
-    content_type: Option<String>,
-    #[serde(rename = "Content-MD5", default)]
-    content_md5: Option<String>,
-    #[serde(rename = "Content-Encoding", default)]
-    content_encoding: Option<String>,
-    #[serde(rename = "Content-Language", default)]
-    content_language: Option<String>,
-    #[serde(rename = "Content-Disposition", default)]
-    content_disposition: Option<String>,
-    #[serde(rename = "Cache-Control", default)]
-    cache_control: Option<String>,
-    #[serde(rename = "AccessTier", default)]
-    access_tier: Option<String>,
-    #[serde(rename = "BlobType", default)]
-    blob_type: Option<String>,
-    #[serde(rename = "LeaseState", default)]
-    lease_state: Option<String>,
-}
-
-impl PropsXml {
-    fn system(&mut self) -> SystemProps {
-        // An empty element (`<Content-MD5 />`) says nothing.
-        let take = |v: &mut Option<String>| v.take().filter(|v| !v.is_empty());
-        SystemProps {
-            content_type: take(&mut self.content_type),
-            content_md5: take(&mut self.content_md5),
-            content_encoding: take(&mut self.content_encoding),
-            content_language: take(&mut self.content_language),
-            content_disposition: take(&mut self.content_disposition),
-            cache_control: take(&mut self.cache_control),
-            access_tier: take(&mut self.access_tier),
-            blob_type: take(&mut self.blob_type),
-            lease_state: take(&mut self.lease_state),
-        }
-    }
 }
 
 #[derive(Deserialize)]
@@ -187,7 +151,7 @@ pub fn parse_blob_list(xml: &str) -> Result<ListPage, BlobError> {
     for item in r.blobs.items {
         match item {
             BlobEntry::Blob(b) => page.blobs.push({
-                let mut b = *b;
+                let b = *b;
                 BlobItem {
                     name: b.name,
                     props: BlobProps {
@@ -195,7 +159,7 @@ pub fn parse_blob_list(xml: &str) -> Result<ListPage, BlobError> {
                         etag: normalize_etag(&b.properties.etag),
                         last_modified: parse_time(&b.properties.last_modified),
                         metadata: b.metadata.unwrap_or_default(),
-                        system: Box::new(b.properties.system()),
+                        system: None,
                     },
                 }
             }),
@@ -245,11 +209,7 @@ mod tests {
         assert_eq!(p.blobs[0].props.size, 12);
         assert_eq!(p.blobs[0].props.etag, "0x8D1");
         assert!(p.blobs[0].props.is_folder_marker());
-        assert_eq!(
-            p.blobs[0].props.system.blob_type.as_deref(),
-            Some("BlockBlob")
-        );
-        assert_eq!(p.blobs[0].props.system.content_type, None);
+        assert_eq!(p.blobs[0].props.system, None);
         assert_eq!(p.blobs[1].props.etag, "0x8D2");
         assert!(!p.blobs[1].props.is_folder_marker());
         assert_eq!(p.next_marker.as_deref(), Some("m1"));

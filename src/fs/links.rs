@@ -47,7 +47,7 @@ impl<S: BlobStore> Namespace<S> {
             etag,
             last_modified: now,
             metadata,
-            system: Default::default(),
+            system: None,
         };
         let key = NodeKey::File {
             acct,
@@ -74,14 +74,20 @@ impl<S: BlobStore> Namespace<S> {
         if attr.kind != Kind::Symlink {
             return Err(FsError::Invalid);
         }
-        // A link blob another tool left empty or huge is no link anyone can follow.
-        if attr.size == 0 || attr.size >= MAX_TARGET as u64 {
+        // An empty blob has no range to ask for (storage refuses one).
+        if attr.size == 0 {
             return Err(FsError::Invalid);
         }
+        // The size shown may be a cached one, of a link since replaced by a longer target:
+        // the GET asks for as much as any target can be, and its answer decides.
         let store = self.store(acct)?;
         let target = store
-            .get_range(&container, &name, 0, attr.size, None)
+            .get_range(&container, &name, 0, MAX_TARGET as u64, None)
             .await?;
+        // A link blob another tool left empty or huge is no link anyone can follow.
+        if target.is_empty() || target.len() >= MAX_TARGET {
+            return Err(FsError::Invalid);
+        }
         Ok(target.to_vec())
     }
 }

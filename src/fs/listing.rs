@@ -100,7 +100,7 @@ mod tests {
                 etag: "e".into(),
                 last_modified: SystemTime::UNIX_EPOCH,
                 metadata,
-                system: Default::default(),
+                system: None,
             },
         }
     }

@@ -1640,11 +1640,12 @@ fn valid_container(name: &str) -> bool {
 fn check_openable(p: &BlobProps, write: bool) -> Result<()> {
     let is =
         |v: &Option<String>, what: &str| v.as_deref().is_some_and(|v| v.eq_ignore_ascii_case(what));
-    if is(&p.system.access_tier, "Archive") {
+    let system = p.system();
+    if is(&system.access_tier, "Archive") {
         return Err(FsError::Archived);
     }
     if write
-        && p.system
+        && system
             .blob_type
             .as_deref()
             .is_some_and(|t| !t.eq_ignore_ascii_case("BlockBlob"))

@@ -353,4 +353,12 @@ async fn a_link_is_a_blob_holding_its_target() {
     // A file is no link.
     let p = walk(&ns, "alpha/storage/c/plain").await.unwrap();
     assert!(matches!(ns.readlink(p.ino).await, Err(FsError::Invalid)));
+    // Replaced elsewhere by a longer target while this mount still holds the old size: the
+    // target is read whole, not cut to the size shown.
+    let longer = Bytes::from_static(b"/a/much/longer/target");
+    store
+        .put("c", "theirs", longer, Condition::None, &md)
+        .await
+        .unwrap();
+    assert_eq!(ns.readlink(t.ino).await.unwrap(), b"/a/much/longer/target");
 }

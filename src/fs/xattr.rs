@@ -175,7 +175,16 @@ pub fn apply(
     let value = valid_value(value).ok_or(FsError::Invalid)?;
     let mut next = metadata.clone();
     meta::set(&mut next, key, value.to_string());
-    let size: usize = next.iter().map(|(k, v)| k.len() + v.len()).sum();
+    // Room is kept for what every commit writes beside: `mtime` (RFC 3339, at most 30
+    // bytes) and `batchfscommit` (16 hex digits), so a blob near the limit gets ENOSPC here
+    // rather than a commit Azure refuses.
+    let own = [(meta::MTIME, 30), (meta::COMMIT, 16)];
+    let size: usize = next
+        .iter()
+        .filter(|(k, _)| !own.iter().any(|(o, _)| k.eq_ignore_ascii_case(o)))
+        .map(|(k, v)| k.len() + v.len())
+        .sum::<usize>()
+        + own.iter().map(|(k, v)| k.len() + v).sum::<usize>();
     if size > METADATA_LIMIT {
         return Err(FsError::NoSpace);
     }
@@ -185,7 +194,7 @@ pub fn apply(
 
 /// The value of a property, as `user.azure.<prop>` shows it.
 pub fn prop(p: &BlobProps, which: Prop) -> Result<Vec<u8>> {
-    let s = &p.system;
+    let s = p.system();
     let v = match which {
         Prop::Etag => Some(p.etag.clone()),
         Prop::LastModified => Some(meta::format_time(p.last_modified)),
@@ -388,7 +397,7 @@ impl<S: BlobStore> Namespace<S> {
                     let p = store.head(container, name).await?;
                     let system = SystemProps {
                         content_type: Some(value.to_string()),
-                        ..*p.system
+                        ..p.system().clone()
                     };
                     let cond = blob::Condition::IfMatch(p.etag);
                     match store
@@ -460,6 +469,15 @@ mod tests {
             Err(FsError::NoSpace)
         ));
         assert_eq!(m, md(&[("a", "1")]));
+        // What fits with the commit's own keys beside it is taken; one byte more is not.
+        let room = METADATA_LIMIT - ("a1".len() + "mtime".len() + 30 + "batchfscommit".len() + 16);
+        let fits = vec![b'x'; room - 1];
+        apply(&mut m, "k", Some(&fits), 0).unwrap();
+        let over = vec![b'x'; room];
+        assert!(matches!(
+            apply(&mut m, "k", Some(&over), 0),
+            Err(FsError::NoSpace)
+        ));
     }
 
     #[test]

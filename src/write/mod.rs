@@ -260,7 +260,9 @@ impl<S: BlobStore> Draft<S> {
                 size,
                 blocks: BTreeMap::new(),
                 metadata: base.map(|b| b.metadata.clone()).unwrap_or_default(),
-                headers: base.map(|b| b.system.kept_by_rewrite()).unwrap_or_default(),
+                headers: base
+                    .map(|b| b.system().kept_by_rewrite())
+                    .unwrap_or_default(),
                 // A new file exists once it is closed, even if nothing was written.
                 data_dirty: base.is_none(),
                 meta_dirty: false,
@@ -926,7 +928,7 @@ impl<S: BlobStore> Draft<S> {
         }
         let system = SystemProps {
             content_type: Some(value.to_string()),
-            ..*p.system
+            ..p.system().clone()
         };
         let cond = Condition::IfMatch(base);
         let etag = (self.store)

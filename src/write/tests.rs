@@ -477,7 +477,7 @@ async fn a_rewrite_keeps_the_content_headers_and_drops_the_old_md5() {
         let d = f.draft(name).await;
         d.write(1, b"edit").await.unwrap();
         d.commit().await.unwrap().expect("committed");
-        let after = f.store.head("c", name).await.unwrap().system;
+        let after = f.store.head("c", name).await.unwrap().system.unwrap();
         assert_eq!(
             *after,
             SystemProps {
@@ -496,7 +496,7 @@ async fn a_rewrite_keeps_the_content_headers_and_drops_the_old_md5() {
     d.commit().await.unwrap();
     let p = f.store.head("c", "new").await.unwrap();
     assert_eq!(
-        p.system.content_type.as_deref(),
+        p.system().content_type.as_deref(),
         Some("application/octet-stream")
     );
 }

@@ -78,32 +78,38 @@ impl<S: BlobStore> Namespace<S> {
         acct: usize,
         container: &str,
         prefix: &str,
-        change: impl FnOnce(&mut BTreeMap<String, String>) -> Result<()>,
+        change: impl Fn(&mut BTreeMap<String, String>) -> Result<()>,
     ) -> Result<()> {
         let store = self.store(acct)?;
-        let found = self.find_marker(acct, container, prefix).await?;
-        let mut md = match &found {
-            Some((_, p)) => p.metadata.clone(),
-            None => [(meta::FOLDER.to_string(), "true".into())].into(),
-        };
-        change(&mut md)?;
-        match found {
-            Some((name, p)) => {
-                let cond = blob::Condition::IfMatch(p.etag);
-                store.set_metadata(container, &name, &md, cond).await?;
-            }
-            None => {
-                let cond = blob::Condition::IfNoneMatchAny;
-                match store.put(container, prefix, Bytes::new(), cond, &md).await {
-                    // Made meanwhile by someone else: theirs stands.
-                    Err(BlobError::Conflict(_) | BlobError::PreconditionFailed) => {}
-                    r => {
-                        r?;
-                    }
+        // A marker made or changed by someone else between the HEAD and the change: the
+        // change is made again on theirs (at most three tries), never dropped.
+        for _ in 0..3 {
+            let found = self.find_marker(acct, container, prefix).await?;
+            let mut md = match &found {
+                Some((_, p)) => p.metadata.clone(),
+                None => [(meta::FOLDER.to_string(), "true".into())].into(),
+            };
+            change(&mut md)?;
+            let made = match found {
+                Some((name, p)) => {
+                    let cond = blob::Condition::IfMatch(p.etag);
+                    store
+                        .set_metadata(container, &name, &md, cond)
+                        .await
+                        .map(|_| ())
                 }
+                None => {
+                    let cond = blob::Condition::IfNoneMatchAny;
+                    let put = store.put(container, prefix, Bytes::new(), cond, &md);
+                    put.await.map(|_| ())
+                }
+            };
+            match made {
+                Err(BlobError::Conflict(_) | BlobError::PreconditionFailed) => continue,
+                r => return r.map_err(Into::into),
             }
         }
-        Ok(())
+        Err(FsError::Stale)
     }
 
     pub async fn mkdir(&self, parent: u64, name: &str, mode: u16) -> Result<Attr> {

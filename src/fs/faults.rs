@@ -518,3 +518,25 @@ async fn an_attribute_change_that_meets_a_replaced_blob_is_made_again_on_it() {
     assert_eq!(f.content("f").as_deref(), Some(&b"replaced again"[..]));
     assert!(f.unsaved().is_empty(), "{:?}", f.unsaved());
 }
+
+/// An attribute set on a directory without a marker, while another writer makes its
+/// marker: the change is made on theirs, not dropped.
+#[tokio::test]
+async fn a_directory_attribute_meets_a_marker_made_meanwhile() {
+    let f = fx().await;
+    f.put("d/x", b"1", &[]).await;
+    let d = f.walk("d").await.unwrap().ino;
+    let f = &f;
+    let theirs = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        f.put("d/", b"", &[("hdi_isfolder", "true"), ("owner", "carol")])
+            .await;
+    };
+    let hold = Rule::on(Op::Put, Fault::Delay(Duration::from_millis(300))).times(1);
+    f.store.add(hold);
+    let (r, ()) = tokio::join!(f.ns.setxattr(d, "user.tag", Some(b"t"), 0), theirs);
+    r.unwrap();
+    let md = f.store.inner().head("c", "d/").await.unwrap().metadata;
+    assert_eq!(meta::get(&md, "owner"), Some("carol"));
+    assert_eq!(meta::get(&md, "tag"), Some("t"));
+}

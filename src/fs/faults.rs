@@ -54,6 +54,17 @@ async fn fx_with(tune: impl FnOnce(&mut Options)) -> Fx {
     }
 }
 
+/// A `chmod` as the kernel asks for it.
+fn chmod(mode: u16) -> SetAttr {
+    SetAttr {
+        attrs: AttrChange {
+            mode: Some(mode),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
 async fn fx() -> Fx {
     fx_with(|_| {}).await
 }
@@ -461,13 +472,7 @@ async fn an_attribute_change_that_meets_a_replaced_blob_is_made_again_on_it() {
     assert_eq!(meta::get(&md, "tag"), Some("t"));
 
     f.store.add(hold());
-    let mode = SetAttr {
-        attrs: AttrChange {
-            mode: Some(0o600),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let mode = chmod(0o600);
     let (r, ()) = tokio::join!(f.ns.setattr(ino, mode), replace("dave"));
     r.unwrap();
     let md = f.store.inner().head("c", "f").await.unwrap().metadata;
@@ -481,13 +486,7 @@ async fn an_attribute_change_that_meets_a_replaced_blob_is_made_again_on_it() {
     // On a file open for writing, with nothing written, the close says the change was
     // outdated: no sibling, and no local copy of data the writer never wrote.
     let o = f.ns.open(ino, true).await.unwrap();
-    let mode = SetAttr {
-        attrs: AttrChange {
-            mode: Some(0o640),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let mode = chmod(0o640);
     f.ns.setattr(ino, mode).await.unwrap();
     f.put("f", b"replaced again", &[]).await;
     assert!(matches!(f.ns.flush(o.fh).await, Err(FsError::Stale)));
@@ -500,13 +499,7 @@ async fn an_attribute_change_that_meets_a_replaced_blob_is_made_again_on_it() {
     // local copy (the writer wrote no data; reading the base back would be all it could do).
     let ino = f.walk("f").await.unwrap().ino;
     let o = f.ns.open(ino, true).await.unwrap();
-    let mode = SetAttr {
-        attrs: AttrChange {
-            mode: Some(0o604),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let mode = chmod(0o604);
     f.ns.setattr(ino, mode).await.unwrap();
     f.store
         .add(Rule::on(Op::SetMetadata, Fault::Fail(unreachable())));
